@@ -1,0 +1,96 @@
+//! Interval bound propagation (IBP).
+//!
+//! The first layer is bounded exactly over the input set (its pre-activations are linear in x, so
+//! each bound is the support function [`InputSet::min_linear`]); later layers propagate boxes:
+//! z = W x + b with x in [lo, hi] lies in W mid + b ± |W| rad with mid = (lo+hi)/2, rad = (hi-lo)/2.
+//! All activations are monotone, so sigma([l, u]) = [sigma(l), sigma(u)].
+
+use faer::{Mat, MatRef};
+
+use super::{Interval, PreActivationBounds};
+use crate::linalg;
+use crate::network::{Activation, Network};
+use crate::spec::InputSet;
+
+/// Exact bounds of the affine first layer z = W x + b over X.
+pub(crate) fn first_layer(w: MatRef<'_, f64>, b: &[f64], set: &InputSet) -> Interval {
+    let neg = Mat::from_fn(w.ncols(), w.nrows(), |j, i| -w[(i, j)]);
+    let lower = set.min_linear_columns(w.transpose());
+    let neg_upper = set.min_linear_columns(neg.as_ref());
+    Interval {
+        lower: lower.iter().zip(b).map(|(l, b)| l + b).collect(),
+        upper: neg_upper.iter().zip(b).map(|(u, b)| -u + b).collect(),
+    }
+}
+
+/// Post-activation box of a pre-activation interval.
+pub(crate) fn activate(iv: &Interval, act: Activation) -> (Vec<f64>, Vec<f64>) {
+    (
+        iv.lower.iter().map(|&v| act.eval(v)).collect(),
+        iv.upper.iter().map(|&v| act.eval(v)).collect(),
+    )
+}
+
+/// Bounds of W x + b for x in the box [lo, hi].
+pub(crate) fn affine_box(w: MatRef<'_, f64>, b: &[f64], lo: &[f64], hi: &[f64]) -> Interval {
+    let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
+    let rad: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (h - l)).collect();
+    let abs_w = Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)].abs());
+    let c = linalg::mat_vec(w, &mid);
+    let r = linalg::mat_vec(abs_w.as_ref(), &rad);
+    Interval {
+        lower: c.iter().zip(&r).zip(b).map(|((c, r), b)| c - r + b).collect(),
+        upper: c.iter().zip(&r).zip(b).map(|((c, r), b)| c + r + b).collect(),
+    }
+}
+
+/// IBP bounds on the pre-activations of every layer.
+pub fn ibp(net: &Network, set: &InputSet) -> PreActivationBounds {
+    let layers = net.layers();
+    let mut out = Vec::with_capacity(layers.len());
+    out.push(first_layer(layers[0].weight(), layers[0].bias(), set));
+    for k in 1..layers.len() {
+        let (lo, hi) = activate(&out[k - 1], layers[k - 1].activation());
+        out.push(affine_box(layers[k].weight(), layers[k].bias(), &lo, &hi));
+    }
+    PreActivationBounds { layers: out }
+}
+
+/// IBP lower bounds on lam[:, s]^T f(x) for each column s of `lam` (outputs x specs). When the last
+/// layer is affine (activation "none") the specification is folded into it first (the C-matrix
+/// trick), which is tighter than subtracting logit intervals.
+pub fn spec_lower_bounds(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    lam: MatRef<'_, f64>,
+) -> Vec<f64> {
+    let layers = net.layers();
+    let last = layers.len() - 1;
+    let m = lam.ncols();
+    if layers[last].activation() != Activation::Identity {
+        // Spec on sigma(z_last) with z_last in the interval: monotone activation.
+        let (lo, hi) = activate(&pre.layers[last], layers[last].activation());
+        return (0..m)
+            .map(|s| {
+                (0..lo.len())
+                    .map(|i| {
+                        let c = lam[(i, s)];
+                        if c >= 0.0 { c * lo[i] } else { c * hi[i] }
+                    })
+                    .sum()
+            })
+            .collect();
+    }
+    // Folded last layer: lam^T W x + lam^T b.
+    let folded_w = linalg::mul(lam.transpose(), layers[last].weight());
+    let folded_b: Vec<f64> =
+        (0..m).map(|s| (0..lam.nrows()).map(|i| lam[(i, s)] * layers[last].bias()[i]).sum()).collect();
+    let iv = if last == 0 {
+        first_layer(folded_w.as_ref(), &folded_b, set)
+    } else {
+        let (lo, hi) = activate(&pre.layers[last - 1], layers[last - 1].activation());
+        affine_box(folded_w.as_ref(), &folded_b, &lo, &hi)
+    };
+    iv.lower
+}

@@ -1,0 +1,286 @@
+//! Backward linear relaxation: Fast-Lin / Wong-Kolter and CROWN.
+//!
+//! Salman et al. 2019 (001_b3d5e3f2d36bac59.txt), section 4, "Greedily solving the dual with linear
+//! bounds": when every activation is bounded by one linear function from below and one from above,
+//!
+//! ```text
+//! alpha_L z + beta_L <= sigma(z) <= alpha_U z + beta_U      for z in [l, u]          (eq. 7)
+//! ```
+//!
+//! a lower bound on lam^T z_j (z_j the pre-activation of layer j) follows by propagating lam
+//! backwards: through an affine layer, lam <- W^T lam and const += lam^T b; through an activation,
+//! each entry picks the lower line where it is >= 0 and the upper line where it is < 0 (so that
+//! every term is bounded from below), lam_i <- lam_i alpha_i and const += lam_i beta_i. At the
+//! input, min over X of lam^T x is the support function of X ([`InputSet::min_linear`]).
+//!
+//! For an unstable ReLU (l < 0 < u) the upper line is the chord u (z - l) / (u - l); the lower
+//! slope is free in [0, 1]:
+//! * [`Slope::FastLin`]: u / (u - l), the same as the upper slope. This is the bound of
+//!   Wong & Kolter's dual network (their Theorem 1; 004_79c7a41c77cceb0d.txt): see [`super::dual`]
+//!   for that formula evaluated independently, and the test that the two agree.
+//! * [`Slope::Adaptive`]: CROWN-Ada, 1 when u > -l and 0 otherwise (auto_LiRPA's default).
+//!
+//! Sigmoid, tanh and softplus get lines with slopes chosen as in CROWN-general (tangent at the
+//! midpoint on the convex/concave side, chord elsewhere) and *exact* offsets: beta_L is the
+//! minimum of sigma(z) - alpha_L z over [l, u], attained at l, u or a point where
+//! sigma'(z) = alpha_L, all computed in closed form ([`Activation::stationary_points`]). Any slope
+//! is therefore sound, whatever the activation's shape.
+
+use faer::{Mat, MatRef};
+
+use super::{Interval, PreActivationBounds};
+use crate::linalg;
+use crate::network::{Activation, Network};
+use crate::spec::InputSet;
+
+/// Lower slope of unstable ReLUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slope {
+    /// u / (u - l) (Fast-Lin, Wong-Kolter).
+    FastLin,
+    /// 1 if u > -l else 0 (CROWN-Ada).
+    Adaptive,
+}
+
+/// Per-neuron linear bounds alpha_L z + beta_L <= sigma(z) <= alpha_U z + beta_U of one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lines {
+    /// alpha_L.
+    pub lower_slope: Vec<f64>,
+    /// beta_L.
+    pub lower_offset: Vec<f64>,
+    /// alpha_U.
+    pub upper_slope: Vec<f64>,
+    /// beta_U.
+    pub upper_offset: Vec<f64>,
+}
+
+impl Lines {
+    /// The lines of a layer with activation `act` and pre-activation bounds `iv`.
+    pub fn new(act: Activation, iv: &Interval, slope: Slope) -> Self {
+        let n = iv.len();
+        let mut lines = Lines {
+            lower_slope: Vec::with_capacity(n),
+            lower_offset: Vec::with_capacity(n),
+            upper_slope: Vec::with_capacity(n),
+            upper_offset: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let (al, bl, au, bu) = relaxation(act, iv.lower[i], iv.upper[i], slope);
+            lines.lower_slope.push(al);
+            lines.lower_offset.push(bl);
+            lines.upper_slope.push(au);
+            lines.upper_offset.push(bu);
+        }
+        lines
+    }
+
+    fn identity(n: usize) -> Self {
+        Lines {
+            lower_slope: vec![1.0; n],
+            lower_offset: vec![0.0; n],
+            upper_slope: vec![1.0; n],
+            upper_offset: vec![0.0; n],
+        }
+    }
+}
+
+/// (alpha_L, beta_L, alpha_U, beta_U) for sigma on [l, u] (eq. 7 of Salman et al.).
+pub fn relaxation(act: Activation, l: f64, u: f64, slope: Slope) -> (f64, f64, f64, f64) {
+    match act {
+        Activation::Identity => (1.0, 0.0, 1.0, 0.0),
+        Activation::Relu => {
+            if l >= 0.0 {
+                (1.0, 0.0, 1.0, 0.0)
+            } else if u <= 0.0 {
+                (0.0, 0.0, 0.0, 0.0)
+            } else {
+                let s = u / (u - l);
+                let lower = match slope {
+                    Slope::FastLin => s,
+                    Slope::Adaptive => {
+                        if u > -l {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    }
+                };
+                (lower, 0.0, s, -s * l)
+            }
+        }
+        Activation::Sigmoid | Activation::Tanh | Activation::Softplus => smooth_relaxation(act, l, u),
+    }
+}
+
+fn smooth_relaxation(act: Activation, l: f64, u: f64) -> (f64, f64, f64, f64) {
+    let (fl, fu) = (act.eval(l), act.eval(u));
+    if u - l <= 1e-12 * (1.0 + l.abs()) {
+        // A (numerically) fixed input: constant bounds from monotonicity.
+        return (0.0, fl, 0.0, fu);
+    }
+    let chord = (fu - fl) / (u - l);
+    let tangent = act.derivative(0.5 * (l + u));
+    // Convex on (-inf, 0] for sigmoid/tanh and everywhere for softplus; concave on [0, inf).
+    let convex = matches!(act, Activation::Softplus) || u <= 0.0;
+    let concave = !matches!(act, Activation::Softplus) && l >= 0.0;
+    let (al, au) = if convex {
+        (tangent, chord)
+    } else if concave {
+        (chord, tangent)
+    } else {
+        (chord, chord)
+    };
+    // Exact offsets: extrema of sigma(z) - alpha z over the candidates.
+    let extreme = |alpha: f64, lower: bool| -> f64 {
+        let mut cands = vec![l, u];
+        cands.extend(act.stationary_points(alpha, l, u));
+        let vals = cands.iter().map(|&z| act.eval(z) - alpha * z);
+        let v = if lower { vals.fold(f64::INFINITY, f64::min) } else { vals.fold(f64::NEG_INFINITY, f64::max) };
+        // Rounding slack of the few operations above.
+        let slack = 8.0 * f64::EPSILON * (1.0 + v.abs() + (alpha * l).abs() + (alpha * u).abs());
+        if lower { v - slack } else { v + slack }
+    };
+    (al, extreme(al, true), au, extreme(au, false))
+}
+
+/// Lam for the margin specification: column s is e_label - e_{targets[s]} (classes x targets).
+pub fn margin_spec(classes: usize, label: usize, targets: &[usize]) -> Mat<f64> {
+    let mut m = Mat::<f64>::zeros(classes, targets.len());
+    for (s, &t) in targets.iter().enumerate() {
+        m[(label, s)] += 1.0;
+        m[(t, s)] -= 1.0;
+    }
+    m
+}
+
+/// Applies the relaxation of one activation layer to lam (neurons x specs) in place.
+fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines) {
+    for s in 0..lam.ncols() {
+        let mut c = 0.0;
+        for (i, v) in lam.col_mut(s).iter_mut().enumerate() {
+            let x = *v;
+            if x >= 0.0 {
+                *v = x * lines.lower_slope[i];
+                c += x * lines.lower_offset[i];
+            } else {
+                *v = x * lines.upper_slope[i];
+                c += x * lines.upper_offset[i];
+            }
+        }
+        consts[s] += c;
+    }
+}
+
+/// Lower bounds on lam[:, s]^T z_j for every column s, where lam lies on the pre-activation z_j of
+/// layer j and `lines[k]` relaxes the activation of layer k < j.
+fn backward(net: &Network, set: &InputSet, lines: &[Lines], j: usize, mut lam: Mat<f64>) -> Vec<f64> {
+    let layers = net.layers();
+    let mut consts = vec![0.0; lam.ncols()];
+    let mut k = j;
+    loop {
+        let layer = &layers[k];
+        for (s, c) in consts.iter_mut().enumerate() {
+            *c += linalg::dot(lam.col(s).try_as_col_major().expect("owned column").as_slice(), layer.bias());
+        }
+        lam = linalg::mul(layer.weight().transpose(), lam.as_ref());
+        if k == 0 {
+            break;
+        }
+        relax(&mut lam, &mut consts, &lines[k - 1]);
+        k -= 1;
+    }
+    let support = set.min_linear_columns(lam.as_ref());
+    support.iter().zip(&consts).map(|(a, b)| a + b).collect()
+}
+
+fn layer_lines(net: &Network, k: usize, iv: &Interval, slope: Slope) -> Lines {
+    let act = net.layers()[k].activation();
+    if act == Activation::Identity { Lines::identity(iv.len()) } else { Lines::new(act, iv, slope) }
+}
+
+/// Pre-activation bounds of every layer, each from its own backward pass over the relaxations of
+/// the layers before it (auto_LiRPA's method "CROWN" for [`Slope::Adaptive`]).
+pub fn all_layer_bounds(net: &Network, set: &InputSet, slope: Slope) -> PreActivationBounds {
+    let layers = net.layers();
+    let mut bounds: Vec<Interval> = Vec::with_capacity(layers.len());
+    let mut lines: Vec<Lines> = Vec::with_capacity(layers.len());
+    for j in 0..layers.len() {
+        let n = layers[j].output_size();
+        let lam = Mat::from_fn(n, 2 * n, |i, s| {
+            if s == i {
+                1.0
+            } else if s == i + n {
+                -1.0
+            } else {
+                0.0
+            }
+        });
+        let lb = backward(net, set, &lines, j, lam);
+        let iv = Interval { lower: lb[..n].to_vec(), upper: lb[n..].iter().map(|v| -v).collect() };
+        lines.push(layer_lines(net, j, &iv, slope));
+        bounds.push(iv);
+    }
+    PreActivationBounds { layers: bounds }
+}
+
+/// Lower bounds on lam[:, s]^T f(x) for each column s of `lam` (outputs x specs), relaxing every
+/// activation with the bounds `pre` (from any method, for the same input set).
+pub fn spec_lower_bounds(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    lam: MatRef<'_, f64>,
+    slope: Slope,
+) -> Vec<f64> {
+    let k = net.layers().len();
+    let lines: Vec<Lines> = (0..k).map(|j| layer_lines(net, j, &pre.layers[j], slope)).collect();
+    let mut lam = lam.to_owned();
+    let mut consts = vec![0.0; lam.ncols()];
+    relax(&mut lam, &mut consts, &lines[k - 1]);
+    let lb = backward(net, set, &lines, k - 1, lam);
+    lb.iter().zip(&consts).map(|(a, b)| a + b).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relaxation_lines_enclose_the_activation() {
+        let intervals = [(-3.0, -1.0), (-2.0, 0.5), (-0.3, 4.0), (0.2, 2.0), (-8.0, 8.0), (-1e-3, 1e-3), (1.0, 1.0)];
+        for act in [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Softplus, Activation::Identity] {
+            for slope in [Slope::FastLin, Slope::Adaptive] {
+                for &(l, u) in &intervals {
+                    let (al, bl, au, bu) = relaxation(act, l, u, slope);
+                    for k in 0..=1000 {
+                        let z = l + (u - l) * k as f64 / 1000.0;
+                        let s = act.eval(z);
+                        assert!(al * z + bl <= s + 1e-15, "{act:?} [{l},{u}] lower at {z}");
+                        assert!(au * z + bu >= s - 1e-15, "{act:?} [{l},{u}] upper at {z}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn smooth_lines_are_tight_somewhere() {
+        // Exact offsets: each line touches the curve (up to the rounding slack) on [l, u].
+        for act in [Activation::Sigmoid, Activation::Tanh, Activation::Softplus] {
+            for &(l, u) in &[(-3.0, -1.0), (-2.0, 0.5), (0.2, 2.0)] {
+                let (al, bl, au, bu) = relaxation(act, l, u, Slope::Adaptive);
+                let gap = |a: f64, b: f64, lower: bool| {
+                    (0..=4000)
+                        .map(|k| {
+                            let z = l + (u - l) * k as f64 / 4000.0;
+                            if lower { act.eval(z) - a * z - b } else { a * z + b - act.eval(z) }
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                };
+                assert!(gap(al, bl, true) < 1e-6, "{act:?} [{l},{u}] lower");
+                assert!(gap(au, bu, false) < 1e-6, "{act:?} [{l},{u}] upper");
+            }
+        }
+    }
+}

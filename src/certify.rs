@@ -1,0 +1,215 @@
+//! Certify one image or a data set: the attack first, then a verifier on every open target.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::attack::{PgdSettings, pgd};
+use crate::error::Result;
+use crate::network::{Network, argmax};
+use crate::spec::InputSet;
+use crate::verify::Verifier;
+
+/// The answer for one input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every lower bound on phi[c], c != label, is > 0: no input of X changes the class.
+    Robust,
+    /// The attack found an input of X (confirmed by a forward pass) with a negative margin.
+    NotRobust,
+    /// Neither proven nor refuted.
+    Unknown,
+    /// The center itself is not classified as the label.
+    Misclassified,
+}
+
+impl Verdict {
+    /// "robust", "not_robust", "unknown" or "misclassified".
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Robust => "robust",
+            Verdict::NotRobust => "not_robust",
+            Verdict::Unknown => "unknown",
+            Verdict::Misclassified => "misclassified",
+        }
+    }
+}
+
+/// An input of X whose margin against `target` is negative.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Counterexample {
+    /// The class that beats the label.
+    pub target: usize,
+    /// f(x)[label] - f(x)[target] < 0.
+    pub margin: f64,
+    /// x, inside X.
+    pub input: Vec<f64>,
+}
+
+/// Options of [`certify`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CertifyOptions {
+    /// Run PGD first (default: yes, with default settings). Targets it breaks are not verified
+    /// unless `all_targets` is set.
+    pub attack: Option<PgdSettings>,
+    /// Compute every target's lower bound even when the verdict is already known.
+    pub all_targets: bool,
+}
+
+impl Default for CertifyOptions {
+    fn default() -> Self {
+        Self { attack: Some(PgdSettings::default()), all_targets: false }
+    }
+}
+
+/// The result for one input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageReport {
+    /// The label.
+    pub label: usize,
+    /// argmax f(center).
+    pub predicted: usize,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Lower bound on phi[c] per class c (None for the label and for targets not computed).
+    pub lower_bounds: Vec<Option<f64>>,
+    /// PGD's margin per class c, an upper bound on phi[c] (None for the label or without attack).
+    pub upper_bounds: Vec<Option<f64>>,
+    /// The attack's best counterexample, when the verdict is `NotRobust`.
+    pub counterexample: Option<Counterexample>,
+    /// Wall-clock seconds for this input.
+    pub seconds: f64,
+}
+
+/// Certifies one input: classify the center, attack every target, then bound the targets the
+/// attack did not break (all of them with `all_targets`).
+pub fn certify(
+    net: &Network,
+    set: &InputSet,
+    label: usize,
+    verifier: Option<&dyn Verifier>,
+    options: &CertifyOptions,
+) -> Result<ImageReport> {
+    let start = Instant::now();
+    net.check_label(label)?;
+    let logits = net.forward(set.center())?;
+    let predicted = argmax(&logits);
+    let classes = net.num_classes();
+    let mut report = ImageReport {
+        label,
+        predicted,
+        verdict: Verdict::Unknown,
+        lower_bounds: vec![None; classes],
+        upper_bounds: vec![None; classes],
+        counterexample: None,
+        seconds: 0.0,
+    };
+    if predicted != label {
+        report.verdict = Verdict::Misclassified;
+        report.seconds = start.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let targets: Vec<usize> = (0..classes).filter(|&c| c != label).collect();
+    let mut open = targets.clone();
+    if let Some(settings) = &options.attack {
+        for r in pgd(net, set, label, &targets, settings)? {
+            report.upper_bounds[r.target] = Some(r.margin);
+            if r.margin < 0.0 {
+                let better = report.counterexample.as_ref().is_none_or(|c| r.margin < c.margin);
+                if better {
+                    report.counterexample =
+                        Some(Counterexample { target: r.target, margin: r.margin, input: r.input });
+                }
+            }
+        }
+        if !options.all_targets {
+            open.retain(|&c| report.upper_bounds[c].is_none_or(|m| m >= 0.0));
+        }
+    }
+    let broken = report.counterexample.is_some();
+    if let Some(v) = verifier
+        && (!broken || options.all_targets)
+        && !open.is_empty()
+    {
+        let bounds = v.lower_bounds(net, set, label, &open)?;
+        for (c, lb) in bounds.bounds {
+            report.lower_bounds[c] = Some(lb);
+        }
+    }
+    report.verdict = if broken {
+        Verdict::NotRobust
+    } else if verifier.is_some() && targets.iter().all(|&c| report.lower_bounds[c].is_some_and(|b| b > 0.0)) {
+        Verdict::Robust
+    } else {
+        Verdict::Unknown
+    };
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Counts over a data set run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Inputs run.
+    pub images: usize,
+    /// Verdict counts.
+    pub robust: usize,
+    /// Verdict counts.
+    pub not_robust: usize,
+    /// Verdict counts.
+    pub unknown: usize,
+    /// Verdict counts.
+    pub misclassified: usize,
+    /// Mean wall-clock seconds per input.
+    pub seconds_per_image: f64,
+}
+
+impl Summary {
+    /// Tallies the reports.
+    pub fn of(reports: &[ImageReport]) -> Self {
+        let mut s = Summary { images: reports.len(), ..Default::default() };
+        for r in reports {
+            match r.verdict {
+                Verdict::Robust => s.robust += 1,
+                Verdict::NotRobust => s.not_robust += 1,
+                Verdict::Unknown => s.unknown += 1,
+                Verdict::Misclassified => s.misclassified += 1,
+            }
+        }
+        if !reports.is_empty() {
+            s.seconds_per_image = reports.iter().map(|r| r.seconds).sum::<f64>() / reports.len() as f64;
+        }
+        s
+    }
+}
+
+/// Certifies many inputs in parallel (rayon). `make_set` builds the input set around each image
+/// (e.g. the same radius and domain for all); `progress` is called after each image with the
+/// number done so far. Results come back in input order.
+pub fn certify_many<F>(
+    net: &Network,
+    inputs: &[(Vec<f64>, usize)],
+    make_set: F,
+    verifier: Option<&dyn Verifier>,
+    options: &CertifyOptions,
+    progress: Option<&(dyn Fn(usize, &ImageReport) + Sync)>,
+) -> Result<Vec<ImageReport>>
+where
+    F: Fn(&[f64]) -> Result<InputSet> + Sync,
+{
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    inputs
+        .par_iter()
+        .map(|(x, label)| {
+            let set = make_set(x)?;
+            let r = certify(net, &set, *label, verifier, options)?;
+            let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if let Some(p) = progress {
+                p(k, &r);
+            }
+            Ok(r)
+        })
+        .collect()
+}

@@ -1,0 +1,25 @@
+//! File formats: the JSON model format and IDX image/label files (docs/formats.md).
+
+pub mod idx;
+pub mod json;
+
+pub use idx::{IdxArray, parse_idx, read_idx, read_idx_images, read_idx_labels};
+pub use json::{load_model, model_from_json, model_to_json, save_model};
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Reads a whole file, decompressing it when it starts with the gzip magic bytes.
+pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        let mut dec = flate2::read::GzDecoder::new(bytes.as_slice());
+        std::io::Read::read_to_end(&mut dec, &mut out)
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
+}

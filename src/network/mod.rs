@@ -1,0 +1,391 @@
+//! Feed-forward networks: a chain of affine layers, each followed by an element-wise activation.
+//!
+//! Convolutions are lowered to dense matrices when a model is loaded ([`conv::lower_conv2d`]) and
+//! flattening a row-major (C, H, W) tensor is the identity on the flat vector, so every network is
+//! a sequence of [`Layer`]s `x_{k+1} = sigma_k(W_k x_k + b_k)`; the output of the last layer is the
+//! vector of logits. This is the form every verifier works on (the papers' `x_{k+1} = ReLU(W_k x_k)`).
+
+mod activation;
+pub mod conv;
+
+pub use activation::{Activation, sigmoid, softplus};
+
+use faer::{Mat, MatRef};
+
+use crate::error::{Error, Result};
+use crate::linalg;
+
+/// One affine layer `z = W x + b` followed by an activation `sigma(z)`.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    weight: Mat<f64>,
+    bias: Vec<f64>,
+    activation: Activation,
+}
+
+impl Layer {
+    /// A layer from its weight matrix (outputs x inputs), bias and activation. Shapes and
+    /// finiteness are checked when the layer is put into a [`Network`].
+    pub fn new(weight: Mat<f64>, bias: Vec<f64>, activation: Activation) -> Self {
+        Self { weight, bias, activation }
+    }
+
+    /// A layer from the rows of its weight matrix; an error when the rows differ in length.
+    pub fn from_rows(rows: &[Vec<f64>], bias: Vec<f64>, activation: Activation) -> Result<Self> {
+        let ncols = rows.first().map_or(0, Vec::len);
+        if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != ncols) {
+            return Err(Error::Shape {
+                layer: 0,
+                detail: format!("weight row {i} has {} entries, row 0 has {ncols}", r.len()),
+            });
+        }
+        Ok(Self::new(Mat::from_fn(rows.len(), ncols, |i, j| rows[i][j]), bias, activation))
+    }
+
+    /// W (outputs x inputs).
+    pub fn weight(&self) -> MatRef<'_, f64> {
+        self.weight.as_ref()
+    }
+    /// b.
+    pub fn bias(&self) -> &[f64] {
+        &self.bias
+    }
+    /// sigma.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+    /// Number of inputs.
+    pub fn input_size(&self) -> usize {
+        self.weight.ncols()
+    }
+    /// Number of outputs (neurons).
+    pub fn output_size(&self) -> usize {
+        self.weight.nrows()
+    }
+
+    fn validate(&self, layer: usize) -> Result<()> {
+        if self.weight.nrows() == 0 || self.weight.ncols() == 0 {
+            return Err(Error::Empty(format!(
+                "layer {layer} has a {}x{} weight matrix",
+                self.weight.nrows(),
+                self.weight.ncols()
+            )));
+        }
+        if self.bias.len() != self.weight.nrows() {
+            return Err(Error::Shape {
+                layer,
+                detail: format!(
+                    "bias has {} entries, weight has {} rows",
+                    self.bias.len(),
+                    self.weight.nrows()
+                ),
+            });
+        }
+        for j in 0..self.weight.ncols() {
+            for i in 0..self.weight.nrows() {
+                let v = self.weight[(i, j)];
+                if !v.is_finite() {
+                    return Err(Error::NonFinite {
+                        layer,
+                        what: "weight",
+                        index: i * self.weight.ncols() + j,
+                        value: v,
+                    });
+                }
+            }
+        }
+        if let Some((index, &value)) = self.bias.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite { layer, what: "bias", index, value });
+        }
+        Ok(())
+    }
+}
+
+/// A validated feed-forward network.
+///
+/// ```
+/// use nncert::{Activation, Layer, Network};
+/// let hidden = Layer::from_rows(&[vec![1.0, -1.0], vec![0.5, 2.0]], vec![0.0, -1.0], Activation::Relu)?;
+/// let out = Layer::from_rows(&[vec![1.0, 0.0], vec![0.0, 1.0]], vec![0.0, 0.0], Activation::Identity)?;
+/// let net = Network::new(vec![2], vec![hidden, out])?;
+/// assert_eq!(net.forward(&[1.0, 0.5])?, vec![0.5, 0.5]);
+/// # Ok::<(), nncert::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Network {
+    input_shape: Vec<usize>,
+    layers: Vec<Layer>,
+}
+
+impl Network {
+    /// A network from its layers; `input_shape` (e.g. `[1, 28, 28]`) must have as many elements as
+    /// the first layer has inputs. Errors on empty networks, layers that do not chain and
+    /// non-finite weights.
+    pub fn new(input_shape: Vec<usize>, layers: Vec<Layer>) -> Result<Self> {
+        if layers.is_empty() {
+            return Err(Error::Empty("the network has no layers".into()));
+        }
+        let numel: usize = input_shape.iter().product();
+        if input_shape.is_empty() || numel != layers[0].input_size() {
+            return Err(Error::Shape {
+                layer: 0,
+                detail: format!(
+                    "input shape {input_shape:?} has {numel} elements, the first layer takes {}",
+                    layers[0].input_size()
+                ),
+            });
+        }
+        for (k, layer) in layers.iter().enumerate() {
+            layer.validate(k)?;
+            if k > 0 && layers[k - 1].output_size() != layer.input_size() {
+                return Err(Error::Shape {
+                    layer: k,
+                    detail: format!(
+                        "takes {} inputs but layer {} has {} outputs",
+                        layer.input_size(),
+                        k - 1,
+                        layers[k - 1].output_size()
+                    ),
+                });
+            }
+        }
+        Ok(Self { input_shape, layers })
+    }
+
+    /// The layers, first to last.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+    /// The declared input shape (for images, (C, H, W)).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+    /// Number of inputs.
+    pub fn input_size(&self) -> usize {
+        self.layers[0].input_size()
+    }
+    /// Number of outputs (classes).
+    pub fn num_classes(&self) -> usize {
+        self.layers[self.layers.len() - 1].output_size()
+    }
+    /// Number of hidden neurons: the outputs of every layer but the last.
+    pub fn hidden_neurons(&self) -> usize {
+        self.layers[..self.layers.len() - 1].iter().map(Layer::output_size).sum()
+    }
+
+    /// An error unless `x` has the input size and only finite values.
+    pub fn check_input(&self, x: &[f64]) -> Result<()> {
+        if x.len() != self.input_size() {
+            return Err(Error::InputSize { expected: self.input_size(), got: x.len() });
+        }
+        if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFiniteInput { index, value });
+        }
+        Ok(())
+    }
+
+    /// An error unless `label` is a valid class.
+    pub fn check_label(&self, label: usize) -> Result<()> {
+        if label >= self.num_classes() {
+            return Err(Error::LabelOutOfRange { label, classes: self.num_classes() });
+        }
+        Ok(())
+    }
+
+    /// The logits f(x).
+    pub fn forward(&self, x: &[f64]) -> Result<Vec<f64>> {
+        self.check_input(x)?;
+        Ok(self.forward_unchecked(x))
+    }
+
+    pub(crate) fn forward_unchecked(&self, x: &[f64]) -> Vec<f64> {
+        let mut h = x.to_vec();
+        for layer in &self.layers {
+            let mut z = linalg::mat_vec(layer.weight(), &h);
+            for (zi, bi) in z.iter_mut().zip(&layer.bias) {
+                *zi = layer.activation.eval(*zi + bi);
+            }
+            h = z;
+        }
+        h
+    }
+
+    /// The predicted class argmax f(x) (the first one on ties).
+    pub fn predict(&self, x: &[f64]) -> Result<usize> {
+        Ok(argmax(&self.forward(x)?))
+    }
+
+    /// The margin f(x)[label] - f(x)[target] (the objective of problem (A) of the BM-r paper).
+    pub fn margin(&self, x: &[f64], label: usize, target: usize) -> Result<f64> {
+        self.check_label(label)?;
+        self.check_label(target)?;
+        let f = self.forward(x)?;
+        Ok(f[label] - f[target])
+    }
+
+    /// The margin and its gradient with respect to the input, by backpropagation.
+    pub fn margin_gradient(&self, x: &[f64], label: usize, target: usize) -> Result<(f64, Vec<f64>)> {
+        self.check_label(label)?;
+        self.check_label(target)?;
+        self.check_input(x)?;
+        let xm = Mat::from_fn(x.len(), 1, |i, _| x[i]);
+        let (vals, grads) = self.margin_gradients_batch(xm.as_ref(), &[(label, target)]);
+        Ok((vals[0], grads.col(0).iter().copied().collect()))
+    }
+
+    /// Logits of every column of `x` (inputs x samples). Inputs are not checked: non-finite values
+    /// propagate to the outputs.
+    pub fn forward_batch(&self, x: MatRef<'_, f64>) -> Mat<f64> {
+        let mut h = x.to_owned();
+        for layer in &self.layers {
+            let mut z = linalg::mul(layer.weight(), h.as_ref());
+            apply_bias_activation(&mut z, layer, |v| layer.activation.eval(v));
+            h = z;
+        }
+        h
+    }
+
+    /// For each column j of `x`, the margin f(x_j)[l_j] - f(x_j)[t_j] and its input gradient
+    /// (column j of the returned matrix), where `pairs[j] = (l_j, t_j)`.
+    pub(crate) fn margin_gradients_batch(
+        &self,
+        x: MatRef<'_, f64>,
+        pairs: &[(usize, usize)],
+    ) -> (Vec<f64>, Mat<f64>) {
+        let mut pre = Vec::with_capacity(self.layers.len());
+        let mut h = x.to_owned();
+        for layer in &self.layers {
+            let mut z = linalg::mul(layer.weight(), h.as_ref());
+            apply_bias_activation(&mut z, layer, |v| v);
+            let mut a = z.clone();
+            for j in 0..a.ncols() {
+                for v in a.col_mut(j).iter_mut() {
+                    *v = layer.activation.eval(*v);
+                }
+            }
+            pre.push(z);
+            h = a;
+        }
+        let values = pairs.iter().enumerate().map(|(j, &(l, t))| h[(l, j)] - h[(t, j)]).collect();
+        let mut g = Mat::<f64>::zeros(self.num_classes(), pairs.len());
+        for (j, &(l, t)) in pairs.iter().enumerate() {
+            g[(l, j)] += 1.0;
+            g[(t, j)] -= 1.0;
+        }
+        for (layer, z) in self.layers.iter().zip(&pre).rev() {
+            for j in 0..g.ncols() {
+                for i in 0..g.nrows() {
+                    g[(i, j)] *= layer.activation.derivative(z[(i, j)]);
+                }
+            }
+            g = linalg::mul(layer.weight().transpose(), g.as_ref());
+        }
+        (values, g)
+    }
+}
+
+fn apply_bias_activation(z: &mut Mat<f64>, layer: &Layer, f: impl Fn(f64) -> f64) {
+    for j in 0..z.ncols() {
+        for (v, b) in z.col_mut(j).iter_mut().zip(&layer.bias) {
+            *v = f(*v + b);
+        }
+    }
+}
+
+/// Index of the largest value (the first one on ties; NaN never wins).
+pub fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(act: Activation) -> Network {
+        let l0 = Layer::from_rows(
+            &[vec![1.0, -2.0, 0.5], vec![0.3, 0.7, -1.1], vec![-0.4, 0.2, 0.9], vec![1.5, 0.1, 0.2]],
+            vec![0.1, -0.2, 0.3, 0.0],
+            act,
+        )
+        .unwrap();
+        let l1 = Layer::from_rows(
+            &[vec![0.5, -1.0, 2.0, 0.3], vec![-0.7, 0.4, 0.1, 1.2], vec![0.2, 0.2, -0.5, -0.9]],
+            vec![0.0, 0.1, -0.1],
+            Activation::Identity,
+        )
+        .unwrap();
+        Network::new(vec![3], vec![l0, l1]).unwrap()
+    }
+
+    #[test]
+    fn forward_by_hand() {
+        let net = tiny(Activation::Relu);
+        let x = [0.2, -0.1, 0.4];
+        // z0 = (0.2+0.2+0.2+0.1, 0.06-0.07-0.44-0.2, -0.08-0.02+0.36+0.3, 0.3-0.01+0.08) = (0.7, -0.65, 0.56, 0.37)
+        let h = [0.7, 0.0, 0.56, 0.37];
+        let f = net.forward(&x).unwrap();
+        let expect = [
+            0.5 * h[0] - h[1] + 2.0 * h[2] + 0.3 * h[3],
+            -0.7 * h[0] + 0.4 * h[1] + 0.1 * h[2] + 1.2 * h[3] + 0.1,
+            0.2 * h[0] + 0.2 * h[1] - 0.5 * h[2] - 0.9 * h[3] - 0.1,
+        ];
+        for i in 0..3 {
+            assert!((f[i] - expect[i]).abs() < 1e-12);
+        }
+        assert_eq!(net.predict(&x).unwrap(), 0);
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        for act in [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Softplus] {
+            let net = tiny(act);
+            let x = [0.33, -0.21, 0.47];
+            let (m, g) = net.margin_gradient(&x, 0, 2).unwrap();
+            assert!((m - net.margin(&x, 0, 2).unwrap()).abs() < 1e-14);
+            for i in 0..3 {
+                let h = 1e-6;
+                let mut xp = x;
+                xp[i] += h;
+                let mut xm = x;
+                xm[i] -= h;
+                let fd = (net.margin(&xp, 0, 2).unwrap() - net.margin(&xm, 0, 2).unwrap()) / (2.0 * h);
+                assert!((fd - g[i]).abs() < 1e-7, "{act:?} coord {i}: fd {fd} vs {}", g[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_networks_are_typed_errors() {
+        let ok = || Layer::from_rows(&[vec![1.0, 2.0]], vec![0.0], Activation::Relu).unwrap();
+        assert!(matches!(Network::new(vec![2], vec![]), Err(Error::Empty(_))));
+        assert!(matches!(Network::new(vec![3], vec![ok()]), Err(Error::Shape { layer: 0, .. })));
+        let bad_chain = Layer::from_rows(&[vec![1.0, 2.0]], vec![0.0], Activation::Identity).unwrap();
+        assert!(matches!(
+            Network::new(vec![2], vec![ok(), bad_chain]),
+            Err(Error::Shape { layer: 1, .. })
+        ));
+        let nan = Layer::from_rows(&[vec![1.0, f64::NAN]], vec![0.0], Activation::Relu).unwrap();
+        assert!(matches!(
+            Network::new(vec![2], vec![nan]),
+            Err(Error::NonFinite { layer: 0, what: "weight", index: 1, .. })
+        ));
+        let inf_bias = Layer::from_rows(&[vec![1.0, 1.0]], vec![f64::INFINITY], Activation::Relu).unwrap();
+        assert!(matches!(
+            Network::new(vec![2], vec![inf_bias]),
+            Err(Error::NonFinite { what: "bias", .. })
+        ));
+        let short_bias = Layer::from_rows(&[vec![1.0, 1.0]], vec![], Activation::Relu).unwrap();
+        assert!(matches!(Network::new(vec![2], vec![short_bias]), Err(Error::Shape { .. })));
+        assert!(Layer::from_rows(&[vec![1.0], vec![1.0, 2.0]], vec![0.0, 0.0], Activation::Relu).is_err());
+        let net = Network::new(vec![2], vec![ok()]).unwrap();
+        assert!(matches!(net.forward(&[1.0]), Err(Error::InputSize { expected: 2, got: 1 })));
+        assert!(matches!(net.forward(&[1.0, f64::NAN]), Err(Error::NonFiniteInput { index: 1, .. })));
+        assert!(matches!(net.margin(&[1.0, 0.0], 0, 4), Err(Error::LabelOutOfRange { label: 4, classes: 1 })));
+    }
+}

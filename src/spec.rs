@@ -1,0 +1,482 @@
+//! Input sets: the perturbation ball around an input, intersected with the valid input box.
+//!
+//! Every method in the crate answers the semi-targeted attack problem (A) of the BM-r paper
+//! (000_2ff65a8857911c41.txt, section 2):
+//!
+//! ```text
+//! phi[c] = min over x in X of f(x)[label] - f(x)[c],   X = {x : ||x - x_hat|| <= eps} ∩ domain box
+//! ```
+//!
+//! This module defines X ([`InputSet`]), projections onto it (for PGD), and the support function
+//! min over X of a^T x (for the linear bounds).
+
+use faer::{Mat, MatRef};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::linalg::{dot, norm2};
+
+/// The norm of the perturbation ball.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// Euclidean ball ||x - x_hat||_2 <= eps.
+    L2,
+    /// Box ||x - x_hat||_inf <= eps.
+    Linf,
+}
+
+impl Norm {
+    /// "l2" or "linf".
+    pub fn name(self) -> &'static str {
+        match self {
+            Norm::L2 => "l2",
+            Norm::Linf => "linf",
+        }
+    }
+}
+
+impl std::str::FromStr for Norm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "l2" | "2" => Ok(Norm::L2),
+            "linf" | "l_inf" | "inf" => Ok(Norm::Linf),
+            _ => Err(Error::InvalidArgument(format!("unknown norm '{s}' (expected l2 or linf)"))),
+        }
+    }
+}
+
+/// A box lo <= x <= hi of valid inputs (for images scaled to [0,1], the unit box).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Domain {
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+}
+
+impl Domain {
+    /// A box with per-coordinate bounds; an error when lo > hi or a bound is NaN.
+    pub fn new(lo: Vec<f64>, hi: Vec<f64>) -> Result<Self> {
+        if lo.len() != hi.len() {
+            return Err(Error::InvalidArgument(format!(
+                "domain lower bounds have length {}, upper bounds {}",
+                lo.len(),
+                hi.len()
+            )));
+        }
+        for (index, (&l, &h)) in lo.iter().zip(&hi).enumerate() {
+            if l.is_nan() || h.is_nan() || l > h || l == f64::INFINITY || h == f64::NEG_INFINITY {
+                return Err(Error::InvalidDomain { index, lo: l, hi: h });
+            }
+        }
+        Ok(Self { lo, hi })
+    }
+
+    /// The same interval [lo, hi] for each of `n` coordinates.
+    pub fn uniform(n: usize, lo: f64, hi: f64) -> Result<Self> {
+        Self::new(vec![lo; n], vec![hi; n])
+    }
+
+    /// Lower bounds.
+    pub fn lo(&self) -> &[f64] {
+        &self.lo
+    }
+    /// Upper bounds.
+    pub fn hi(&self) -> &[f64] {
+        &self.hi
+    }
+}
+
+/// The input set X = {x : ||x - center|| <= eps} ∩ domain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSet {
+    center: Vec<f64>,
+    eps: f64,
+    norm: Norm,
+    domain: Option<Domain>,
+}
+
+impl InputSet {
+    /// The ball of radius `eps` around `center` in `norm`, intersected with `domain` if given.
+    ///
+    /// Errors: `eps` negative or not finite, a non-finite center, a domain of another length, a
+    /// center outside the domain (the set could then be empty).
+    pub fn new(center: Vec<f64>, eps: f64, norm: Norm, domain: Option<Domain>) -> Result<Self> {
+        if !eps.is_finite() || eps < 0.0 {
+            return Err(Error::InvalidRadius(eps));
+        }
+        if let Some((index, &value)) = center.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFiniteInput { index, value });
+        }
+        if let Some(d) = &domain {
+            if d.lo.len() != center.len() {
+                return Err(Error::InputSize { expected: center.len(), got: d.lo.len() });
+            }
+            for (index, ((&value, &lo), &hi)) in center.iter().zip(&d.lo).zip(&d.hi).enumerate() {
+                if value < lo || value > hi {
+                    return Err(Error::CenterOutsideDomain { index, value, lo, hi });
+                }
+            }
+        }
+        Ok(Self { center, eps, norm, domain })
+    }
+
+    /// x_hat.
+    pub fn center(&self) -> &[f64] {
+        &self.center
+    }
+    /// eps.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+    /// The norm of the ball.
+    pub fn norm(&self) -> Norm {
+        self.norm
+    }
+    /// The domain box, if any.
+    pub fn domain(&self) -> Option<&Domain> {
+        self.domain.as_ref()
+    }
+    /// Dimension.
+    pub fn dim(&self) -> usize {
+        self.center.len()
+    }
+
+    /// A box containing X: exact for l_inf, [c - eps, c + eps] ∩ domain for l2. The ends are
+    /// rounded outwards by one ulp so that the box contains the real (not only the floating-point)
+    /// set, as the bounds require.
+    pub fn bounding_box(&self) -> (Vec<f64>, Vec<f64>) {
+        self.box_with_radius(self.eps, true)
+    }
+
+    /// The radius used when constructing points that must lie in X (projection, sampling): eps
+    /// shrunk by a relative 1e-12, far above the rounding error of computing a distance, so such
+    /// points pass [`InputSet::contains`] and lie in the real set.
+    fn inner_eps(&self) -> f64 {
+        self.eps * (1.0 - 1e-12)
+    }
+
+    fn box_with_radius(&self, eps: f64, outward: bool) -> (Vec<f64>, Vec<f64>) {
+        let (mut lo, mut hi): (Vec<f64>, Vec<f64>) = if outward && eps > 0.0 {
+            (
+                self.center.iter().map(|c| (c - eps).next_down()).collect(),
+                self.center.iter().map(|c| (c + eps).next_up()).collect(),
+            )
+        } else {
+            (self.center.iter().map(|c| c - eps).collect(), self.center.iter().map(|c| c + eps).collect())
+        };
+        if let Some(d) = &self.domain {
+            for i in 0..lo.len() {
+                lo[i] = lo[i].max(d.lo[i]);
+                hi[i] = hi[i].min(d.hi[i]);
+            }
+        }
+        (lo, hi)
+    }
+
+    /// Whether x lies in X, allowing `tol` of slack in the norm and the box.
+    pub fn contains(&self, x: &[f64], tol: f64) -> bool {
+        if x.len() != self.center.len() || x.iter().any(|v| !v.is_finite()) {
+            return false;
+        }
+        if let Some(d) = &self.domain {
+            if x.iter().zip(&d.lo).zip(&d.hi).any(|((&v, &l), &h)| v < l - tol || v > h + tol) {
+                return false;
+            }
+        }
+        self.distance(x) <= self.eps + tol
+    }
+
+    /// ||x - center|| in the set's norm.
+    pub fn distance(&self, x: &[f64]) -> f64 {
+        let d = x.iter().zip(&self.center).map(|(a, b)| a - b);
+        match self.norm {
+            Norm::L2 => d.map(|v| v * v).sum::<f64>().sqrt(),
+            Norm::Linf => d.map(f64::abs).fold(0.0, f64::max),
+        }
+    }
+
+    /// Euclidean projection of `x` onto X, in place.
+    ///
+    /// l_inf ∩ box is a box, so clipping is exact. For l2 ∩ box the projection is
+    /// `x(t) = clip(c + t (x - c))` with the largest t in [0, 1] such that ||x(t) - c|| <= eps: the
+    /// KKT conditions of min ||x - y||^2 s.t. ||x - c||^2 <= eps^2, lo <= x <= hi give
+    /// x = clip((y + lambda c) / (1 + lambda)) with multiplier lambda = 1/t - 1, and ||x(t) - c|| is
+    /// non-decreasing in t (c lies in the box), so bisection on t converges to the exact projection.
+    /// The returned point always lies in X (it is taken on the feasible side of the bracket).
+    pub fn project(&self, x: &mut [f64]) {
+        let eps = self.inner_eps();
+        let (lo, hi) = self.box_with_radius(eps, false);
+        match self.norm {
+            Norm::Linf => {
+                for i in 0..x.len() {
+                    x[i] = x[i].clamp(lo[i], hi[i]);
+                }
+            }
+            Norm::L2 => {
+                let c = &self.center;
+                let (dlo, dhi) = match &self.domain {
+                    Some(d) => (d.lo.as_slice(), d.hi.as_slice()),
+                    None => (&[][..], &[][..]),
+                };
+                let point = |t: f64, out: &mut [f64]| {
+                    for i in 0..out.len() {
+                        let v = c[i] + t * (x[i] - c[i]);
+                        out[i] = if dlo.is_empty() { v } else { v.clamp(dlo[i], dhi[i]) };
+                    }
+                };
+                // The same distance as `contains`, so that the result passes its check exactly.
+                let dist = |p: &[f64]| self.distance(p);
+                let mut buf = vec![0.0; x.len()];
+                point(1.0, &mut buf);
+                if dist(&buf) <= eps {
+                    x.copy_from_slice(&buf);
+                    return;
+                }
+                let (mut a, mut b) = (0.0f64, 1.0f64);
+                for _ in 0..100 {
+                    let m = 0.5 * (a + b);
+                    if m <= a || m >= b {
+                        break;
+                    }
+                    point(m, &mut buf);
+                    if dist(&buf) <= eps {
+                        a = m;
+                    } else {
+                        b = m;
+                    }
+                }
+                point(a, &mut buf);
+                x.copy_from_slice(&buf);
+            }
+        }
+    }
+
+    /// A random point of X (uniform in the l_inf box; for l2 uniform in the ball, then clipped to
+    /// the domain, which keeps it in the ball because the center lies in the domain).
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Vec<f64> {
+        let (lo, hi) = self.box_with_radius(self.inner_eps(), false);
+        match self.norm {
+            Norm::Linf => lo.iter().zip(&hi).map(|(&l, &h)| l + (h - l) * rng.random::<f64>()).collect(),
+            Norm::L2 => {
+                let n = self.dim();
+                let dir: Vec<f64> = (0..n).map(|_| gaussian(rng)).collect();
+                let nd = norm2(&dir).max(f64::MIN_POSITIVE);
+                let r = self.inner_eps() * rng.random::<f64>().powf(1.0 / n as f64);
+                let mut x: Vec<f64> =
+                    self.center.iter().zip(&dir).map(|(c, d)| c + r * d / nd).collect();
+                if let Some(d) = &self.domain {
+                    for i in 0..n {
+                        x[i] = x[i].clamp(d.lo[i], d.hi[i]);
+                    }
+                }
+                x
+            }
+        }
+    }
+
+    /// A lower bound on min over X of a^T x, exact up to rounding (the support function of X).
+    ///
+    /// * l_inf (∩ box): the minimum over the bounding box, coordinate by coordinate.
+    /// * l2 without a domain: a^T c - eps ||a||_2 (Cauchy-Schwarz).
+    /// * l2 ∩ box: the Lagrangian dual max over lambda >= 0 of
+    ///   g(lambda) = sum_i min_{lo_i <= x_i <= hi_i} [a_i x_i + lambda/2 (x_i - c_i)^2] - lambda eps^2 / 2,
+    ///   which is a valid lower bound for *every* lambda >= 0 (weak duality) and equals the minimum
+    ///   at the optimal lambda (Slater holds when eps > 0). The optimal lambda is found exactly: with
+    ///   t = 1/lambda the minimizer is x_i = c_i + clip(-a_i t, lo_i - c_i, hi_i - c_i) and
+    ///   ||x(t) - c||^2 is piecewise quadratic in t with breakpoints where coordinates saturate.
+    pub fn min_linear(&self, a: &[f64]) -> f64 {
+        debug_assert_eq!(a.len(), self.dim());
+        match (self.norm, &self.domain) {
+            _ if self.eps == 0.0 => dot(a, &self.center),
+            (Norm::Linf, _) => {
+                let (lo, hi) = self.bounding_box();
+                a.iter().zip(lo.iter().zip(&hi)).map(|(&ai, (&l, &h))| if ai >= 0.0 { ai * l } else { ai * h }).sum()
+            }
+            (Norm::L2, None) => dot(a, &self.center) - self.eps * norm2(a),
+            (Norm::L2, Some(d)) => self.min_linear_l2_box(a, d),
+        }
+    }
+
+    /// [`InputSet::min_linear`] of every column of `a` (dimension x columns), sharing the set-up.
+    pub fn min_linear_columns(&self, a: MatRef<'_, f64>) -> Vec<f64> {
+        debug_assert_eq!(a.nrows(), self.dim());
+        if self.norm == Norm::Linf && self.eps > 0.0 {
+            // a^T mid - |a|^T rad over the bounding box, as two matrix-vector products.
+            let (lo, hi) = self.bounding_box();
+            let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
+            let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
+            let abs_a = Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)].abs());
+            let c = crate::linalg::mat_vec(a.transpose(), &mid);
+            let r = crate::linalg::mat_vec(abs_a.as_ref().transpose(), &rad);
+            // Exact bounds at the box corners are >= this; rounding differences are O(1e-16).
+            return c.iter().zip(&r).map(|(c, r)| c - r).collect();
+        }
+        let mut col = vec![0.0; a.nrows()];
+        (0..a.ncols())
+            .map(|j| {
+                for (i, v) in col.iter_mut().enumerate() {
+                    *v = a[(i, j)];
+                }
+                self.min_linear(&col)
+            })
+            .collect()
+    }
+
+    fn min_linear_l2_box(&self, a: &[f64], d: &Domain) -> f64 {
+        let c = &self.center;
+        let eps2 = self.eps * self.eps;
+        // Saturation value s_i and time T_i at which coordinate i hits the box.
+        let mut events: Vec<(f64, f64, f64)> = Vec::with_capacity(a.len()); // (T_i, a_i^2, s_i^2)
+        let mut sat_total = 0.0;
+        for i in 0..a.len() {
+            let ai = a[i];
+            if ai == 0.0 {
+                continue;
+            }
+            let s = if ai > 0.0 { d.lo[i] - c[i] } else { d.hi[i] - c[i] };
+            let t = s / -ai; // >= 0
+            events.push((t, ai * ai, s * s));
+            sat_total += s * s;
+        }
+        let box_min = || -> f64 {
+            a.iter()
+                .enumerate()
+                .map(|(i, &ai)| if ai >= 0.0 { ai * d.lo[i] } else { ai * d.hi[i] })
+                .sum()
+        };
+        if sat_total <= eps2 {
+            // The box minimizer lies in the ball: lambda* = 0.
+            return box_min();
+        }
+        events.sort_by(|x, y| x.0.total_cmp(&y.0));
+        // N(t) = t^2 * A + S with A = sum of a_i^2 over unsaturated, S = sum of s_i^2 over saturated.
+        let mut big_a: f64 = events.iter().map(|e| e.1).sum();
+        let mut s = 0.0;
+        let mut t_star = f64::NAN;
+        for e in &events {
+            // Segment [prev, e.0]: does N reach eps2 before e.0?
+            if e.0 * e.0 * big_a + s >= eps2 {
+                t_star = ((eps2 - s).max(0.0) / big_a).sqrt();
+                break;
+            }
+            big_a -= e.1;
+            s += e.2;
+        }
+        if !t_star.is_finite() || t_star <= 0.0 {
+            return box_min().max(dot(a, c) - self.eps * norm2(a));
+        }
+        let lambda = 1.0 / t_star;
+        let g = |lambda: f64| -> f64 {
+            let mut v = -0.5 * lambda * eps2;
+            for i in 0..a.len() {
+                let xi = (c[i] - a[i] / lambda).clamp(d.lo[i], d.hi[i]);
+                let dx = xi - c[i];
+                v += a[i] * xi + 0.5 * lambda * dx * dx;
+            }
+            v
+        };
+        g(lambda).max(box_min()).max(dot(a, c) - self.eps * norm2(a))
+    }
+}
+
+/// A standard normal sample (Box-Muller), so that `rand` alone suffices.
+pub(crate) fn gaussian<R: Rng + ?Sized>(rng: &mut R) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn set(norm: Norm, eps: f64, with_box: bool) -> InputSet {
+        let c = vec![0.1, 0.9, 0.5, 0.0, 1.0];
+        let d = with_box.then(|| Domain::uniform(5, 0.0, 1.0).unwrap());
+        InputSet::new(c, eps, norm, d).unwrap()
+    }
+
+    #[test]
+    fn invalid_sets_are_errors() {
+        assert!(matches!(InputSet::new(vec![0.0], -0.1, Norm::L2, None), Err(Error::InvalidRadius(_))));
+        assert!(matches!(InputSet::new(vec![0.0], f64::NAN, Norm::L2, None), Err(Error::InvalidRadius(_))));
+        assert!(matches!(
+            InputSet::new(vec![2.0], 0.1, Norm::L2, Some(Domain::uniform(1, 0.0, 1.0).unwrap())),
+            Err(Error::CenterOutsideDomain { index: 0, .. })
+        ));
+        assert!(matches!(Domain::uniform(2, 1.0, 0.0), Err(Error::InvalidDomain { .. })));
+        assert!("l3".parse::<Norm>().is_err());
+    }
+
+    #[test]
+    fn projection_is_feasible_and_closest() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for norm in [Norm::L2, Norm::Linf] {
+            for with_box in [false, true] {
+                let s = set(norm, 0.3, with_box);
+                for _ in 0..200 {
+                    let y: Vec<f64> = (0..5).map(|_| rng.random::<f64>() * 3.0 - 1.0).collect();
+                    let mut p = y.clone();
+                    s.project(&mut p);
+                    assert!(s.contains(&p, 0.0), "{norm:?} {with_box}: {p:?}");
+                    let dp = norm2(&p.iter().zip(&y).map(|(a, b)| a - b).collect::<Vec<_>>());
+                    // No sampled point of X is closer to y than the projection.
+                    for _ in 0..50 {
+                        let q = s.sample(&mut rng);
+                        let dq = norm2(&q.iter().zip(&y).map(|(a, b)| a - b).collect::<Vec<_>>());
+                        assert!(dp <= dq + 1e-9, "{norm:?} box {with_box}: {dp} > {dq}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn l2_box_projection_satisfies_kkt() {
+        // x = clip((y + lambda c)/(1 + lambda)) with ||x - c|| = eps for some lambda >= 0.
+        let s = set(Norm::L2, 0.4, true);
+        let y = vec![2.0, -1.0, 0.7, 0.6, 0.2];
+        let mut p = y.clone();
+        s.project(&mut p);
+        assert!((s.distance(&p) - 0.4).abs() < 1e-11);
+        let c = s.center();
+        // Recover t from a coordinate that is not clipped: p_i = c_i + t (y_i - c_i).
+        let t = (p[2] - c[2]) / (y[2] - c[2]);
+        for i in 0..5 {
+            let expect = (c[i] + t * (y[i] - c[i])).clamp(0.0, 1.0);
+            assert!((p[i] - expect).abs() < 1e-12, "coord {i}");
+        }
+    }
+
+    #[test]
+    fn min_linear_is_a_tight_lower_bound() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for norm in [Norm::L2, Norm::Linf] {
+            for with_box in [false, true] {
+                for eps in [0.0, 0.05, 0.3, 2.0] {
+                    let s = set(norm, eps, with_box);
+                    for _ in 0..50 {
+                        let a: Vec<f64> = (0..5).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+                        let lb = s.min_linear(&a);
+                        // Lower bound: below a^T x at sampled points and at the projected minimizer.
+                        let mut best = f64::INFINITY;
+                        for _ in 0..300 {
+                            best = best.min(dot(&a, &s.sample(&mut rng)));
+                        }
+                        // Tightness: the projection of c - T a for a huge T tends to the minimizer.
+                        let mut x: Vec<f64> = s.center().iter().zip(&a).map(|(c, a)| c - 1e9 * a).collect();
+                        s.project(&mut x);
+                        let pgd = dot(&a, &x);
+                        assert!(lb <= best + 1e-12, "{norm:?} {with_box} {eps}: {lb} > {best}");
+                        assert!(lb <= pgd + 1e-12, "{norm:?} {with_box} {eps}: {lb} > {pgd}");
+                        assert!(pgd - lb < 1e-6, "{norm:?} {with_box} {eps}: gap {}", pgd - lb);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Verifiers: methods that return a sound lower bound on phi[c] for each target class c.
+//!
+//! | name | method | norms | activations |
+//! |---|---|---|---|
+//! | `ibp` | [`Ibp`]: interval bound propagation | l2, l_inf | all |
+//! | `fastlin` | [`FastLin`]: backward linear relaxation, slope u/(u-l) (= Wong-Kolter dual) | l2, l_inf | all |
+//! | `crown` | [`Crown`]: backward linear relaxation, adaptive slope (CROWN-Ada) | l2, l_inf | all |
+//!
+//! Every bound is sound for whatever the method computes (no solver tolerance is involved in
+//! these three); floating-point rounding in the bound itself is of relative order 1e-15 and is not
+//! yet accounted for by directed rounding.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bounds::{self, Propagation};
+use crate::error::{Error, Result};
+use crate::network::Network;
+use crate::spec::InputSet;
+
+/// Statistics a verifier reports with its bounds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Wall-clock seconds spent by the verifier on this image.
+    pub seconds: f64,
+    /// Hidden ReLU neurons whose sign the pre-activation bounds leave open (None for methods that
+    /// do not compute pre-activation bounds).
+    pub unstable_neurons: Option<usize>,
+}
+
+/// Lower bounds on phi[c] for the requested targets, in the order requested.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BoundReport {
+    /// (target, lower bound on phi[target]).
+    pub bounds: Vec<(usize, f64)>,
+    /// What the run cost.
+    pub stats: Stats,
+}
+
+/// A method that proves lower bounds on the margin over an input set.
+///
+/// Implementations must return, for every target c, a value `b` with
+/// `b <= f(x)[label] - f(x)[c]` for **every** x in `set`, whatever their inner solvers did
+/// (DESIGN.md, soundness rules). A method that cannot say anything returns `-inf`, not an error.
+pub trait Verifier: Send + Sync {
+    /// The name used on the command line (`--method NAME`).
+    fn name(&self) -> &'static str;
+
+    /// Lower bounds on phi[c] for each c in `targets` (classes other than `label`).
+    fn lower_bounds(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        targets: &[usize],
+    ) -> Result<BoundReport>;
+}
+
+fn propagate(
+    method: Propagation,
+    network: &Network,
+    set: &InputSet,
+    label: usize,
+    targets: &[usize],
+) -> Result<BoundReport> {
+    let start = Instant::now();
+    if set.dim() != network.input_size() {
+        return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
+    }
+    let pre = bounds::pre_activation_bounds(network, set, method)?;
+    let lbs = bounds::margin_lower_bounds(network, set, &pre, method, label, targets)?;
+    Ok(BoundReport {
+        bounds: targets.iter().copied().zip(lbs).collect(),
+        stats: Stats {
+            seconds: start.elapsed().as_secs_f64(),
+            unstable_neurons: Some(pre.unstable_neurons()),
+        },
+    })
+}
+
+macro_rules! propagation_verifier {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $method:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $ty;
+
+        impl Verifier for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn lower_bounds(
+                &self,
+                network: &Network,
+                set: &InputSet,
+                label: usize,
+                targets: &[usize],
+            ) -> Result<BoundReport> {
+                propagate($method, network, set, label, targets)
+            }
+        }
+    };
+}
+
+propagation_verifier!(
+    /// Interval bound propagation, with the margin folded into the last layer.
+    Ibp,
+    "ibp",
+    Propagation::Ibp
+);
+propagation_verifier!(
+    /// Fast-Lin: backward linear relaxation with lower slope u/(u-l) at every layer; equal to the
+    /// Wong-Kolter dual network bound.
+    FastLin,
+    "fastlin",
+    Propagation::FastLin
+);
+propagation_verifier!(
+    /// CROWN-Ada: backward linear relaxation with the adaptive lower slope, every layer's
+    /// pre-activation bounds from their own backward pass (auto_LiRPA's method "CROWN").
+    Crown,
+    "crown",
+    Propagation::Crown
+);
+
+/// The names accepted by [`by_name`].
+pub const METHODS: &[&str] = &["ibp", "fastlin", "crown"];
+
+/// The verifier with the given command-line name.
+pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
+    match name {
+        "ibp" => Ok(Box::new(Ibp)),
+        "fastlin" | "fast-lin" | "wong-kolter" => Ok(Box::new(FastLin)),
+        "crown" => Ok(Box::new(Crown)),
+        _ => Err(Error::InvalidArgument(format!(
+            "unknown method '{name}' (available: {}, pgd)",
+            METHODS.join(", ")
+        ))),
+    }
+}
