@@ -10,7 +10,7 @@
 //! This module defines X ([`InputSet`]), projections onto it (for PGD), and the support function
 //! min over X of a^T x (for the linear bounds).
 
-use faer::{Mat, MatRef};
+use faer::MatRef;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -307,11 +307,15 @@ impl InputSet {
             let (lo, hi) = self.bounding_box();
             let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
             let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
-            let abs_a = Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)].abs());
-            let c = crate::linalg::mat_vec(a.transpose(), &mid);
-            let r = crate::linalg::mat_vec(abs_a.as_ref().transpose(), &rad);
-            // Exact bounds at the box corners are >= this; rounding differences are O(1e-16).
-            return c.iter().zip(&r).map(|(c, r)| c - r).collect();
+            return (0..a.ncols())
+                .map(|j| {
+                    let term = |(ai, (m, r)): (&f64, (&f64, &f64))| ai * m - ai.abs() * r;
+                    match a.col(j).try_as_col_major() {
+                        Some(col) => col.as_slice().iter().zip(mid.iter().zip(&rad)).map(term).sum(),
+                        None => a.col(j).iter().zip(mid.iter().zip(&rad)).map(term).sum(),
+                    }
+                })
+                .collect();
         }
         let mut col = vec![0.0; a.nrows()];
         (0..a.ncols())

@@ -172,26 +172,55 @@ fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines) {
     }
 }
 
-/// Lower bounds on lam[:, s]^T z_j for every column s, where lam lies on the pre-activation z_j of
-/// layer j and `lines[k]` relaxes the activation of layer k < j.
-fn backward(net: &Network, set: &InputSet, lines: &[Lines], j: usize, mut lam: Mat<f64>) -> Vec<f64> {
+/// Lower bounds on lam[:, s]^T x_j + consts[s] for every column s, where lam lies on the *input*
+/// x_j of layer j (x_0 is the network input) and `lines[k]` relaxes the activation of layer k < j.
+fn backward(
+    net: &Network,
+    set: &InputSet,
+    lines: &[Lines],
+    j: usize,
+    mut lam: Mat<f64>,
+    mut consts: Vec<f64>,
+) -> Vec<f64> {
     let layers = net.layers();
-    let mut consts = vec![0.0; lam.ncols()];
-    let mut k = j;
-    loop {
+    for k in (0..j).rev() {
+        // lam on x_{k+1} = sigma_k(z_k): relax, then through z_k = W_k x_k + b_k.
+        relax(&mut lam, &mut consts, &lines[k]);
         let layer = &layers[k];
         for (s, c) in consts.iter_mut().enumerate() {
-            *c += linalg::dot(lam.col(s).try_as_col_major().expect("owned column").as_slice(), layer.bias());
+            *c += linalg::dot(column(&lam, s), layer.bias());
         }
-        lam = linalg::mul(layer.weight().transpose(), lam.as_ref());
-        if k == 0 {
-            break;
-        }
-        relax(&mut lam, &mut consts, &lines[k - 1]);
-        k -= 1;
+        // Neurons whose relaxed coefficient is zero in every column (inactive ReLUs) drop out of
+        // the product: W_k^T lam only needs the rows of lam that are not identically zero.
+        let rows: Vec<usize> = (0..lam.nrows()).filter(|&i| (0..lam.ncols()).any(|s| lam[(i, s)] != 0.0)).collect();
+        let wt = layer.weight_t();
+        lam = if rows.len() == lam.nrows() {
+            linalg::mul(wt, lam.as_ref())
+        } else {
+            let mut wt_sub = Mat::<f64>::zeros(wt.nrows(), rows.len());
+            let mut sub = Mat::<f64>::zeros(rows.len(), lam.ncols());
+            for (r, &i) in rows.iter().enumerate() {
+                wt_sub.col_mut(r).copy_from(wt.col(i));
+                sub.row_mut(r).copy_from(lam.row(i));
+            }
+            linalg::mul(wt_sub.as_ref(), sub.as_ref())
+        };
     }
     let support = set.min_linear_columns(lam.as_ref());
     support.iter().zip(&consts).map(|(a, b)| a + b).collect()
+}
+
+fn column(m: &Mat<f64>, s: usize) -> &[f64] {
+    m.col(s).try_as_col_major().expect("owned matrices have contiguous columns").as_slice()
+}
+
+/// lam^T (W x + b) with lam on the pre-activation z_j: returns (W^T lam, lam^T b).
+fn through_affine(net: &Network, j: usize, lam: MatRef<'_, f64>) -> (Mat<f64>, Vec<f64>) {
+    let layer = &net.layers()[j];
+    let consts = (0..lam.ncols())
+        .map(|s| (0..lam.nrows()).map(|i| lam[(i, s)] * layer.bias()[i]).sum())
+        .collect();
+    (linalg::mul(layer.weight_t(), lam), consts)
 }
 
 fn layer_lines(net: &Network, k: usize, iv: &Interval, slope: Slope) -> Lines {
@@ -206,17 +235,15 @@ pub fn all_layer_bounds(net: &Network, set: &InputSet, slope: Slope) -> PreActiv
     let mut bounds: Vec<Interval> = Vec::with_capacity(layers.len());
     let mut lines: Vec<Lines> = Vec::with_capacity(layers.len());
     for j in 0..layers.len() {
-        let n = layers[j].output_size();
-        let lam = Mat::from_fn(n, 2 * n, |i, s| {
-            if s == i {
-                1.0
-            } else if s == i + n {
-                -1.0
-            } else {
-                0.0
-            }
-        });
-        let lb = backward(net, set, &lines, j, lam);
+        // lam = [I, -I] on z_j, pushed through W_j directly: [W_j^T, -W_j^T] with consts [b, -b].
+        let wt = layers[j].weight_t();
+        let n = wt.ncols();
+        let mut lam = Mat::<f64>::zeros(wt.nrows(), 2 * n);
+        lam.as_mut().submatrix_mut(0, 0, wt.nrows(), n).copy_from(wt);
+        lam.as_mut().submatrix_mut(0, n, wt.nrows(), n).copy_from(-wt);
+        let b = layers[j].bias();
+        let consts: Vec<f64> = b.iter().copied().chain(b.iter().map(|v| -v)).collect();
+        let lb = backward(net, set, &lines, j, lam, consts);
         let iv = Interval { lower: lb[..n].to_vec(), upper: lb[n..].iter().map(|v| -v).collect() };
         lines.push(layer_lines(net, j, &iv, slope));
         bounds.push(iv);
@@ -238,8 +265,9 @@ pub fn spec_lower_bounds(
     let mut lam = lam.to_owned();
     let mut consts = vec![0.0; lam.ncols()];
     relax(&mut lam, &mut consts, &lines[k - 1]);
-    let lb = backward(net, set, &lines, k - 1, lam);
-    lb.iter().zip(&consts).map(|(a, b)| a + b).collect()
+    let (lam, c2) = through_affine(net, k - 1, lam.as_ref());
+    let consts: Vec<f64> = consts.iter().zip(&c2).map(|(a, b)| a + b).collect();
+    backward(net, set, &lines, k - 1, lam, consts)
 }
 
 #[cfg(test)]

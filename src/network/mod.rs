@@ -19,6 +19,8 @@ use crate::linalg;
 #[derive(Clone, Debug)]
 pub struct Layer {
     weight: Mat<f64>,
+    /// W^T, kept because the backward passes read the weights by rows.
+    weight_t: Mat<f64>,
     bias: Vec<f64>,
     activation: Activation,
 }
@@ -27,7 +29,8 @@ impl Layer {
     /// A layer from its weight matrix (outputs x inputs), bias and activation. Shapes and
     /// finiteness are checked when the layer is put into a [`Network`].
     pub fn new(weight: Mat<f64>, bias: Vec<f64>, activation: Activation) -> Self {
-        Self { weight, bias, activation }
+        let weight_t = weight.transpose().to_owned();
+        Self { weight, weight_t, bias, activation }
     }
 
     /// A layer from the rows of its weight matrix; an error when the rows differ in length.
@@ -45,6 +48,10 @@ impl Layer {
     /// W (outputs x inputs).
     pub fn weight(&self) -> MatRef<'_, f64> {
         self.weight.as_ref()
+    }
+    /// W^T (inputs x outputs), stored contiguously.
+    pub fn weight_t(&self) -> MatRef<'_, f64> {
+        self.weight_t.as_ref()
     }
     /// b.
     pub fn bias(&self) -> &[f64] {
@@ -278,7 +285,7 @@ impl Network {
                     g[(i, j)] *= layer.activation.derivative(z[(i, j)]);
                 }
             }
-            g = linalg::mul(layer.weight().transpose(), g.as_ref());
+            g = linalg::mul(layer.weight_t(), g.as_ref());
         }
         (values, g)
     }

@@ -1,0 +1,258 @@
+//! Command-line certification: run an attack and a verifier over a set of images.
+//!
+//! ```text
+//! cargo run --release --example certify                     # bundled digits model and test images
+//! cargo run --release --example certify -- --model ../shared/data/models/adv-mnist-mlp-2x100.json \
+//!     --images ../shared/data/mnist/t10k-first1100-images-idx3-ubyte \
+//!     --labels ../shared/data/mnist/t10k-first1100-labels-idx1-ubyte \
+//!     --norm linf --eps 0.1 --method crown --count 100 --only-correct --json out.json
+//! ```
+//!
+//! Flags (stable names): --model --images --labels --norm --eps --domain --method --skip --count
+//! --only-correct --all-targets --threads --json, plus --pgd-steps --pgd-restarts --no-attack.
+//! The JSON output is documented in docs/formats.md.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use clap::Parser;
+use nncert::attack::PgdSettings;
+use nncert::certify::{CertifyOptions, ImageReport, Summary, certify_many};
+use nncert::{Domain, InputSet, Network, Norm, Verdict};
+
+const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/models/digits-relu-adv.json");
+
+#[derive(Parser, Debug)]
+#[command(about = "Certify the robustness of a network on a set of images")]
+struct Args {
+    /// Model file (JSON model format). Default: the bundled digits ReLU model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// IDX images (optionally .gz). Default: the bundled digits test split.
+    #[arg(long, requires = "labels")]
+    images: Option<PathBuf>,
+    /// IDX labels (optionally .gz).
+    #[arg(long, requires = "images")]
+    labels: Option<PathBuf>,
+    /// l2 or linf.
+    #[arg(long, default_value = "linf")]
+    norm: String,
+    /// Radius of the ball (>= 0; 0 just classifies).
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    eps: f64,
+    /// Valid input box "LO,HI", or "none".
+    #[arg(long, default_value = "0,1", allow_hyphen_values = true)]
+    domain: String,
+    /// ibp, fastlin, crown, or pgd (attack only).
+    #[arg(long, default_value = "crown")]
+    method: String,
+    /// First image index.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
+    /// Number of images (default: all from --skip on).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Count only correctly classified images (the papers' protocol).
+    #[arg(long)]
+    only_correct: bool,
+    /// Compute every target's lower bound even when the verdict is already known.
+    #[arg(long)]
+    all_targets: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// PGD steps per restart.
+    #[arg(long, default_value_t = 100)]
+    pgd_steps: usize,
+    /// PGD restarts (the first starts at the image).
+    #[arg(long, default_value_t = 3)]
+    pgd_restarts: usize,
+    /// Do not run PGD before the verifier.
+    #[arg(long)]
+    no_attack: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(t) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
+    }
+    let model_path = args.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
+    let net = nncert::io::load_model(&model_path)?;
+    let norm: Norm = args.norm.parse()?;
+    if !args.eps.is_finite() || args.eps < 0.0 {
+        return Err(Box::new(nncert::Error::InvalidRadius(args.eps)));
+    }
+    let domain = parse_domain(&args.domain)?;
+    let verifier = match args.method.as_str() {
+        "pgd" => None,
+        name => Some(nncert::verify::by_name(name)?),
+    };
+    if verifier.is_none() && args.no_attack {
+        return Err("--method pgd with --no-attack computes nothing".into());
+    }
+    let (images, labels, source) = match (&args.images, &args.labels) {
+        (Some(i), Some(l)) => {
+            let (images, _) = nncert::io::read_idx_images(i)?;
+            let labels = nncert::io::read_idx_labels(l)?;
+            (images, labels, i.display().to_string())
+        }
+        _ => {
+            let (_, test) = nncert::data::digits_split()?;
+            (test.images, test.labels, "bundled digits test split".to_string())
+        }
+    };
+    if images.len() != labels.len() {
+        return Err(format!("{} images but {} labels", images.len(), labels.len()).into());
+    }
+    let selected = select(&net, &images, &labels, &args)?;
+    let dom = domain;
+    let make_set = |x: &[f64]| -> nncert::Result<InputSet> {
+        let d = dom.map(|(lo, hi)| Domain::uniform(x.len(), lo, hi)).transpose()?;
+        InputSet::new(x.to_vec(), args.eps, norm, d)
+    };
+    let options = CertifyOptions {
+        attack: (!args.no_attack).then(|| PgdSettings {
+            steps: args.pgd_steps,
+            restarts: args.pgd_restarts.max(1),
+            ..PgdSettings::default()
+        }),
+        all_targets: args.all_targets,
+    };
+    eprintln!(
+        "model {} | {} images from {} | {} eps {} domain {} | method {}",
+        model_path.display(),
+        selected.len(),
+        source,
+        norm.name(),
+        args.eps,
+        args.domain,
+        args.method
+    );
+    let total = selected.len();
+    let counts = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+    let every = (total / 20).max(1);
+    let start = Instant::now();
+    let progress = |done: usize, r: &ImageReport| {
+        let slot = match r.verdict {
+            Verdict::Robust => 0,
+            Verdict::NotRobust => 1,
+            Verdict::Unknown => 2,
+            Verdict::Misclassified => 3,
+        };
+        counts[slot].fetch_add(1, Ordering::Relaxed);
+        if done % every == 0 || done == total {
+            let el = start.elapsed().as_secs_f64();
+            let eta = el / done as f64 * (total - done) as f64;
+            eprintln!(
+                "[{done}/{total}] robust {} not_robust {} unknown {} misclassified {} | {el:.1}s elapsed, eta {eta:.1}s",
+                counts[0].load(Ordering::Relaxed),
+                counts[1].load(Ordering::Relaxed),
+                counts[2].load(Ordering::Relaxed),
+                counts[3].load(Ordering::Relaxed)
+            );
+        }
+    };
+    let inputs: Vec<(Vec<f64>, usize)> = selected.iter().map(|&i| (images[i].clone(), labels[i])).collect();
+    let reports = certify_many(&net, &inputs, make_set, verifier.as_deref(), &options, Some(&progress))?;
+    let summary = Summary::of(&reports);
+
+    if total <= 30 {
+        println!("{:>6} {:>5} {:>9} {:>13} {:>12} {:>12} {:>9}", "image", "label", "predicted", "verdict", "min lower", "min upper", "seconds");
+        for (&i, r) in selected.iter().zip(&reports) {
+            let min = |v: &[Option<f64>]| v.iter().flatten().copied().fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))));
+            let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+            println!(
+                "{:>6} {:>5} {:>9} {:>13} {:>12} {:>12} {:>9.4}",
+                i,
+                r.label,
+                r.predicted,
+                r.verdict.name(),
+                fmt(min(&r.lower_bounds)),
+                fmt(min(&r.upper_bounds)),
+                r.seconds
+            );
+        }
+    }
+    println!(
+        "{} {} eps {} on {} images: robust {} | not robust {} | unknown {} | misclassified {} | {:.4} s/image",
+        args.method,
+        norm.name(),
+        args.eps,
+        summary.images,
+        summary.robust,
+        summary.not_robust,
+        summary.unknown,
+        summary.misclassified,
+        summary.seconds_per_image
+    );
+    if let Some(path) = &args.json {
+        let images_json: Vec<serde_json::Value> = selected
+            .iter()
+            .zip(&reports)
+            .map(|(&i, r)| {
+                serde_json::json!({
+                    "index": i, "label": r.label, "predicted": r.predicted, "verdict": r.verdict.name(),
+                    "lower_bounds": r.lower_bounds, "upper_bounds": r.upper_bounds, "seconds": r.seconds,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "model": model_path.display().to_string(),
+            "method": args.method,
+            "norm": norm.name(),
+            "eps": args.eps,
+            "domain": domain.map(|(lo, hi)| vec![lo, hi]),
+            "images": images_json,
+            "summary": summary,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn parse_domain(s: &str) -> Result<Option<(f64, f64)>, Box<dyn std::error::Error>> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let parts: Vec<&str> = s.split(',').collect();
+    if parts.len() != 2 {
+        return Err(format!("--domain expects LO,HI or none, got '{s}'").into());
+    }
+    let lo: f64 = parts[0].trim().parse().map_err(|_| format!("--domain: bad number '{}'", parts[0]))?;
+    let hi: f64 = parts[1].trim().parse().map_err(|_| format!("--domain: bad number '{}'", parts[1]))?;
+    if !(lo <= hi) {
+        return Err(format!("--domain: need LO <= HI, got {lo},{hi}").into());
+    }
+    Ok(Some((lo, hi)))
+}
+
+/// Image indices to run: K..K+N, or with --only-correct the first N correctly classified from K.
+fn select(net: &Network, images: &[Vec<f64>], labels: &[usize], args: &Args) -> Result<Vec<usize>, Box<dyn std::error::Error>> {
+    if args.skip > images.len() {
+        return Err(format!("--skip {} but the file has {} images", args.skip, images.len()).into());
+    }
+    let want = args.count.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for i in args.skip..images.len() {
+        if out.len() >= want {
+            break;
+        }
+        if args.only_correct && net.predict(&images[i])? != labels[i] {
+            continue;
+        }
+        out.push(i);
+    }
+    Ok(out)
+}
