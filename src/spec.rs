@@ -203,8 +203,10 @@ impl InputSet {
     /// `x(t) = clip(c + t (x - c))` with the largest t in [0, 1] such that ||x(t) - c|| <= eps: the
     /// KKT conditions of min ||x - y||^2 s.t. ||x - c||^2 <= eps^2, lo <= x <= hi give
     /// x = clip((y + lambda c) / (1 + lambda)) with multiplier lambda = 1/t - 1, and ||x(t) - c|| is
-    /// non-decreasing in t (c lies in the box), so bisection on t converges to the exact projection.
-    /// The returned point always lies in X (it is taken on the feasible side of the bracket).
+    /// piecewise of the form sqrt(t^2 A + S) and non-decreasing in t (c lies in the box), so the
+    /// crossing with eps is found exactly after sorting the coordinates' saturation times. The
+    /// returned point always lies in X (checked, and moved towards the center if rounding put it
+    /// outside).
     pub fn project(&self, x: &mut [f64]) {
         let eps = self.inner_eps();
         let (lo, hi) = self.box_with_radius(eps, false);
@@ -216,38 +218,34 @@ impl InputSet {
             }
             Norm::L2 => {
                 let c = &self.center;
-                let (dlo, dhi) = match &self.domain {
-                    Some(d) => (d.lo.as_slice(), d.hi.as_slice()),
-                    None => (&[][..], &[][..]),
+                let n = x.len();
+                let (dlo, dhi): (Vec<f64>, Vec<f64>) = match &self.domain {
+                    Some(d) => (d.lo.clone(), d.hi.clone()),
+                    None => (vec![f64::NEG_INFINITY; n], vec![f64::INFINITY; n]),
                 };
-                let point = |t: f64, out: &mut [f64]| {
-                    for i in 0..out.len() {
-                        let v = c[i] + t * (x[i] - c[i]);
-                        out[i] = if dlo.is_empty() { v } else { v.clamp(dlo[i], dhi[i]) };
-                    }
-                };
-                // The same distance as `contains`, so that the result passes its check exactly.
-                let dist = |p: &[f64]| self.distance(p);
-                let mut buf = vec![0.0; x.len()];
-                point(1.0, &mut buf);
-                if dist(&buf) <= eps {
-                    x.copy_from_slice(&buf);
+                let dir: Vec<f64> = x.iter().zip(c).map(|(a, b)| a - b).collect();
+                let clipped: Vec<f64> = (0..n).map(|i| x[i].clamp(dlo[i], dhi[i])).collect();
+                if self.distance(&clipped) <= eps {
+                    // Already inside the ball once clipped: t = 1.
+                    x.copy_from_slice(&clipped);
                     return;
                 }
-                let (mut a, mut b) = (0.0f64, 1.0f64);
-                for _ in 0..100 {
-                    let m = 0.5 * (a + b);
-                    if m <= a || m >= b {
+                let mut t = ray_exit_time(c, &dir, &dlo, &dhi, eps).min(1.0);
+                let mut buf = vec![0.0; n];
+                // Rounding can leave the point a hair outside; shrink t until the same distance
+                // that `contains` computes accepts it (t = 0 gives the center, always inside).
+                for k in 0..64 {
+                    for i in 0..n {
+                        buf[i] = (c[i] + t * dir[i]).clamp(dlo[i], dhi[i]);
+                    }
+                    if self.distance(&buf) <= eps {
                         break;
                     }
-                    point(m, &mut buf);
-                    if dist(&buf) <= eps {
-                        a = m;
-                    } else {
-                        b = m;
-                    }
+                    t *= 1.0 - (1e-15 * 2f64.powi(k)).min(1.0);
                 }
-                point(a, &mut buf);
+                if self.distance(&buf) > eps {
+                    buf.copy_from_slice(c);
+                }
                 x.copy_from_slice(&buf);
             }
         }
@@ -331,44 +329,20 @@ impl InputSet {
     fn min_linear_l2_box(&self, a: &[f64], d: &Domain) -> f64 {
         let c = &self.center;
         let eps2 = self.eps * self.eps;
-        // Saturation value s_i and time T_i at which coordinate i hits the box.
-        let mut events: Vec<(f64, f64, f64)> = Vec::with_capacity(a.len()); // (T_i, a_i^2, s_i^2)
-        let mut sat_total = 0.0;
-        for i in 0..a.len() {
-            let ai = a[i];
-            if ai == 0.0 {
-                continue;
-            }
-            let s = if ai > 0.0 { d.lo[i] - c[i] } else { d.hi[i] - c[i] };
-            let t = s / -ai; // >= 0
-            events.push((t, ai * ai, s * s));
-            sat_total += s * s;
-        }
         let box_min = || -> f64 {
             a.iter()
                 .enumerate()
                 .map(|(i, &ai)| if ai >= 0.0 { ai * d.lo[i] } else { ai * d.hi[i] })
                 .sum()
         };
-        if sat_total <= eps2 {
+        // The minimizer of the Lagrangian at lambda = 1/t is clip(c - t a): a ray in direction -a.
+        let neg_a: Vec<f64> = a.iter().map(|v| -v).collect();
+        let t_star = ray_exit_time(c, &neg_a, &d.lo, &d.hi, self.eps);
+        if t_star.is_infinite() {
             // The box minimizer lies in the ball: lambda* = 0.
             return box_min();
         }
-        events.sort_by(|x, y| x.0.total_cmp(&y.0));
-        // N(t) = t^2 * A + S with A = sum of a_i^2 over unsaturated, S = sum of s_i^2 over saturated.
-        let mut big_a: f64 = events.iter().map(|e| e.1).sum();
-        let mut s = 0.0;
-        let mut t_star = f64::NAN;
-        for e in &events {
-            // Segment [prev, e.0]: does N reach eps2 before e.0?
-            if e.0 * e.0 * big_a + s >= eps2 {
-                t_star = ((eps2 - s).max(0.0) / big_a).sqrt();
-                break;
-            }
-            big_a -= e.1;
-            s += e.2;
-        }
-        if !t_star.is_finite() || t_star <= 0.0 {
+        if t_star <= 0.0 || t_star.is_nan() {
             return box_min().max(dot(a, c) - self.eps * norm2(a));
         }
         let lambda = 1.0 / t_star;
@@ -383,6 +357,40 @@ impl InputSet {
         };
         g(lambda).max(box_min()).max(dot(a, c) - self.eps * norm2(a))
     }
+}
+
+/// For the ray t -> clip(c + t d, lo, hi) (with lo <= c <= hi), the time t at which
+/// ||clip(c + t d) - c||_2 reaches `radius`, or +inf if it never does. Exact: each coordinate
+/// moves linearly until it saturates at the box, so the squared distance is t^2 A + S on each
+/// interval between saturation times (A: sum of d_i^2 over moving coordinates, S: sum of the
+/// saturated offsets squared), and the crossing is found after sorting the saturation times.
+fn ray_exit_time(c: &[f64], d: &[f64], lo: &[f64], hi: &[f64], radius: f64) -> f64 {
+    let r2 = radius * radius;
+    let mut events: Vec<(f64, f64, f64)> = Vec::with_capacity(d.len()); // (T_i, d_i^2, s_i^2)
+    let mut total = 0.0;
+    for i in 0..d.len() {
+        let di = d[i];
+        if di == 0.0 {
+            continue;
+        }
+        let s = if di > 0.0 { hi[i] - c[i] } else { lo[i] - c[i] };
+        events.push((s / di, di * di, s * s));
+        total += s * s;
+    }
+    if total <= r2 {
+        return f64::INFINITY;
+    }
+    events.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut moving: f64 = events.iter().map(|e| e.1).sum();
+    let mut saturated = 0.0;
+    for e in &events {
+        if e.0 * e.0 * moving + saturated >= r2 {
+            return ((r2 - saturated).max(0.0) / moving).sqrt();
+        }
+        moving -= e.1;
+        saturated += e.2;
+    }
+    f64::INFINITY
 }
 
 /// A standard normal sample (Box-Muller), so that `rand` alone suffices.

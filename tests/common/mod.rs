@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests: random networks and the optional reference data.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use faer::Mat;
+use nncert::{Activation, Layer, Network};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A random network with the given layer sizes (input first); hidden layers use `act`, the last
+/// layer is affine. Weights ~ U(-1, 1) * scale / sqrt(fan_in), biases ~ U(-0.3, 0.3).
+pub fn random_network(seed: u64, sizes: &[usize], act: Activation) -> Network {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut layers = Vec::new();
+    for k in 0..sizes.len() - 1 {
+        let (n_in, n_out) = (sizes[k], sizes[k + 1]);
+        let scale = 2.0 / (n_in as f64).sqrt();
+        let w = Mat::from_fn(n_out, n_in, |_, _| (rng.random::<f64>() * 2.0 - 1.0) * scale);
+        let b = (0..n_out).map(|_| rng.random::<f64>() * 0.6 - 0.3).collect();
+        let a = if k + 2 == sizes.len() { Activation::Identity } else { act };
+        layers.push(Layer::new(w, b, a));
+    }
+    Network::new(vec![sizes[0]], layers).expect("valid random network")
+}
+
+/// ../shared/data (relative to the crate root), or None with a printed reason.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    if dir.join("models").is_dir() && dir.join("mnist").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: reference data not found at {}", dir.display());
+        None
+    }
+}
+
+/// The first 1100 MNIST test images and labels from the reference data.
+pub fn mnist(dir: &std::path::Path) -> (Vec<Vec<f64>>, Vec<usize>) {
+    let (images, shape) = nncert::io::read_idx_images(dir.join("mnist/t10k-first1100-images-idx3-ubyte")).unwrap();
+    assert_eq!(shape, vec![28, 28]);
+    let labels = nncert::io::read_idx_labels(dir.join("mnist/t10k-first1100-labels-idx1-ubyte")).unwrap();
+    (images, labels)
+}

@@ -1,0 +1,128 @@
+//! Soundness of every lower bound against ground truth on random small networks: each method's
+//! lower bound on phi[c] must lie below PGD's upper bound and below the margin at every sampled
+//! point of the input set, and the pre-activation bounds must contain the pre-activations of
+//! every sampled point.
+
+mod common;
+
+use nncert::attack::{PgdSettings, pgd};
+use nncert::bounds::{self, Propagation};
+use nncert::{Activation, Domain, InputSet, Network, Norm};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+const TOL: f64 = 1e-9;
+
+fn pre_activations(net: &Network, x: &[f64]) -> Vec<Vec<f64>> {
+    let mut out = Vec::new();
+    let mut h = x.to_vec();
+    for layer in net.layers() {
+        let w = layer.weight();
+        let z: Vec<f64> = (0..w.nrows())
+            .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * h[j]).sum::<f64>() + layer.bias()[i])
+            .collect();
+        h = z.iter().map(|&v| layer.activation().eval(v)).collect();
+        out.push(z);
+    }
+    out
+}
+
+fn check(net: &Network, set: &InputSet, label: usize, seed: u64) {
+    let targets: Vec<usize> = (0..net.num_classes()).filter(|&c| c != label).collect();
+    let attack = pgd(net, set, label, &targets, &PgdSettings { steps: 60, restarts: 3, ..Default::default() }).unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let samples: Vec<Vec<f64>> = (0..200).map(|_| set.sample(&mut rng)).collect();
+    for s in &samples {
+        assert!(set.contains(s, 0.0));
+    }
+    for method in [Propagation::Ibp, Propagation::FastLin, Propagation::Crown] {
+        let pre = bounds::pre_activation_bounds(net, set, method).unwrap();
+        for s in samples.iter().chain(attack.iter().map(|a| &a.input)) {
+            for (k, z) in pre_activations(net, s).iter().enumerate() {
+                for (i, &v) in z.iter().enumerate() {
+                    let (l, u) = (pre.layers[k].lower[i], pre.layers[k].upper[i]);
+                    assert!(l <= v + TOL && v <= u + TOL, "{method:?} layer {k} neuron {i}: {v} not in [{l}, {u}]");
+                }
+            }
+        }
+        let lbs = bounds::margin_lower_bounds(net, set, &pre, method, label, &targets).unwrap();
+        for (ti, &t) in targets.iter().enumerate() {
+            let lb = lbs[ti];
+            assert!(lb <= attack[ti].margin + TOL, "{method:?} target {t}: lower {lb} > PGD {}", attack[ti].margin);
+            for s in &samples {
+                let m = net.margin(s, label, t).unwrap();
+                assert!(lb <= m + TOL, "{method:?} target {t}: lower {lb} > sampled margin {m}");
+            }
+        }
+    }
+}
+
+fn activation(i: u8) -> Activation {
+    [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Softplus][i as usize % 4]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    #[test]
+    fn lower_bounds_are_sound(
+        seed in 0u64..1_000_000,
+        n_in in 1usize..6,
+        hidden in proptest::collection::vec(2usize..8, 1..4),
+        classes in 2usize..5,
+        act in 0u8..4,
+        eps in 0.0f64..0.6,
+        l2 in any::<bool>(),
+        with_box in any::<bool>(),
+        center in proptest::collection::vec(0.0f64..1.0, 6),
+    ) {
+        let mut sizes = vec![n_in];
+        sizes.extend(&hidden);
+        sizes.push(classes);
+        let net = common::random_network(seed, &sizes, activation(act));
+        let x = center[..n_in].to_vec();
+        let label = net.predict(&x).unwrap();
+        let norm = if l2 { Norm::L2 } else { Norm::Linf };
+        let domain = with_box.then(|| Domain::uniform(n_in, 0.0, 1.0).unwrap());
+        let set = InputSet::new(x, eps, norm, domain).unwrap();
+        check(&net, &set, label, seed);
+    }
+}
+
+/// A fixed corpus as well, so that failures reproduce without proptest's state.
+#[test]
+fn seeded_corpus_is_sound() {
+    for seed in 0..60u64 {
+        let act = activation(seed as u8);
+        let sizes = [3 + (seed as usize % 3), 6, 5, 3];
+        let net = common::random_network(seed, &sizes, act);
+        let x: Vec<f64> = (0..sizes[0]).map(|i| ((seed as usize * 7 + i * 3) % 10) as f64 / 10.0).collect();
+        let label = net.predict(&x).unwrap();
+        for (norm, eps) in [(Norm::L2, 0.4), (Norm::Linf, 0.15)] {
+            for with_box in [false, true] {
+                let domain = with_box.then(|| Domain::uniform(sizes[0], 0.0, 1.0).unwrap());
+                let set = InputSet::new(x.clone(), eps, norm, domain).unwrap();
+                check(&net, &set, label, seed);
+            }
+        }
+    }
+}
+
+/// With eps = 0 the set is a point: every method returns the exact margin.
+#[test]
+fn zero_radius_gives_the_exact_margin() {
+    let net = common::random_network(3, &[4, 7, 6, 3], Activation::Relu);
+    let x = vec![0.2, 0.4, 0.6, 0.8];
+    let label = net.predict(&x).unwrap();
+    let set = InputSet::new(x.clone(), 0.0, Norm::Linf, None).unwrap();
+    let targets: Vec<usize> = (0..3).filter(|&c| c != label).collect();
+    for method in [Propagation::Ibp, Propagation::FastLin, Propagation::Crown] {
+        let pre = bounds::pre_activation_bounds(&net, &set, method).unwrap();
+        let lbs = bounds::margin_lower_bounds(&net, &set, &pre, method, label, &targets).unwrap();
+        for (ti, &t) in targets.iter().enumerate() {
+            let m = net.margin(&x, label, t).unwrap();
+            assert!((lbs[ti] - m).abs() < 1e-12, "{method:?}: {} vs {m}", lbs[ti]);
+        }
+    }
+}
