@@ -81,6 +81,16 @@ impl Activation {
         }
     }
 
+    /// sigma'(z) given z and a = sigma(z), reusing a where that avoids a transcendental call.
+    #[inline]
+    pub fn derivative_at(self, z: f64, a: f64) -> f64 {
+        match self {
+            Self::Sigmoid => a * (1.0 - a),
+            Self::Tanh => 1.0 - a * a,
+            _ => self.derivative(z),
+        }
+    }
+
     /// The points of (lo, hi) where sigma'(z) = slope, i.e. the only interior candidates for the
     /// extrema of sigma(z) - slope * z on [lo, hi]. Used to compute exact offsets of linear bounds
     /// (see `bounds::linear`). Empty for ReLU and the identity, whose extrema are at the ends or

@@ -259,19 +259,15 @@ impl Network {
         x: MatRef<'_, f64>,
         pairs: &[(usize, usize)],
     ) -> (Vec<f64>, Mat<f64>) {
-        let mut pre = Vec::with_capacity(self.layers.len());
+        // (pre-activation, post-activation) of every layer.
+        let mut cache: Vec<(Mat<f64>, Mat<f64>)> = Vec::with_capacity(self.layers.len());
         let mut h = x.to_owned();
         for layer in &self.layers {
             let mut z = linalg::mul(layer.weight(), h.as_ref());
             apply_bias_activation(&mut z, layer, |v| v);
-            let mut a = z.clone();
-            for j in 0..a.ncols() {
-                for v in a.col_mut(j).iter_mut() {
-                    *v = layer.activation.eval(*v);
-                }
-            }
-            pre.push(z);
-            h = a;
+            let a = Mat::from_fn(z.nrows(), z.ncols(), |i, j| layer.activation.eval(z[(i, j)]));
+            h = a.clone();
+            cache.push((z, a));
         }
         let values = pairs.iter().enumerate().map(|(j, &(l, t))| h[(l, j)] - h[(t, j)]).collect();
         let mut g = Mat::<f64>::zeros(self.num_classes(), pairs.len());
@@ -279,10 +275,12 @@ impl Network {
             g[(l, j)] += 1.0;
             g[(t, j)] -= 1.0;
         }
-        for (layer, z) in self.layers.iter().zip(&pre).rev() {
-            for j in 0..g.ncols() {
-                for i in 0..g.nrows() {
-                    g[(i, j)] *= layer.activation.derivative(z[(i, j)]);
+        for (layer, (z, a)) in self.layers.iter().zip(&cache).rev() {
+            if layer.activation != Activation::Identity {
+                for j in 0..g.ncols() {
+                    for i in 0..g.nrows() {
+                        g[(i, j)] *= layer.activation.derivative_at(z[(i, j)], a[(i, j)]);
+                    }
                 }
             }
             g = linalg::mul(layer.weight_t(), g.as_ref());
