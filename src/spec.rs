@@ -360,37 +360,48 @@ impl InputSet {
 }
 
 /// For the ray t -> clip(c + t d, lo, hi) (with lo <= c <= hi), the time t at which
-/// ||clip(c + t d) - c||_2 reaches `radius`, or +inf if it never does. Exact: each coordinate
-/// moves linearly until it saturates at the box, so the squared distance is t^2 A + S on each
-/// interval between saturation times (A: sum of d_i^2 over moving coordinates, S: sum of the
-/// saturated offsets squared), and the crossing is found after sorting the saturation times.
+/// ||clip(c + t d) - c||_2 reaches `radius`, or +inf if it never does.
+///
+/// Each coordinate moves linearly until it saturates at the box, so in u = t^2 the squared
+/// distance is N(u) = sum_i min(u d_i^2, s_i^2) (s_i the offset to the face the coordinate hits):
+/// piecewise linear, increasing and concave. Newton's method from u = 0 therefore increases
+/// monotonically towards the crossing without passing it (the tangent of a concave function lies
+/// above it) and stops after at most one step per breakpoint, in practice a handful of O(n)
+/// passes: no sorting, no allocation.
 fn ray_exit_time(c: &[f64], d: &[f64], lo: &[f64], hi: &[f64], radius: f64) -> f64 {
     let r2 = radius * radius;
-    let mut events: Vec<(f64, f64, f64)> = Vec::with_capacity(d.len()); // (T_i, d_i^2, s_i^2)
-    let mut total = 0.0;
-    for i in 0..d.len() {
-        let di = d[i];
-        if di == 0.0 {
-            continue;
-        }
-        let s = if di > 0.0 { hi[i] - c[i] } else { lo[i] - c[i] };
-        events.push((s / di, di * di, s * s));
-        total += s * s;
-    }
+    let offset = |i: usize| if d[i] > 0.0 { hi[i] - c[i] } else { lo[i] - c[i] };
+    let total: f64 = (0..d.len()).filter(|&i| d[i] != 0.0).map(|i| offset(i) * offset(i)).sum();
     if total <= r2 {
         return f64::INFINITY;
     }
-    events.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let mut moving: f64 = events.iter().map(|e| e.1).sum();
-    let mut saturated = 0.0;
-    for e in &events {
-        if e.0 * e.0 * moving + saturated >= r2 {
-            return ((r2 - saturated).max(0.0) / moving).sqrt();
+    let mut u = 0.0f64;
+    for _ in 0..4 * d.len() + 8 {
+        let (mut value, mut slope) = (0.0, 0.0);
+        for i in 0..d.len() {
+            let d2 = d[i] * d[i];
+            if d2 == 0.0 {
+                continue;
+            }
+            let s = offset(i);
+            let s2 = s * s;
+            if u * d2 < s2 {
+                value += u * d2;
+                slope += d2;
+            } else {
+                value += s2;
+            }
         }
-        moving -= e.1;
-        saturated += e.2;
+        if value >= r2 || slope == 0.0 {
+            break;
+        }
+        let next = u + (r2 - value) / slope;
+        if next <= u {
+            break;
+        }
+        u = next;
     }
-    f64::INFINITY
+    u.sqrt()
 }
 
 /// A standard normal sample (Box-Muller), so that `rand` alone suffices.
