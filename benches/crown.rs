@@ -32,7 +32,9 @@ fn bench(c: &mut Criterion) {
     let net = nncert::io::load_model(data.join("models/adv-mnist-mlp-2x100.json")).unwrap();
     let (images, _) = nncert::io::read_idx_images(data.join("mnist/t10k-first1100-images-idx3-ubyte")).unwrap();
     let labels = nncert::io::read_idx_labels(data.join("mnist/t10k-first1100-labels-idx1-ubyte")).unwrap();
-    for (name, norm, eps, with_box) in [("linf-0.1-box", Norm::Linf, 0.1, true), ("l2-1.0", Norm::L2, 1.0, false), ("l2-1.0-box", Norm::L2, 1.0, true)] {
+    for (name, norm, eps, with_box) in
+        [("linf-0.1-box", Norm::Linf, 0.1, true), ("l2-1.0", Norm::L2, 1.0, false), ("l2-1.0-box", Norm::L2, 1.0, true)]
+    {
         c.bench_function(&format!("crown/adv-mnist-mlp-2x100/{name}/per-image"), |b| {
             let mut i = 0;
             b.iter(|| {

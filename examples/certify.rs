@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use nncert::attack::PgdSettings;
-use nncert::certify::{CertifyOptions, ImageReport, Summary, certify_many};
+use nncert::certify::{CertifyOptions, ImageReport, RunReport, Summary, certify_many};
 use nncert::{Domain, InputSet, Network, Norm, Verdict};
 
 const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/models/digits-relu-adv.json");
@@ -151,7 +151,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Verdict::Misclassified => 3,
         };
         counts[slot].fetch_add(1, Ordering::Relaxed);
-        if done % every == 0 || done == total {
+        if done.is_multiple_of(every) || done == total {
             let el = start.elapsed().as_secs_f64();
             let eta = el / done as f64 * (total - done) as f64;
             eprintln!(
@@ -168,9 +168,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let summary = Summary::of(&reports);
 
     if total <= 30 {
-        println!("{:>6} {:>5} {:>9} {:>13} {:>12} {:>12} {:>9}", "image", "label", "predicted", "verdict", "min lower", "min upper", "seconds");
+        println!(
+            "{:>6} {:>5} {:>9} {:>13} {:>12} {:>12} {:>9}",
+            "image", "label", "predicted", "verdict", "min lower", "min upper", "seconds"
+        );
         for (&i, r) in selected.iter().zip(&reports) {
-            let min = |v: &[Option<f64>]| v.iter().flatten().copied().fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))));
+            let min = |v: &[Option<f64>]| {
+                v.iter().flatten().copied().fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))))
+            };
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
             println!(
                 "{:>6} {:>5} {:>9} {:>13} {:>12} {:>12} {:>9.4}",
@@ -197,25 +202,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         summary.seconds_per_image
     );
     if let Some(path) = &args.json {
-        let images_json: Vec<serde_json::Value> = selected
-            .iter()
-            .zip(&reports)
-            .map(|(&i, r)| {
-                serde_json::json!({
-                    "index": i, "label": r.label, "predicted": r.predicted, "verdict": r.verdict.name(),
-                    "lower_bounds": r.lower_bounds, "upper_bounds": r.upper_bounds, "seconds": r.seconds,
-                })
-            })
-            .collect();
-        let doc = serde_json::json!({
-            "model": model_path.display().to_string(),
-            "method": args.method,
-            "norm": norm.name(),
-            "eps": args.eps,
-            "domain": domain.map(|(lo, hi)| vec![lo, hi]),
-            "images": images_json,
-            "summary": summary,
-        });
+        let doc = RunReport::new(
+            model_path.display().to_string(),
+            args.method.clone(),
+            norm,
+            args.eps,
+            domain.map(|(lo, hi)| [lo, hi]),
+            &selected,
+            &reports,
+        );
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
@@ -232,14 +227,19 @@ fn parse_domain(s: &str) -> Result<Option<(f64, f64)>, Box<dyn std::error::Error
     }
     let lo: f64 = parts[0].trim().parse().map_err(|_| format!("--domain: bad number '{}'", parts[0]))?;
     let hi: f64 = parts[1].trim().parse().map_err(|_| format!("--domain: bad number '{}'", parts[1]))?;
-    if !(lo <= hi) {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
         return Err(format!("--domain: need LO <= HI, got {lo},{hi}").into());
     }
     Ok(Some((lo, hi)))
 }
 
 /// Image indices to run: K..K+N, or with --only-correct the first N correctly classified from K.
-fn select(net: &Network, images: &[Vec<f64>], labels: &[usize], args: &Args) -> Result<Vec<usize>, Box<dyn std::error::Error>> {
+fn select(
+    net: &Network,
+    images: &[Vec<f64>],
+    labels: &[usize],
+    args: &Args,
+) -> Result<Vec<usize>, Box<dyn std::error::Error>> {
     if args.skip > images.len() {
         return Err(format!("--skip {} but the file has {} images", args.skip, images.len()).into());
     }

@@ -136,7 +136,13 @@ impl Model {
     fn network(&self) -> Network {
         let k = self.w.len();
         let layers = (0..k)
-            .map(|i| Layer::new(self.weight(i).to_owned(), self.b[i].clone(), if i + 1 == k { Activation::Identity } else { self.act }))
+            .map(|i| {
+                Layer::new(
+                    self.weight(i).to_owned(),
+                    self.b[i].clone(),
+                    if i + 1 == k { Activation::Identity } else { self.act },
+                )
+            })
             .collect();
         Network::new(vec![1, 8, 8], layers).expect("trained weights are finite")
     }
@@ -228,7 +234,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let net = model.network();
-    let correct = test.images.iter().zip(&test.labels).filter(|(x, y)| net.predict(x).unwrap_or(usize::MAX) == **y).count();
+    let correct =
+        test.images.iter().zip(&test.labels).filter(|(x, y)| net.predict(x).unwrap_or(usize::MAX) == **y).count();
     println!("test accuracy {}/{} = {:.4}", correct, test.len(), correct as f64 / test.len() as f64);
     if args.adv_eps > 0.0 {
         let options = CertifyOptions { attack: Some(PgdSettings::default()), all_targets: false };
@@ -240,10 +247,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 pgd_ok += 1;
             }
         }
-        println!("PGD accuracy at l_inf {}: {}/{} = {:.4}", args.adv_eps, pgd_ok, test.len(), pgd_ok as f64 / test.len() as f64);
+        println!(
+            "PGD accuracy at l_inf {}: {}/{} = {:.4}",
+            args.adv_eps,
+            pgd_ok,
+            test.len(),
+            pgd_ok as f64 / test.len() as f64
+        );
     }
     nncert::io::save_model(&net, &args.out)?;
     println!("saved {}", args.out.display());
     Ok(())
 }
-

@@ -119,8 +119,7 @@ pub fn certify(
             if r.margin < 0.0 {
                 let better = report.counterexample.as_ref().is_none_or(|c| r.margin < c.margin);
                 if better {
-                    report.counterexample =
-                        Some(Counterexample { target: r.target, margin: r.margin, input: r.input });
+                    report.counterexample = Some(Counterexample { target: r.target, margin: r.margin, input: r.input });
                 }
             }
         }
@@ -185,6 +184,9 @@ impl Summary {
     }
 }
 
+/// A progress callback: called with the number of inputs done so far and the latest report.
+pub type Progress<'a> = dyn Fn(usize, &ImageReport) + Sync + 'a;
+
 /// Certifies many inputs in parallel (rayon). `make_set` builds the input set around each image
 /// (e.g. the same radius and domain for all); `progress` is called after each image with the
 /// number done so far. Results come back in input order.
@@ -194,7 +196,7 @@ pub fn certify_many<F>(
     make_set: F,
     verifier: Option<&dyn Verifier>,
     options: &CertifyOptions,
-    progress: Option<&(dyn Fn(usize, &ImageReport) + Sync)>,
+    progress: Option<&Progress<'_>>,
 ) -> Result<Vec<ImageReport>>
 where
     F: Fn(&[f64]) -> Result<InputSet> + Sync,
@@ -212,4 +214,70 @@ where
             Ok(r)
         })
         .collect()
+}
+
+/// One image of a [`RunReport`]: its index in the source file and its [`ImageReport`] fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    /// Index in the image file.
+    pub index: usize,
+    /// The label.
+    pub label: usize,
+    /// argmax f(center).
+    pub predicted: usize,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Lower bound per class (null for the label and for targets not computed).
+    pub lower_bounds: Vec<Option<f64>>,
+    /// PGD margin per class (null for the label or without attack).
+    pub upper_bounds: Vec<Option<f64>>,
+    /// Seconds for this image.
+    pub seconds: f64,
+}
+
+/// The JSON document the `certify` example writes with `--json` (docs/formats.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Model path.
+    pub model: String,
+    /// Method name.
+    pub method: String,
+    /// "l2" or "linf".
+    pub norm: crate::spec::Norm,
+    /// Radius.
+    pub eps: f64,
+    /// [lo, hi] or null.
+    pub domain: Option<[f64; 2]>,
+    /// Per image, in run order.
+    pub images: Vec<ImageEntry>,
+    /// Counts and mean time.
+    pub summary: Summary,
+}
+
+impl RunReport {
+    /// Builds the document from the image indices and their reports.
+    pub fn new(
+        model: String,
+        method: String,
+        set_norm: crate::spec::Norm,
+        eps: f64,
+        domain: Option<[f64; 2]>,
+        indices: &[usize],
+        reports: &[ImageReport],
+    ) -> Self {
+        let images = indices
+            .iter()
+            .zip(reports)
+            .map(|(&index, r)| ImageEntry {
+                index,
+                label: r.label,
+                predicted: r.predicted,
+                verdict: r.verdict,
+                lower_bounds: r.lower_bounds.clone(),
+                upper_bounds: r.upper_bounds.clone(),
+                seconds: r.seconds,
+            })
+            .collect();
+        RunReport { model, method, norm: set_norm, eps, domain, images, summary: Summary::of(reports) }
+    }
 }

@@ -48,7 +48,11 @@ pub fn digits() -> Result<Dataset> {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::InvalidArgument(format!("bundled digits data, line {}: {e}", line_no + 1)))?;
         if vals.len() != 65 {
-            return Err(Error::InvalidArgument(format!("bundled digits data, line {}: {} values", line_no + 1, vals.len())));
+            return Err(Error::InvalidArgument(format!(
+                "bundled digits data, line {}: {} values",
+                line_no + 1,
+                vals.len()
+            )));
         }
         images.push(vals[..64].iter().map(|v| v / 16.0).collect());
         labels.push(vals[64] as usize);

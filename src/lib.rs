@@ -55,3 +55,8 @@ pub use error::{Error, Result};
 pub use network::{Activation, Layer, Network};
 pub use spec::{Domain, InputSet, Norm};
 pub use verify::Verifier;
+
+/// The code blocks of README.md, compiled and run as doctests so that the README stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

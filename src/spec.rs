@@ -180,10 +180,10 @@ impl InputSet {
         if x.len() != self.center.len() || x.iter().any(|v| !v.is_finite()) {
             return false;
         }
-        if let Some(d) = &self.domain {
-            if x.iter().zip(&d.lo).zip(&d.hi).any(|((&v, &l), &h)| v < l - tol || v > h + tol) {
-                return false;
-            }
+        if let Some(d) = &self.domain
+            && x.iter().zip(&d.lo).zip(&d.hi).any(|((&v, &l), &h)| v < l - tol || v > h + tol)
+        {
+            return false;
         }
         self.distance(x) <= self.eps + tol
     }
@@ -262,8 +262,7 @@ impl InputSet {
                 let dir: Vec<f64> = (0..n).map(|_| gaussian(rng)).collect();
                 let nd = norm2(&dir).max(f64::MIN_POSITIVE);
                 let r = self.inner_eps() * rng.random::<f64>().powf(1.0 / n as f64);
-                let mut x: Vec<f64> =
-                    self.center.iter().zip(&dir).map(|(c, d)| c + r * d / nd).collect();
+                let mut x: Vec<f64> = self.center.iter().zip(&dir).map(|(c, d)| c + r * d / nd).collect();
                 if let Some(d) = &self.domain {
                     for i in 0..n {
                         x[i] = x[i].clamp(d.lo[i], d.hi[i]);
@@ -330,10 +329,7 @@ impl InputSet {
         let c = &self.center;
         let eps2 = self.eps * self.eps;
         let box_min = || -> f64 {
-            a.iter()
-                .enumerate()
-                .map(|(i, &ai)| if ai >= 0.0 { ai * d.lo[i] } else { ai * d.hi[i] })
-                .sum()
+            a.iter().enumerate().map(|(i, &ai)| if ai >= 0.0 { ai * d.lo[i] } else { ai * d.hi[i] }).sum()
         };
         // The minimizer of the Lagrangian at lambda = 1/t is clip(c - t a): a ray in direction -a.
         let neg_a: Vec<f64> = a.iter().map(|v| -v).collect();

@@ -19,9 +19,8 @@ fn pre_activations(net: &Network, x: &[f64]) -> Vec<Vec<f64>> {
     let mut h = x.to_vec();
     for layer in net.layers() {
         let w = layer.weight();
-        let z: Vec<f64> = (0..w.nrows())
-            .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * h[j]).sum::<f64>() + layer.bias()[i])
-            .collect();
+        let z: Vec<f64> =
+            (0..w.nrows()).map(|i| (0..w.ncols()).map(|j| w[(i, j)] * h[j]).sum::<f64>() + layer.bias()[i]).collect();
         h = z.iter().map(|&v| layer.activation().eval(v)).collect();
         out.push(z);
     }

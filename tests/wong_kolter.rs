@@ -19,7 +19,8 @@ fn fastlin_equals_the_wong_kolter_dual() {
         let net = common::random_network(seed, &sizes, Activation::Relu);
         let x: Vec<f64> = (0..sizes[0]).map(|i| ((seed as usize + 3 * i) % 11) as f64 / 11.0).collect();
         let label = net.predict(&x).unwrap();
-        for (norm, eps) in [(Norm::Linf, 0.05 + 0.01 * (seed % 10) as f64), (Norm::L2, 0.1 + 0.02 * (seed % 10) as f64)] {
+        for (norm, eps) in [(Norm::Linf, 0.05 + 0.01 * (seed % 10) as f64), (Norm::L2, 0.1 + 0.02 * (seed % 10) as f64)]
+        {
             let set = InputSet::new(x.clone(), eps, norm, None).unwrap();
             let pre = bounds::pre_activation_bounds(&net, &set, Propagation::FastLin).unwrap();
             let targets: Vec<usize> = (0..3).filter(|&c| c != label).collect();

@@ -64,8 +64,7 @@ pub fn pgd(
     }
     let n = set.dim();
     let cols = targets.len() * settings.restarts;
-    let pairs: Vec<(usize, usize)> =
-        (0..cols).map(|j| (label, targets[j % targets.len().max(1)])).collect();
+    let pairs: Vec<(usize, usize)> = (0..cols).map(|j| (label, targets[j % targets.len().max(1)])).collect();
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let mut x = Mat::<f64>::zeros(n, cols);
     for j in 0..cols {
@@ -127,11 +126,9 @@ pub fn pgd(
         }
         let result = match chosen {
             Some(c) => c,
-            None => AttackResult {
-                target,
-                margin: net.margin(set.center(), label, target)?,
-                input: set.center().to_vec(),
-            },
+            None => {
+                AttackResult { target, margin: net.margin(set.center(), label, target)?, input: set.center().to_vec() }
+            }
         };
         out.push(result);
     }

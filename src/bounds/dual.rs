@@ -21,12 +21,7 @@ use crate::network::{Activation, Network};
 use crate::spec::{InputSet, Norm};
 
 /// J(x_hat, nu(c)) for the objective c^T f(x), with the given pre-activation bounds.
-pub fn wong_kolter_objective(
-    net: &Network,
-    set: &InputSet,
-    pre: &PreActivationBounds,
-    c: &[f64],
-) -> Result<f64> {
+pub fn wong_kolter_objective(net: &Network, set: &InputSet, pre: &PreActivationBounds, c: &[f64]) -> Result<f64> {
     let layers = net.layers();
     if set.domain().is_some() {
         return Err(Error::Unsupported("the Wong-Kolter formula here has no domain box".into()));

@@ -25,10 +25,7 @@ pub(crate) fn first_layer(w: MatRef<'_, f64>, b: &[f64], set: &InputSet) -> Inte
 
 /// Post-activation box of a pre-activation interval.
 pub(crate) fn activate(iv: &Interval, act: Activation) -> (Vec<f64>, Vec<f64>) {
-    (
-        iv.lower.iter().map(|&v| act.eval(v)).collect(),
-        iv.upper.iter().map(|&v| act.eval(v)).collect(),
-    )
+    (iv.lower.iter().map(|&v| act.eval(v)).collect(), iv.upper.iter().map(|&v| act.eval(v)).collect())
 }
 
 /// Bounds of W x + b for x in the box [lo, hi].
@@ -59,12 +56,7 @@ pub fn ibp(net: &Network, set: &InputSet) -> PreActivationBounds {
 /// IBP lower bounds on lam[:, s]^T f(x) for each column s of `lam` (outputs x specs). When the last
 /// layer is affine (activation "none") the specification is folded into it first (the C-matrix
 /// trick), which is tighter than subtracting logit intervals.
-pub fn spec_lower_bounds(
-    net: &Network,
-    set: &InputSet,
-    pre: &PreActivationBounds,
-    lam: MatRef<'_, f64>,
-) -> Vec<f64> {
+pub fn spec_lower_bounds(net: &Network, set: &InputSet, pre: &PreActivationBounds, lam: MatRef<'_, f64>) -> Vec<f64> {
     let layers = net.layers();
     let last = layers.len() - 1;
     let m = lam.ncols();

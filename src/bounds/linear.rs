@@ -217,9 +217,7 @@ fn column(m: &Mat<f64>, s: usize) -> &[f64] {
 /// lam^T (W x + b) with lam on the pre-activation z_j: returns (W^T lam, lam^T b).
 fn through_affine(net: &Network, j: usize, lam: MatRef<'_, f64>) -> (Mat<f64>, Vec<f64>) {
     let layer = &net.layers()[j];
-    let consts = (0..lam.ncols())
-        .map(|s| (0..lam.nrows()).map(|i| lam[(i, s)] * layer.bias()[i]).sum())
-        .collect();
+    let consts = (0..lam.ncols()).map(|s| (0..lam.nrows()).map(|i| lam[(i, s)] * layer.bias()[i]).sum()).collect();
     (linalg::mul(layer.weight_t(), lam), consts)
 }
 
@@ -277,7 +275,8 @@ mod tests {
     #[test]
     fn relaxation_lines_enclose_the_activation() {
         let intervals = [(-3.0, -1.0), (-2.0, 0.5), (-0.3, 4.0), (0.2, 2.0), (-8.0, 8.0), (-1e-3, 1e-3), (1.0, 1.0)];
-        for act in [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Softplus, Activation::Identity] {
+        for act in [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Softplus, Activation::Identity]
+        {
             for slope in [Slope::FastLin, Slope::Adaptive] {
                 for &(l, u) in &intervals {
                     let (al, bl, au, bu) = relaxation(act, l, u, slope);

@@ -62,10 +62,7 @@ impl PreActivationBounds {
     /// Number of hidden ReLU neurons whose sign is not fixed by the bounds (lower < 0 < upper).
     pub fn unstable_neurons(&self) -> usize {
         let hidden = &self.layers[..self.layers.len().saturating_sub(1)];
-        hidden
-            .iter()
-            .map(|iv| iv.lower.iter().zip(&iv.upper).filter(|(l, u)| **l < 0.0 && **u > 0.0).count())
-            .sum()
+        hidden.iter().map(|iv| iv.lower.iter().zip(&iv.upper).filter(|(l, u)| **l < 0.0 && **u > 0.0).count()).sum()
     }
 }
 
@@ -84,11 +81,7 @@ pub enum Propagation {
 
 /// Pre-activation bounds of every layer for the given method: IBP layer by layer, or for the
 /// linear methods one backward pass per layer (as auto_LiRPA's method "CROWN" does).
-pub fn pre_activation_bounds(
-    net: &Network,
-    set: &InputSet,
-    method: Propagation,
-) -> Result<PreActivationBounds> {
+pub fn pre_activation_bounds(net: &Network, set: &InputSet, method: Propagation) -> Result<PreActivationBounds> {
     net.check_input(set.center())?;
     Ok(match method {
         Propagation::Ibp => interval::ibp(net, set),
@@ -115,11 +108,7 @@ pub fn margin_lower_bounds(
     let spec = linear::margin_spec(net.num_classes(), label, targets);
     Ok(match method {
         Propagation::Ibp => interval::spec_lower_bounds(net, set, pre, spec.as_ref()),
-        Propagation::FastLin => {
-            linear::spec_lower_bounds(net, set, pre, spec.as_ref(), linear::Slope::FastLin)
-        }
-        Propagation::Crown => {
-            linear::spec_lower_bounds(net, set, pre, spec.as_ref(), linear::Slope::Adaptive)
-        }
+        Propagation::FastLin => linear::spec_lower_bounds(net, set, pre, spec.as_ref(), linear::Slope::FastLin),
+        Propagation::Crown => linear::spec_lower_bounds(net, set, pre, spec.as_ref(), linear::Slope::Adaptive),
     })
 }

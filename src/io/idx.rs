@@ -32,7 +32,10 @@ fn parse(bytes: &[u8], path: Option<&Path>) -> Result<IdxArray> {
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(err(
             path,
-            format!("bad magic number {:02x}{:02x}{:02x}{:02x}: must start with 0000", bytes[0], bytes[1], bytes[2], bytes[3]),
+            format!(
+                "bad magic number {:02x}{:02x}{:02x}{:02x}: must start with 0000",
+                bytes[0], bytes[1], bytes[2], bytes[3]
+            ),
         ));
     }
     let type_code = bytes[2];
@@ -49,7 +52,10 @@ fn parse(bytes: &[u8], path: Option<&Path>) -> Result<IdxArray> {
     }
     let header = 4 + 4 * ndims;
     if bytes.len() < header {
-        return Err(err(path, format!("truncated header: {} dimensions need {header} bytes, file has {}", ndims, bytes.len())));
+        return Err(err(
+            path,
+            format!("truncated header: {} dimensions need {header} bytes, file has {}", ndims, bytes.len()),
+        ));
     }
     let dims: Vec<usize> = (0..ndims)
         .map(|d| u32::from_be_bytes([bytes[4 + 4 * d], bytes[5 + 4 * d], bytes[6 + 4 * d], bytes[7 + 4 * d]]) as usize)
@@ -61,7 +67,10 @@ fn parse(bytes: &[u8], path: Option<&Path>) -> Result<IdxArray> {
         .ok_or_else(|| err(path, format!("dimensions {dims:?} overflow")))?;
     let body = &bytes[header..];
     if body.len() < count {
-        return Err(err(path, format!("truncated data: dimensions {dims:?} need {count} bytes, file has {}", body.len())));
+        return Err(err(
+            path,
+            format!("truncated data: dimensions {dims:?} need {count} bytes, file has {}", body.len()),
+        ));
     }
     if body.len() > count {
         return Err(err(path, format!("{} trailing bytes after the data of dimensions {dims:?}", body.len() - count)));
@@ -72,10 +81,9 @@ fn parse(bytes: &[u8], path: Option<&Path>) -> Result<IdxArray> {
         0x0B => body.chunks_exact(2).map(|c| i16::from_be_bytes([c[0], c[1]]) as f64).collect(),
         0x0C => body.chunks_exact(4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
         0x0D => body.chunks_exact(4).map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        _ => body
-            .chunks_exact(8)
-            .map(|c| f64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect(),
+        _ => {
+            body.chunks_exact(8).map(|c| f64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect()
+        }
     };
     Ok(IdxArray { dims, data, type_code })
 }
@@ -111,14 +119,19 @@ pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<usize>> {
     let path = path.as_ref();
     let a = read_idx(path)?;
     if a.dims.len() != 1 || matches!(a.type_code, 0x0D | 0x0E) {
-        return Err(err(Some(path), format!("labels must be a 1-D integer array, found dims {:?} type 0x{:02x}", a.dims, a.type_code)));
+        return Err(err(
+            Some(path),
+            format!("labels must be a 1-D integer array, found dims {:?} type 0x{:02x}", a.dims, a.type_code),
+        ));
     }
     a.data
         .iter()
         .enumerate()
-        .map(|(i, &v)| {
-            if v < 0.0 { Err(err(Some(path), format!("negative label {v} at index {i}"))) } else { Ok(v as usize) }
-        })
+        .map(
+            |(i, &v)| {
+                if v < 0.0 { Err(err(Some(path), format!("negative label {v} at index {i}"))) } else { Ok(v as usize) }
+            },
+        )
         .collect()
 }
 

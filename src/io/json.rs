@@ -118,7 +118,10 @@ fn build(file: ModelFile, path: Option<&Path>) -> Result<Network> {
                 if layer.input_size() != numel {
                     return Err(Error::Shape {
                         layer: k,
-                        detail: format!("dense layer takes {} inputs, previous output has shape {shape:?}", layer.input_size()),
+                        detail: format!(
+                            "dense layer takes {} inputs, previous output has shape {shape:?}",
+                            layer.input_size()
+                        ),
                     });
                 }
                 shape = vec![layer.output_size()];
@@ -131,7 +134,10 @@ fn build(file: ModelFile, path: Option<&Path>) -> Result<Network> {
                     (Some(s), _) => s,
                     (None, &[c, h, w]) => [c, h, w],
                     (None, s) => {
-                        return Err(Error::Shape { layer: k, detail: format!("conv2d needs a (C, H, W) input, found {s:?}") });
+                        return Err(Error::Shape {
+                            layer: k,
+                            detail: format!("conv2d needs a (C, H, W) input, found {s:?}"),
+                        });
                     }
                 };
                 if input.iter().product::<usize>() != shape.iter().product::<usize>() {
@@ -177,7 +183,10 @@ fn build(file: ModelFile, path: Option<&Path>) -> Result<Network> {
                 if let Some(n) = output_size
                     && n != numel
                 {
-                    return Err(Error::Shape { layer: k, detail: format!("flatten of {shape:?} gives {numel}, file says {n}") });
+                    return Err(Error::Shape {
+                        layer: k,
+                        detail: format!("flatten of {shape:?} gives {numel}, file says {n}"),
+                    });
                 }
                 shape = vec![numel];
             }
@@ -210,14 +219,22 @@ fn check_finite(layer: Layer, k: usize) -> Result<Layer> {
         }
     }
     if layer.bias().len() != w.nrows() {
-        return Err(Error::Shape { layer: k, detail: format!("bias has {} entries, weight has {} rows", layer.bias().len(), w.nrows()) });
+        return Err(Error::Shape {
+            layer: k,
+            detail: format!("bias has {} entries, weight has {} rows", layer.bias().len(), w.nrows()),
+        });
     }
     Ok(layer)
 }
 
 /// x_norm = (x - mean_c) / std_c per channel c of a row-major (C, ...) input, folded into the
 /// first layer: W' = W diag(1/std), b' = b - W (mean/std).
-fn fold_normalization(first: &mut Layer, norm: &Normalization, input_shape: &[usize], path: Option<&Path>) -> Result<()> {
+fn fold_normalization(
+    first: &mut Layer,
+    norm: &Normalization,
+    input_shape: &[usize],
+    path: Option<&Path>,
+) -> Result<()> {
     let channels = if input_shape.len() >= 2 { input_shape[0] } else { 1 };
     let n = first.input_size();
     let per = n / channels.max(1);
@@ -319,22 +336,36 @@ mod tests {
     fn malformed_models_are_typed_errors() {
         let e = model_from_json("{\"input_shape\": [2], \"layers\": [").unwrap_err();
         assert!(matches!(e, Error::ModelFormat { .. }) && e.to_string().contains("line"), "{e}");
-        let e = model_from_json(r#"{"input_shape":[2],"layers":[{"type":"dense","weight":[[1,2]],"bias":[0],"activation":"gelu"}]}"#).unwrap_err();
+        let e = model_from_json(
+            r#"{"input_shape":[2],"layers":[{"type":"dense","weight":[[1,2]],"bias":[0],"activation":"gelu"}]}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("gelu"));
-        let e = model_from_json(r#"{"input_shape":[3],"layers":[{"type":"dense","weight":[[1,2]],"bias":[0]}]}"#).unwrap_err();
+        let e = model_from_json(r#"{"input_shape":[3],"layers":[{"type":"dense","weight":[[1,2]],"bias":[0]}]}"#)
+            .unwrap_err();
         assert!(matches!(e, Error::Shape { layer: 0, .. }));
-        let e = model_from_json(r#"{"input_shape":[2],"layers":[{"type":"dense","weight":[[1,2]],"bias":[0,1]}]}"#).unwrap_err();
+        let e = model_from_json(r#"{"input_shape":[2],"layers":[{"type":"dense","weight":[[1,2]],"bias":[0,1]}]}"#)
+            .unwrap_err();
         assert!(matches!(e, Error::Shape { .. }));
         let e = model_from_json(r#"{"input_shape":[2],"layers":[{"type":"pool"}]}"#).unwrap_err();
         assert!(matches!(e, Error::ModelFormat { .. }));
         let e = model_from_json(r#"{"input_shape":[2],"layers":[]}"#).unwrap_err();
         assert!(matches!(e, Error::Empty(_)));
-        let e = model_from_json(r#"{"input_shape":[1,2,2],"layers":[{"type":"conv2d","weight":[[[[1,0,1],[0,1,1],[1,1,1]]]],"bias":[0]}]}"#).unwrap_err();
+        let e = model_from_json(
+            r#"{"input_shape":[1,2,2],"layers":[{"type":"conv2d","weight":[[[[1,0,1],[0,1,1],[1,1,1]]]],"bias":[0]}]}"#,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Shape { .. }), "{e}");
         let e = model_from_json(r#"{"input_shape":[2],"normalization":{"mean":[0],"std":[0]},"layers":[{"type":"dense","weight":[[1,2]],"bias":[0]}]}"#).unwrap_err();
         assert!(e.to_string().contains("std"));
         // NaN is not valid JSON; huge numbers overflow to an error from serde_json too.
-        assert!(model_from_json(r#"{"input_shape":[2],"layers":[{"type":"dense","weight":[[NaN,2]],"bias":[0]}]}"#).is_err());
-        assert!(model_from_json(r#"{"input_shape":[2],"layers":[{"type":"dense","weight":[[1e999,2]],"bias":[0]}]}"#).is_err());
+        assert!(
+            model_from_json(r#"{"input_shape":[2],"layers":[{"type":"dense","weight":[[NaN,2]],"bias":[0]}]}"#)
+                .is_err()
+        );
+        assert!(
+            model_from_json(r#"{"input_shape":[2],"layers":[{"type":"dense","weight":[[1e999,2]],"bias":[0]}]}"#)
+                .is_err()
+        );
     }
 }

@@ -151,11 +151,7 @@ pub fn sigmoid(z: f64) -> f64 {
 /// Numerically stable softplus ln(1 + e^z).
 #[inline]
 pub fn softplus(z: f64) -> f64 {
-    if z > 0.0 {
-        z + (-z).exp().ln_1p()
-    } else {
-        z.exp().ln_1p()
-    }
+    if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() }
 }
 
 #[cfg(test)]
@@ -164,20 +160,11 @@ mod tests {
 
     #[test]
     fn derivatives_match_finite_differences() {
-        for act in [
-            Activation::Sigmoid,
-            Activation::Tanh,
-            Activation::Softplus,
-            Activation::Identity,
-        ] {
+        for act in [Activation::Sigmoid, Activation::Tanh, Activation::Softplus, Activation::Identity] {
             for &z in &[-7.0, -1.3, -0.2, 0.4, 2.5, 9.0] {
                 let h = 1e-6;
                 let fd = (act.eval(z + h) - act.eval(z - h)) / (2.0 * h);
-                assert!(
-                    (fd - act.derivative(z)).abs() < 1e-8,
-                    "{act:?} at {z}: {fd} vs {}",
-                    act.derivative(z)
-                );
+                assert!((fd - act.derivative(z)).abs() < 1e-8, "{act:?} at {z}: {fd} vs {}", act.derivative(z));
             }
         }
     }

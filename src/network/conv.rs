@@ -35,11 +35,7 @@ impl Conv2dShape {
             return Err(Error::Empty(format!("conv2d layer {layer} has a zero dimension")));
         }
         if h + 2 * ph < kh || w + 2 * pw < kw {
-            return Err(err(format!(
-                "kernel {kh}x{kw} larger than padded input {}x{}",
-                h + 2 * ph,
-                w + 2 * pw
-            )));
+            return Err(err(format!("kernel {kh}x{kw} larger than padded input {}x{}", h + 2 * ph, w + 2 * pw)));
         }
         Ok([oc, (h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1])
     }
@@ -47,12 +43,7 @@ impl Conv2dShape {
 
 /// The dense matrix M (out x in) with M x = conv(x) for x flattened row-major (C, H, W), and the
 /// bias repeated over the output positions. `kernel` is flat in (out_c, in_c, kh, kw) order.
-pub fn lower_conv2d(
-    shape: &Conv2dShape,
-    kernel: &[f64],
-    bias: &[f64],
-    layer: usize,
-) -> Result<(Mat<f64>, Vec<f64>)> {
+pub fn lower_conv2d(shape: &Conv2dShape, kernel: &[f64], bias: &[f64], layer: usize) -> Result<(Mat<f64>, Vec<f64>)> {
     let [oc, oh, ow] = shape.output(layer)?;
     let [c, h, w] = shape.input;
     let [_, _, kh, kw] = shape.kernel;
@@ -65,10 +56,7 @@ pub fn lower_conv2d(
         });
     }
     if bias.len() != oc {
-        return Err(Error::Shape {
-            layer,
-            detail: format!("bias has {} values, expected {oc}", bias.len()),
-        });
+        return Err(Error::Shape { layer, detail: format!("bias has {} values, expected {oc}", bias.len()) });
     }
     let mut m = Mat::<f64>::zeros(oc * oh * ow, c * h * w);
     let mut b = vec![0.0; oc * oh * ow];
@@ -114,8 +102,7 @@ mod tests {
         for i in 0..c {
             for y in 0..h {
                 for x in 0..w {
-                    padded[(i * hp + y + shape.padding[0]) * wp + x + shape.padding[1]] =
-                        input[(i * h + y) * w + x];
+                    padded[(i * hp + y + shape.padding[0]) * wp + x + shape.padding[1]] = input[(i * h + y) * w + x];
                 }
             }
         }
@@ -128,9 +115,7 @@ mod tests {
                         for a in 0..kh {
                             for b in 0..kw {
                                 s += k[((o * c + i) * kh + a) * kw + b]
-                                    * padded[(i * hp + y * shape.stride[0] + a) * wp
-                                        + x * shape.stride[1]
-                                        + b];
+                                    * padded[(i * hp + y * shape.stride[0] + a) * wp + x * shape.stride[1] + b];
                             }
                         }
                     }

@@ -81,11 +81,7 @@ impl Layer {
         if self.bias.len() != self.weight.nrows() {
             return Err(Error::Shape {
                 layer,
-                detail: format!(
-                    "bias has {} entries, weight has {} rows",
-                    self.bias.len(),
-                    self.weight.nrows()
-                ),
+                detail: format!("bias has {} entries, weight has {} rows", self.bias.len(), self.weight.nrows()),
             });
         }
         for j in 0..self.weight.ncols() {
@@ -254,11 +250,7 @@ impl Network {
 
     /// For each column j of `x`, the margin f(x_j)[l_j] - f(x_j)[t_j] and its input gradient
     /// (column j of the returned matrix), where `pairs[j] = (l_j, t_j)`.
-    pub(crate) fn margin_gradients_batch(
-        &self,
-        x: MatRef<'_, f64>,
-        pairs: &[(usize, usize)],
-    ) -> (Vec<f64>, Mat<f64>) {
+    pub(crate) fn margin_gradients_batch(&self, x: MatRef<'_, f64>, pairs: &[(usize, usize)]) -> (Vec<f64>, Mat<f64>) {
         // (pre-activation, post-activation) of every layer.
         let mut cache: Vec<(Mat<f64>, Mat<f64>)> = Vec::with_capacity(self.layers.len());
         let mut h = x.to_owned();
@@ -371,20 +363,14 @@ mod tests {
         assert!(matches!(Network::new(vec![2], vec![]), Err(Error::Empty(_))));
         assert!(matches!(Network::new(vec![3], vec![ok()]), Err(Error::Shape { layer: 0, .. })));
         let bad_chain = Layer::from_rows(&[vec![1.0, 2.0]], vec![0.0], Activation::Identity).unwrap();
-        assert!(matches!(
-            Network::new(vec![2], vec![ok(), bad_chain]),
-            Err(Error::Shape { layer: 1, .. })
-        ));
+        assert!(matches!(Network::new(vec![2], vec![ok(), bad_chain]), Err(Error::Shape { layer: 1, .. })));
         let nan = Layer::from_rows(&[vec![1.0, f64::NAN]], vec![0.0], Activation::Relu).unwrap();
         assert!(matches!(
             Network::new(vec![2], vec![nan]),
             Err(Error::NonFinite { layer: 0, what: "weight", index: 1, .. })
         ));
         let inf_bias = Layer::from_rows(&[vec![1.0, 1.0]], vec![f64::INFINITY], Activation::Relu).unwrap();
-        assert!(matches!(
-            Network::new(vec![2], vec![inf_bias]),
-            Err(Error::NonFinite { what: "bias", .. })
-        ));
+        assert!(matches!(Network::new(vec![2], vec![inf_bias]), Err(Error::NonFinite { what: "bias", .. })));
         let short_bias = Layer::from_rows(&[vec![1.0, 1.0]], vec![], Activation::Relu).unwrap();
         assert!(matches!(Network::new(vec![2], vec![short_bias]), Err(Error::Shape { .. })));
         assert!(Layer::from_rows(&[vec![1.0], vec![1.0, 2.0]], vec![0.0, 0.0], Activation::Relu).is_err());

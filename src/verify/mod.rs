@@ -48,13 +48,7 @@ pub trait Verifier: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Lower bounds on phi[c] for each c in `targets` (classes other than `label`).
-    fn lower_bounds(
-        &self,
-        network: &Network,
-        set: &InputSet,
-        label: usize,
-        targets: &[usize],
-    ) -> Result<BoundReport>;
+    fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport>;
 }
 
 fn propagate(
@@ -72,10 +66,7 @@ fn propagate(
     let lbs = bounds::margin_lower_bounds(network, set, &pre, method, label, targets)?;
     Ok(BoundReport {
         bounds: targets.iter().copied().zip(lbs).collect(),
-        stats: Stats {
-            seconds: start.elapsed().as_secs_f64(),
-            unstable_neurons: Some(pre.unstable_neurons()),
-        },
+        stats: Stats { seconds: start.elapsed().as_secs_f64(), unstable_neurons: Some(pre.unstable_neurons()) },
     })
 }
 
@@ -132,9 +123,6 @@ pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
         "ibp" => Ok(Box::new(Ibp)),
         "fastlin" | "fast-lin" | "wong-kolter" => Ok(Box::new(FastLin)),
         "crown" => Ok(Box::new(Crown)),
-        _ => Err(Error::InvalidArgument(format!(
-            "unknown method '{name}' (available: {}, pgd)",
-            METHODS.join(", ")
-        ))),
+        _ => Err(Error::InvalidArgument(format!("unknown method '{name}' (available: {}, pgd)", METHODS.join(", ")))),
     }
 }
