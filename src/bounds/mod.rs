@@ -15,6 +15,7 @@
 pub mod dual;
 pub mod interval;
 pub mod linear;
+pub mod lp;
 
 use serde::{Deserialize, Serialize};
 
