@@ -113,6 +113,14 @@ pub enum Error {
     /// A request the library understands but does not support (e.g. an activation a method cannot bound).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A problem too large for a method that is exponential in its size (the exact verifier).
+    #[error("{unstable} unstable neurons exceed the limit of {limit} for exact verification")]
+    TooManyUnstable {
+        /// Unstable neurons after bound propagation.
+        unstable: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// Any other invalid argument (inconsistent settings, empty target list, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

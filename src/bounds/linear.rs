@@ -229,6 +229,18 @@ fn layer_lines(net: &Network, k: usize, iv: &Interval, slope: Slope) -> Lines {
 /// Pre-activation bounds of every layer, each from its own backward pass over the relaxations of
 /// the layers before it (auto_LiRPA's method "CROWN" for [`Slope::Adaptive`]).
 pub fn all_layer_bounds(net: &Network, set: &InputSet, slope: Slope) -> PreActivationBounds {
+    all_layer_bounds_within(net, set, slope, None)
+}
+
+/// [`all_layer_bounds`], intersecting each layer's result with `within` (known valid bounds, e.g.
+/// from a split in branch and bound, or from another method) before it is used to relax the next
+/// layers.
+pub fn all_layer_bounds_within(
+    net: &Network,
+    set: &InputSet,
+    slope: Slope,
+    within: Option<&PreActivationBounds>,
+) -> PreActivationBounds {
     let layers = net.layers();
     let mut bounds: Vec<Interval> = Vec::with_capacity(layers.len());
     let mut lines: Vec<Lines> = Vec::with_capacity(layers.len());
@@ -242,7 +254,10 @@ pub fn all_layer_bounds(net: &Network, set: &InputSet, slope: Slope) -> PreActiv
         let b = layers[j].bias();
         let consts: Vec<f64> = b.iter().copied().chain(b.iter().map(|v| -v)).collect();
         let lb = backward(net, set, &lines, j, lam, consts);
-        let iv = Interval { lower: lb[..n].to_vec(), upper: lb[n..].iter().map(|v| -v).collect() };
+        let mut iv = Interval { lower: lb[..n].to_vec(), upper: lb[n..].iter().map(|v| -v).collect() };
+        if let Some(w) = within {
+            iv.intersect(&w.layers[j]);
+        }
         lines.push(layer_lines(net, j, &iv, slope));
         bounds.push(iv);
     }

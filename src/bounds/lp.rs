@@ -167,8 +167,8 @@ impl TriangleProgram {
             let (xin, zo, xo) = (x_offset[k], z_offset[k], x_offset[k + 1]);
             let w = layer.weight_t();
             let act = layer.activation();
-            let lines = (act != Activation::Relu && act != Activation::Identity)
-                .then(|| Lines::new(act, iv, Slope::Adaptive));
+            let lines =
+                (act != Activation::Relu && act != Activation::Identity).then(|| Lines::new(act, iv, Slope::Adaptive));
             for j in 0..layer.output_size() {
                 let (l, u) = (iv.lower[j], iv.upper[j]);
                 let z = zo + j;

@@ -5,10 +5,17 @@
 //! | `ibp` | [`Ibp`]: interval bound propagation | l2, l_inf | all |
 //! | `fastlin` | [`FastLin`]: backward linear relaxation, slope u/(u-l) (= Wong-Kolter dual) | l2, l_inf | all |
 //! | `crown` | [`Crown`]: backward linear relaxation, adaptive slope (CROWN-Ada) | l2, l_inf | all |
+//! | `lp` | [`lp::Lp`]: LP-Last, triangle relaxation on CROWN's bounds, one LP/SOCP per target | l2, l_inf | all (ReLU: convex hull) |
+//! | `lp-full` | [`lp::LpFull`]: LP-ALL, every unstable neuron's bounds tightened by LPs first | l2, l_inf | all (ReLU: convex hull) |
+//! | `exact` | [`exact::Exact`]: branch and bound over activation patterns, exact phi (tiny ReLU nets) | l2, l_inf | ReLU |
 //!
-//! Every bound is sound for whatever the method computes (no solver tolerance is involved in
-//! these three); floating-point rounding in the bound itself is of relative order 1e-15 and is not
-//! yet accounted for by directed rounding.
+//! Every bound is sound for whatever the method computes: the propagation methods involve no
+//! solver, and the LP-based ones report the weak-duality bound at the solver's dual point (valid
+//! for any dual point). Rounding in the propagation methods is of relative order 1e-15 and is not
+//! yet accounted for by directed rounding; the LP dual bounds subtract an a-priori rounding bound.
+
+pub mod exact;
+pub mod lp;
 
 use std::time::Instant;
 
@@ -27,6 +34,8 @@ pub struct Stats {
     /// Hidden ReLU neurons whose sign the pre-activation bounds leave open (None for methods that
     /// do not compute pre-activation bounds).
     pub unstable_neurons: Option<usize>,
+    /// LP/SOCP solves, their iterations and failures (LP-based methods only).
+    pub lp: Option<crate::bounds::lp::LpStats>,
 }
 
 /// Lower bounds on phi[c] for the requested targets, in the order requested.
@@ -66,7 +75,11 @@ fn propagate(
     let lbs = bounds::margin_lower_bounds(network, set, &pre, method, label, targets)?;
     Ok(BoundReport {
         bounds: targets.iter().copied().zip(lbs).collect(),
-        stats: Stats { seconds: start.elapsed().as_secs_f64(), unstable_neurons: Some(pre.unstable_neurons()) },
+        stats: Stats {
+            seconds: start.elapsed().as_secs_f64(),
+            unstable_neurons: Some(pre.unstable_neurons()),
+            lp: None,
+        },
     })
 }
 
@@ -115,7 +128,7 @@ propagation_verifier!(
 );
 
 /// The names accepted by [`by_name`].
-pub const METHODS: &[&str] = &["ibp", "fastlin", "crown"];
+pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact"];
 
 /// The verifier with the given command-line name.
 pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
@@ -123,6 +136,9 @@ pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
         "ibp" => Ok(Box::new(Ibp)),
         "fastlin" | "fast-lin" | "wong-kolter" => Ok(Box::new(FastLin)),
         "crown" => Ok(Box::new(Crown)),
+        "lp" | "lp-last" => Ok(Box::new(lp::Lp::default())),
+        "lp-full" | "lp-all" => Ok(Box::new(lp::LpFull::default())),
+        "exact" => Ok(Box::new(exact::Exact::default())),
         _ => Err(Error::InvalidArgument(format!("unknown method '{name}' (available: {}, pgd)", METHODS.join(", ")))),
     }
 }
