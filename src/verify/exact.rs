@@ -33,7 +33,8 @@ pub struct Exact {
     pub max_nodes: usize,
     /// Absolute tolerance for pruning and for the final gap (default 1e-7).
     pub tolerance: f64,
-    /// LP/SOCP settings (default: 200 iterations, tolerance 1e-10).
+    /// LP/SOCP settings (default: 200 iterations, tolerance 1e-10; `prune_inactive` is ignored:
+    /// the inactive rows encode the splits).
     pub settings: LpSettings,
 }
 
@@ -43,7 +44,7 @@ impl Default for Exact {
             max_unstable: 20,
             max_nodes: 200_000,
             tolerance: 1e-7,
-            settings: LpSettings { max_iter: 200, tolerance: 1e-10, ..LpSettings::default() },
+            settings: LpSettings { max_iter: 200, tolerance: 1e-10, prune_inactive: false, ..LpSettings::default() },
         }
     }
 }
@@ -124,7 +125,7 @@ impl Exact {
                 break;
             }
             nodes += 1;
-            let program = TriangleProgram::new(net, set, &node, k - 1);
+            let program = TriangleProgram::new(net, set, &node, k - 1, false);
             let q = program.objective(&w);
             let out = program.solver(&q, &self.settings).minimize(&q, constant);
             lp.record(&out);

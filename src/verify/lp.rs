@@ -29,7 +29,7 @@ pub fn margin_lp_bounds(
     let last = &layers[k - 1];
     // With an affine last layer the margin is linear in x_{K-1}: fold it (the C-matrix trick).
     let depth = if last.activation() == Activation::Identity { k - 1 } else { k };
-    let program = TriangleProgram::new(net, set, pre, depth);
+    let program = TriangleProgram::new(net, set, pre, depth, settings.prune_inactive);
     let spec = linear::margin_spec(net.num_classes(), label, targets);
     let mut stats = LpStats::default();
     let mut solver = None;
