@@ -4,6 +4,8 @@
 //! with rayon, and nesting faer's own parallelism inside that only adds contention on small
 //! matrices such as the 100x784 layers of the MNIST networks.
 
+pub mod psd;
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 
