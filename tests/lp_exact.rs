@@ -131,3 +131,48 @@ fn exact_refuses_large_or_smooth_networks() {
     let smooth = common::random_network(5, &[4, 5, 3], Activation::Tanh);
     assert!(matches!(Exact::default().phi(&smooth, &set, 0, 1), Err(Error::Unsupported(_))));
 }
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+
+        /// The same chain on proptest-generated networks and inputs.
+        #[test]
+        fn chain_on_random_networks(
+            seed in 0u64..1_000_000,
+            n_in in 1usize..5,
+            hidden in proptest::collection::vec(2usize..6, 1..3),
+            eps in 0.01f64..0.4,
+            l2 in any::<bool>(),
+            with_box in any::<bool>(),
+            center in proptest::collection::vec(0.0f64..1.0, 5),
+        ) {
+            let mut sizes = vec![n_in];
+            sizes.extend(&hidden);
+            sizes.push(3);
+            let net = common::random_network(seed, &sizes, Activation::Relu);
+            let x = center[..n_in].to_vec();
+            let label = net.predict(&x).unwrap();
+            let norm = if l2 { Norm::L2 } else { Norm::Linf };
+            let domain = with_box.then(|| Domain::uniform(n_in, 0.0, 1.0).unwrap());
+            let set = InputSet::new(x, eps, norm, domain).unwrap();
+            let settings = LpSettings { tolerance: 1e-10, max_iter: 200, ..LpSettings::default() };
+            let targets: Vec<usize> = (0..3).filter(|&c| c != label).collect();
+            let crown_pre = bounds::pre_activation_bounds(&net, &set, Propagation::Crown).unwrap();
+            let crown = bounds::margin_lower_bounds(&net, &set, &crown_pre, Propagation::Crown, label, &targets).unwrap();
+            let (lp, _) = margin_lp_bounds(&net, &set, &crown_pre, label, &targets, &settings);
+            let (full_pre, _) = lp_full_bounds(&net, &set, &settings).unwrap();
+            let (full, _) = margin_lp_bounds(&net, &set, &full_pre, label, &targets, &settings);
+            for (ti, &t) in targets.iter().enumerate() {
+                let e = Exact::default().phi(&net, &set, label, t).unwrap();
+                prop_assert!(crown[ti] <= lp[ti] + tol(lp[ti]));
+                prop_assert!(lp[ti] <= full[ti] + tol(full[ti]));
+                prop_assert!(full[ti] <= e.upper + tol(e.upper));
+                prop_assert!(e.lower <= e.upper);
+            }
+        }
+    }
+}

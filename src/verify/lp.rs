@@ -84,8 +84,8 @@ fn report(
     targets: &[usize],
     settings: &LpSettings,
     mut stats: LpStats,
-    start: Instant,
 ) -> Result<BoundReport> {
+    let start = Instant::now();
     let (lp, st) = margin_lp_bounds(net, set, pre, label, targets, settings);
     stats.merge(&st);
     // The linear relaxation over the same bounds is also sound; keep the better of the two, so a
@@ -117,7 +117,9 @@ impl Verifier for Lp {
         let start = Instant::now();
         check(network, set, label, targets)?;
         let pre = bounds::pre_activation_bounds(network, set, Propagation::Crown)?;
-        report(network, set, &pre, label, targets, &self.settings, LpStats::default(), start)
+        let mut r = report(network, set, &pre, label, targets, &self.settings, LpStats::default())?;
+        r.stats.seconds = start.elapsed().as_secs_f64();
+        Ok(r)
     }
 }
 
@@ -137,6 +139,8 @@ impl Verifier for LpFull {
         let start = Instant::now();
         check(network, set, label, targets)?;
         let (pre, stats) = lp_full_bounds(network, set, &self.settings)?;
-        report(network, set, &pre, label, targets, &self.settings, stats, start)
+        let mut r = report(network, set, &pre, label, targets, &self.settings, stats)?;
+        r.stats.seconds = start.elapsed().as_secs_f64();
+        Ok(r)
     }
 }

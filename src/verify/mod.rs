@@ -7,6 +7,7 @@
 //! | `crown` | [`Crown`]: backward linear relaxation, adaptive slope (CROWN-Ada) | l2, l_inf | all |
 //! | `lp` | [`lp::Lp`]: LP-Last, triangle relaxation on CROWN's bounds, one LP/SOCP per target | l2, l_inf | all (ReLU: convex hull) |
 //! | `lp-full` | [`lp::LpFull`]: LP-ALL, every unstable neuron's bounds tightened by LPs first | l2, l_inf | all (ReLU: convex hull) |
+//! | `sdp` | [`sdp::SdpFo`]: Proposition 3.1 of the BM-r paper with multipliers optimized by SDP-FO (small nets) | l2, l_inf | ReLU |
 //! | `exact` | [`exact::Exact`]: branch and bound over activation patterns, exact phi (tiny ReLU nets) | l2, l_inf | ReLU |
 //!
 //! Every bound is sound for whatever the method computes: the propagation methods involve no
@@ -16,6 +17,7 @@
 
 pub mod exact;
 pub mod lp;
+pub mod sdp;
 
 use std::time::Instant;
 
@@ -128,7 +130,7 @@ propagation_verifier!(
 );
 
 /// The names accepted by [`by_name`].
-pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact"];
+pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact", "sdp"];
 
 /// The verifier with the given command-line name.
 pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
@@ -139,6 +141,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
         "lp" | "lp-last" => Ok(Box::new(lp::Lp::default())),
         "lp-full" | "lp-all" => Ok(Box::new(lp::LpFull::default())),
         "exact" => Ok(Box::new(exact::Exact::default())),
+        "sdp" | "sdp-fo" => Ok(Box::new(sdp::SdpFo::default())),
         _ => Err(Error::InvalidArgument(format!("unknown method '{name}' (available: {}, pgd)", METHODS.join(", ")))),
     }
 }

@@ -1,0 +1,560 @@
+//! The SDP-dual bound of Proposition 3.1 (Chiu & Zhang 2023, 000_2ff65a8857911c41.txt, eq. (SDD)),
+//! its checkable certificate, and SDP-FO, a first-order optimizer of the multipliers (Dathathri
+//! et al. 2020; 002_d479bbd419bd504e.txt, section 5).
+//!
+//! # The bound
+//!
+//! For a ReLU network with variables v = (1, x_0, x_1, ..., x_{L}) (input and hidden
+//! post-activations), the quadratic formulation of problem (A) is
+//!
+//! ```text
+//! min  lam^T (W_L x_L + b_L)                        (lam = e_label - e_target)
+//! s.t. eps^2 - ||x_0 - x_hat||^2 >= 0     (y_ball)   or   (x_0i - lo_i)(hi_i - x_0i) >= 0  (y_coord)
+//!      x_0 - lo >= 0, hi - x_0 >= 0       (y_lower, y_upper)
+//!      x_{k+1} >= 0                       (y_nonneg)
+//!      x_{k+1} - W_k x_k - b_k >= 0       (y_above)
+//!      x_{k+1} ⊙ (x_{k+1} - W_k x_k - b_k) = 0     (z, free)
+//! ```
+//!
+//! Its Lagrangian L(x; y, z) = f(x) - sum y g(x) + sum z h(x) is a quadratic form v^T M(y, z) v,
+//! and for every feasible x and every y >= 0, f(x) >= L. With S = M - z0 e0 e0^T (the slack
+//! matrix of (SDD); ours is the paper's up to the factor 1/2 and the sign convention of z) and
+//! R^2 >= 1 + ||x||^2 over the feasible set,
+//!
+//! ```text
+//! phi[c] >= z0 + R^2 min(0, lambda_min(S(y, z)))       for every y >= 0, z, z0   (Proposition 3.1)
+//! ```
+//!
+//! z0 is free; writing M = [[m00, m^T], [m, Q]], the best z0 for a given t = lambda_min bound
+//! is the Schur complement z0(t) = m00 - t - m^T (Q - t I)^{-1} m, so the bound is the concave
+//! one-dimensional maximum over t < min(0, lambda_min(Q)) of m00 - m^T (Q - tI)^{-1} m + (R^2 - 1) t.
+//! The reported number is proven: M - z0 e0 e0^T - t I ⪰ 0 is checked by a shifted Cholesky that
+//! covers its own rounding and the rounding of M's entries ([`crate::linalg::psd`]), and R comes
+//! from interval bounds ([`proven_r2`]), never from a solver's solution.
+
+use std::time::Instant;
+
+use faer::{Mat, MatRef, Side};
+use serde::{Deserialize, Serialize};
+
+use super::{BoundReport, Stats, Verifier};
+use crate::bounds::{self, PreActivationBounds, Propagation, interval};
+use crate::error::{Error, Result};
+use crate::linalg::psd::{UNIT_ROUNDOFF, gamma, proves_psd};
+use crate::network::{Activation, Network};
+use crate::spec::{InputSet, Norm};
+
+/// Lagrange multipliers of the quadratic formulation above. Inequality multipliers are clipped to
+/// >= 0 wherever they are used, so any values give a valid bound.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Multipliers {
+    /// l2 ball: eps^2 - ||x_0 - x_hat||^2 >= 0 (ignored for l_inf sets, where it is not valid).
+    pub ball: f64,
+    /// Per input coordinate: (x_0i - lo_i)(hi_i - x_0i) >= 0 over the bounding box of X.
+    pub coord: Vec<f64>,
+    /// Per input coordinate: x_0i - lo_i >= 0.
+    pub lower: Vec<f64>,
+    /// Per input coordinate: hi_i - x_0i >= 0.
+    pub upper: Vec<f64>,
+    /// Per hidden layer and neuron: x_{k+1} >= 0.
+    pub nonneg: Vec<Vec<f64>>,
+    /// Per hidden layer and neuron: x_{k+1} - W_k x_k - b_k >= 0.
+    pub above: Vec<Vec<f64>>,
+    /// Per hidden layer and neuron (free): x_{k+1} (x_{k+1} - W_k x_k - b_k) = 0.
+    pub relu: Vec<Vec<f64>>,
+}
+
+impl Multipliers {
+    /// A neutral starting point: z = `relu` everywhere, the input constraint weighted by 1.
+    pub fn initial(net: &Network, set: &InputSet, relu: f64) -> Self {
+        let n0 = set.dim();
+        let hidden: Vec<usize> = net.layers()[..net.layers().len() - 1].iter().map(|l| l.output_size()).collect();
+        Multipliers {
+            ball: if set.norm() == Norm::L2 { 1.0 } else { 0.0 },
+            coord: vec![if set.norm() == Norm::Linf { 1.0 } else { 0.0 }; n0],
+            lower: vec![0.0; n0],
+            upper: vec![0.0; n0],
+            nonneg: hidden.iter().map(|&n| vec![0.0; n]).collect(),
+            above: hidden.iter().map(|&n| vec![0.0; n]).collect(),
+            relu: hidden.iter().map(|&n| vec![relu; n]).collect(),
+        }
+    }
+
+    fn check_shape(&self, net: &Network, set: &InputSet) -> Result<()> {
+        let n0 = set.dim();
+        let hidden: Vec<usize> = net.layers()[..net.layers().len() - 1].iter().map(|l| l.output_size()).collect();
+        let ok = self.coord.len() == n0
+            && self.lower.len() == n0
+            && self.upper.len() == n0
+            && [&self.nonneg, &self.above, &self.relu]
+                .iter()
+                .all(|v| v.len() == hidden.len() && v.iter().zip(&hidden).all(|(a, &n)| a.len() == n));
+        let finite = std::iter::once(self.ball)
+            .chain(self.coord.iter().copied())
+            .chain(self.lower.iter().copied())
+            .chain(self.upper.iter().copied())
+            .chain(self.nonneg.iter().flatten().copied())
+            .chain(self.above.iter().flatten().copied())
+            .chain(self.relu.iter().flatten().copied())
+            .all(f64::is_finite);
+        if !ok {
+            return Err(Error::InvalidArgument("multipliers do not match the network's layer sizes".into()));
+        }
+        if !finite {
+            return Err(Error::InvalidArgument("multipliers must be finite".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Offsets of the blocks of v = (1, x_0, x_1, ..., x_L).
+fn offsets(net: &Network, set: &InputSet) -> Vec<usize> {
+    let mut off = vec![1];
+    let mut n = 1 + set.dim();
+    for layer in &net.layers()[..net.layers().len() - 1] {
+        off.push(n);
+        n += layer.output_size();
+    }
+    off.push(n);
+    off
+}
+
+fn check_network(net: &Network) -> Result<()> {
+    let layers = net.layers();
+    if layers[layers.len() - 1].activation() != Activation::Identity
+        || layers[..layers.len() - 1].iter().any(|l| l.activation() != Activation::Relu)
+    {
+        return Err(Error::Unsupported("the SDP relaxation needs ReLU hidden layers and an affine last layer".into()));
+    }
+    Ok(())
+}
+
+/// The Lagrangian matrix M(y, z) (so that L = v^T M v) and the Frobenius norm of a bound on
+/// its rounding error (gamma_k times the matrix of summed absolute terms).
+pub fn lagrangian_matrix(
+    net: &Network,
+    set: &InputSet,
+    label: usize,
+    target: usize,
+    mult: &Multipliers,
+) -> Result<(Mat<f64>, f64)> {
+    check_network(net)?;
+    net.check_label(label)?;
+    net.check_label(target)?;
+    mult.check_shape(net, set)?;
+    let off = offsets(net, set);
+    let n = *off.last().expect("offsets");
+    let mut m = Mat::<f64>::zeros(n, n);
+    let mut a = Mat::<f64>::zeros(n, n);
+    let cross = |i: usize, j: usize, c: f64, m: &mut Mat<f64>, a: &mut Mat<f64>| {
+        if i == j {
+            m[(i, i)] += c;
+            a[(i, i)] += c.abs();
+        } else {
+            m[(i, j)] += 0.5 * c;
+            m[(j, i)] += 0.5 * c;
+            a[(i, j)] += 0.5 * c.abs();
+            a[(j, i)] += 0.5 * c.abs();
+        }
+    };
+    let pos = |v: f64| v.max(0.0);
+    let layers = net.layers();
+    let last = &layers[layers.len() - 1];
+    let c = set.center();
+    let (lo, hi) = set.bounding_box();
+    // Objective lam^T (W_L x_L + b_L).
+    let xl = off[layers.len() - 1];
+    let wt = last.weight_t();
+    for i in 0..wt.nrows() {
+        cross(0, xl + i, wt[(i, label)] - wt[(i, target)], &mut m, &mut a);
+    }
+    cross(0, 0, last.bias()[label] - last.bias()[target], &mut m, &mut a);
+    // Input set. The ball constraint is only valid for l2 sets: for l_inf its multiplier is ignored.
+    let yb = if set.norm() == Norm::L2 { pos(mult.ball) } else { 0.0 };
+    if yb > 0.0 {
+        let c2: f64 = c.iter().map(|v| v * v).sum();
+        cross(0, 0, yb * (c2 - set.eps() * set.eps()), &mut m, &mut a);
+        for i in 0..c.len() {
+            cross(1 + i, 1 + i, yb, &mut m, &mut a);
+            cross(0, 1 + i, -2.0 * yb * c[i], &mut m, &mut a);
+        }
+    }
+    for i in 0..c.len() {
+        let (y, yl, yu) = (pos(mult.coord[i]), pos(mult.lower[i]), pos(mult.upper[i]));
+        if y > 0.0 {
+            cross(1 + i, 1 + i, y, &mut m, &mut a);
+            cross(0, 1 + i, -y * (lo[i] + hi[i]), &mut m, &mut a);
+            cross(0, 0, y * lo[i] * hi[i], &mut m, &mut a);
+        }
+        if yl > 0.0 {
+            cross(0, 1 + i, -yl, &mut m, &mut a);
+            cross(0, 0, yl * lo[i], &mut m, &mut a);
+        }
+        if yu > 0.0 {
+            cross(0, 1 + i, yu, &mut m, &mut a);
+            cross(0, 0, -yu * hi[i], &mut m, &mut a);
+        }
+    }
+    // Hidden layers: x_k at off[k], x_{k+1} at off[k+1].
+    for k in 0..layers.len() - 1 {
+        let (p, q) = (off[k], off[k + 1]);
+        let w = layers[k].weight();
+        let b = layers[k].bias();
+        for j in 0..w.nrows() {
+            let (y1, y2, z) = (pos(mult.nonneg[k][j]), pos(mult.above[k][j]), mult.relu[k][j]);
+            cross(0, q + j, -y1 - y2 - z * b[j], &mut m, &mut a);
+            cross(0, 0, y2 * b[j], &mut m, &mut a);
+            cross(q + j, q + j, z, &mut m, &mut a);
+            for i in 0..w.ncols() {
+                let wji = w[(j, i)];
+                if wji != 0.0 {
+                    if y2 != 0.0 {
+                        cross(0, p + i, y2 * wji, &mut m, &mut a);
+                    }
+                    if z != 0.0 {
+                        cross(q + j, p + i, -z * wji, &mut m, &mut a);
+                    }
+                }
+            }
+        }
+    }
+    let width = layers.iter().map(|l| l.output_size().max(l.input_size())).max().unwrap_or(1);
+    let err = gamma(width + 16) * a.norm_l2();
+    Ok((m, err))
+}
+
+/// A proven R^2 >= 1 + ||(x_0, x_1, ..., x_L)||^2 over the feasible set, from the bounding box of X
+/// (and the ball, for l2) and the pre-activation bounds of the hidden layers (ReLU outputs lie in
+/// [max(l, 0), max(u, 0)]). Rounded up.
+pub fn proven_r2(net: &Network, set: &InputSet, pre: &PreActivationBounds) -> f64 {
+    let (lo, hi) = set.bounding_box();
+    let mut input: f64 = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs()).powi(2)).sum();
+    if set.norm() == Norm::L2 {
+        let cn: f64 = set.center().iter().map(|v| v * v).sum::<f64>().sqrt();
+        input = input.min((cn + set.eps()).powi(2));
+    }
+    let mut r2 = 1.0 + input;
+    for iv in &pre.layers[..net.layers().len() - 1] {
+        r2 += iv.upper.iter().map(|u| u.max(0.0).powi(2)).sum::<f64>();
+    }
+    let terms = (set.dim() + net.hidden_neurons() + 4) as f64;
+    r2 * (1.0 + 2.0 * terms * UNIT_ROUNDOFF) + f64::MIN_POSITIVE
+}
+
+/// The output of the spectral step: a bound z0 + R^2 t with M - z0 e0 e0^T - t I proven ⪰ 0.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpectralBound {
+    /// The proven lower bound on phi.
+    pub bound: f64,
+    /// t <= min(0, lambda_min(S)) (proven).
+    pub t: f64,
+    /// z0.
+    pub z0: f64,
+    /// The primal point x = -(Q - tI)^{-1} m of the Schur form (the minimizer of the relaxation's
+    /// Lagrangian; its constraint values are the supergradient used by SDP-FO).
+    pub point: Vec<f64>,
+}
+
+/// Best z0 and t for the Schur form of M by dense eigendecomposition (an estimate, not proven).
+fn schur_optimum(m: MatRef<'_, f64>, r2: f64) -> Option<(f64, f64, Vec<f64>)> {
+    let n = m.nrows() - 1;
+    let q = m.submatrix(1, 1, n, n);
+    let eig = q.self_adjoint_eigen(Side::Lower).ok()?;
+    let lam: Vec<f64> = (0..n).map(|i| eig.S()[i]).collect();
+    let u = eig.U();
+    let mt: Vec<f64> = (0..n).map(|i| m[(1 + i, 0)]).collect();
+    let p: Vec<f64> = (0..n).map(|j| (0..n).map(|i| u[(i, j)] * mt[i]).sum()).collect();
+    let l1 = lam.first().copied().unwrap_or(0.0);
+    let scale = 1.0 + l1.abs() + lam.last().map_or(0.0, |v| v.abs());
+    let t_hi = if l1 > 1e-9 * scale { 0.0f64.min(l1 - 1e-9 * scale) } else { l1 - 1e-9 * scale };
+    let dphi = |t: f64| (r2 - 1.0) - lam.iter().zip(&p).map(|(l, pi)| pi * pi / ((l - t) * (l - t))).sum::<f64>();
+    let t = if dphi(t_hi) >= 0.0 {
+        t_hi
+    } else {
+        let mut lo_t = t_hi - scale;
+        let mut k = 0;
+        while dphi(lo_t) < 0.0 && k < 200 {
+            lo_t = t_hi - (t_hi - lo_t) * 2.0;
+            k += 1;
+        }
+        let mut hi_t = t_hi;
+        for _ in 0..200 {
+            let mid = 0.5 * (lo_t + hi_t);
+            if mid <= lo_t || mid >= hi_t {
+                break;
+            }
+            if dphi(mid) >= 0.0 {
+                lo_t = mid;
+            } else {
+                hi_t = mid;
+            }
+        }
+        lo_t
+    };
+    let coef: Vec<f64> = lam.iter().zip(&p).map(|(l, pi)| pi / (l - t)).collect();
+    let x: Vec<f64> = (0..n).map(|i| -(0..n).map(|j| u[(i, j)] * coef[j]).sum::<f64>()).collect();
+    let quad: f64 = p.iter().zip(&coef).map(|(pi, c)| pi * c).sum();
+    let z0 = m[(0, 0)] - t - quad;
+    Some((t, z0, x))
+}
+
+/// The proven bound min over ||(1, x)||^2 <= R^2 of (1, x)^T M (1, x) >= z0 + R^2 t, for M within
+/// `err` (Frobenius) of the exact Lagrangian matrix. None if nothing could be proven.
+pub fn certified_bound(m: MatRef<'_, f64>, r2: f64, err: f64) -> Option<SpectralBound> {
+    if m.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) || !r2.is_finite() {
+        return None;
+    }
+    let (t0, z00, point) = schur_optimum(m, r2)?;
+    let scale = 1.0 + t0.abs() + z00.abs();
+    for k in 0..40 {
+        // Back off from the estimated optimum until the Cholesky proof goes through.
+        let back = if k == 0 { 0.0 } else { 1e-10 * scale * 4f64.powi(k) };
+        let t = t0 - back;
+        let z0 = z00 - back * 2.0 - 1e-12 * scale;
+        let mut s = m.to_owned();
+        s[(0, 0)] -= z0;
+        if proves_psd(s.as_ref(), t, err) {
+            let raw = z0 + r2 * t;
+            let bound = raw - 4.0 * UNIT_ROUNDOFF * (z0.abs() + (r2 * t).abs());
+            return Some(SpectralBound { bound, t, z0, point });
+        }
+    }
+    None
+}
+
+/// A certificate for phi[target] >= bound: the multipliers and the numbers of the bound, checkable
+/// from scratch by [`Certificate::check`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// The label.
+    pub label: usize,
+    /// The target class c.
+    pub target: usize,
+    /// y and z.
+    pub multipliers: Multipliers,
+    /// R^2 used.
+    pub r2: f64,
+    /// t <= lambda_min(S(y, z)) with S = M - z0 e0 e0^T.
+    pub t: f64,
+    /// z0.
+    pub z0: f64,
+    /// The claimed bound z0 + R^2 t (rounded down).
+    pub bound: f64,
+}
+
+impl Certificate {
+    /// Recomputes M(y, z) from the multipliers, R^2 from fresh interval bounds, and proves
+    /// M - z0 e0 e0^T - t I ⪰ 0; returns the bound that this proves, or an error saying why the
+    /// certificate is rejected (a claimed bound above what the data prove, an R^2 below the proven
+    /// one with t < 0, or a matrix that is not PSD at the claimed shift).
+    pub fn check(&self, net: &Network, set: &InputSet) -> Result<f64> {
+        let (m, err) = lagrangian_matrix(net, set, self.label, self.target, &self.multipliers)?;
+        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown)?;
+        let r2 = proven_r2(net, set, &pre);
+        if self.t > 0.0 || !self.t.is_finite() || !self.z0.is_finite() {
+            return Err(Error::InvalidArgument(format!("certificate rejected: t = {} must be <= 0", self.t)));
+        }
+        let mut s = m;
+        s[(0, 0)] -= self.z0;
+        if !proves_psd(s.as_ref(), self.t, err) {
+            return Err(Error::InvalidArgument("certificate rejected: S(y, z) - t I is not proven PSD".into()));
+        }
+        let proven = self.z0 + r2 * self.t - 4.0 * UNIT_ROUNDOFF * (self.z0.abs() + (r2 * self.t).abs());
+        if self.bound > proven {
+            return Err(Error::InvalidArgument(format!(
+                "certificate rejected: claimed bound {} exceeds the proven {proven} (R^2 {} vs proven {r2})",
+                self.bound, self.r2
+            )));
+        }
+        Ok(proven)
+    }
+}
+
+/// The proven bound of Proposition 3.1 for given multipliers, as a certificate.
+pub fn bound_from_multipliers(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    label: usize,
+    target: usize,
+    mult: &Multipliers,
+) -> Result<Option<(Certificate, Vec<f64>)>> {
+    let (m, err) = lagrangian_matrix(net, set, label, target, mult)?;
+    let r2 = proven_r2(net, set, pre);
+    Ok(certified_bound(m.as_ref(), r2, err).map(|sb| {
+        (Certificate { label, target, multipliers: mult.clone(), r2, t: sb.t, z0: sb.z0, bound: sb.bound }, sb.point)
+    }))
+}
+
+/// SDP-FO: projected supergradient ascent on the multipliers (Adam steps), then the proven bound.
+///
+/// The objective F(y, z) = max over t of the Schur form is concave in (y, z) (a pointwise minimum
+/// of affine functions of the multipliers), and its supergradient with respect to each multiplier
+/// is the value of that multiplier's constraint term at the Schur point x = -(Q - tI)^{-1} m
+/// (Danskin): -g(x) for an inequality, h(x) for an equality. Dense eigendecompositions make each
+/// step O(n^3): meant for small networks (the BM-r verifier handles the large ones).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SdpFo {
+    /// Ascent steps (default 300).
+    pub iterations: usize,
+    /// Adam step size (default 0.05).
+    pub step: f64,
+    /// Wall-clock budget per target in seconds (default 10).
+    pub time_limit: f64,
+    /// Refuse networks with more than this many variables (default 400): dense O(n^3) steps.
+    pub max_vars: usize,
+}
+
+impl Default for SdpFo {
+    fn default() -> Self {
+        Self { iterations: 300, step: 0.05, time_limit: 10.0, max_vars: 400 }
+    }
+}
+
+/// The constraint terms at a point x (the supergradient of F), in the layout of [`Multipliers`].
+fn constraint_terms(net: &Network, set: &InputSet, x: &[f64]) -> Multipliers {
+    let n0 = set.dim();
+    let (lo, hi) = set.bounding_box();
+    let c = set.center();
+    let x0 = &x[..n0];
+    let d2: f64 = x0.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum();
+    let mut g = Multipliers {
+        ball: if set.norm() == Norm::L2 { -(set.eps() * set.eps() - d2) } else { 0.0 },
+        coord: (0..n0).map(|i| -((x0[i] - lo[i]) * (hi[i] - x0[i]))).collect(),
+        lower: (0..n0).map(|i| -(x0[i] - lo[i])).collect(),
+        upper: (0..n0).map(|i| -(hi[i] - x0[i])).collect(),
+        nonneg: Vec::new(),
+        above: Vec::new(),
+        relu: Vec::new(),
+    };
+    let layers = net.layers();
+    let mut start = 0;
+    let mut next = n0;
+    for layer in &layers[..layers.len() - 1] {
+        let xin = &x[start..start + layer.input_size()];
+        let xout = &x[next..next + layer.output_size()];
+        let z = crate::linalg::mat_vec(layer.weight(), xin);
+        let pre: Vec<f64> = z.iter().zip(layer.bias()).map(|(a, b)| a + b).collect();
+        g.nonneg.push(xout.iter().map(|v| -v).collect());
+        g.above.push(xout.iter().zip(&pre).map(|(o, p)| -(o - p)).collect());
+        g.relu.push(xout.iter().zip(&pre).map(|(o, p)| o * (o - p)).collect());
+        start = next;
+        next += layer.output_size();
+    }
+    g
+}
+
+fn flatten(m: &Multipliers) -> Vec<f64> {
+    let mut v = vec![m.ball];
+    v.extend(&m.coord);
+    v.extend(&m.lower);
+    v.extend(&m.upper);
+    for part in [&m.nonneg, &m.above, &m.relu] {
+        for layer in part {
+            v.extend(layer);
+        }
+    }
+    v
+}
+
+fn unflatten(v: &[f64], like: &Multipliers) -> Multipliers {
+    let mut it = v.iter().copied();
+    let mut take = |n: usize| -> Vec<f64> { (&mut it).take(n).collect() };
+    let ball = take(1)[0];
+    let coord = take(like.coord.len());
+    let lower = take(like.lower.len());
+    let upper = take(like.upper.len());
+    let mut grab = |part: &Vec<Vec<f64>>| part.iter().map(|l| take(l.len())).collect::<Vec<_>>();
+    let nonneg = grab(&like.nonneg);
+    let above = grab(&like.above);
+    let relu = grab(&like.relu);
+    Multipliers { ball, coord, lower, upper, nonneg, above, relu }
+}
+
+impl SdpFo {
+    /// Optimizes the multipliers for one target and returns the proven certificate (or None when
+    /// no bound could be proven, e.g. non-finite data).
+    pub fn certify_target(
+        &self,
+        net: &Network,
+        set: &InputSet,
+        pre: &PreActivationBounds,
+        label: usize,
+        target: usize,
+    ) -> Result<Option<Certificate>> {
+        check_network(net)?;
+        let vars = 1 + set.dim() + net.hidden_neurons();
+        if vars > self.max_vars {
+            return Err(Error::Unsupported(format!(
+                "SDP-FO's dense steps are limited to {} variables; this problem has {vars}",
+                self.max_vars
+            )));
+        }
+        let start = Instant::now();
+        let r2 = proven_r2(net, set, pre);
+        let mut mult = Multipliers::initial(net, set, 1.0);
+        // Which entries are inequality multipliers (projected onto >= 0).
+        let template = flatten(&mult);
+        let n_ineq = template.len() - mult.relu.iter().map(Vec::len).sum::<usize>();
+        let mut theta = template;
+        let (mut m1, mut m2) = (vec![0.0; theta.len()], vec![0.0; theta.len()]);
+        let mut best: Option<(f64, Vec<f64>)> = None;
+        for it in 0..self.iterations {
+            if start.elapsed().as_secs_f64() > self.time_limit {
+                break;
+            }
+            mult = unflatten(&theta, &mult);
+            let (m, _) = lagrangian_matrix(net, set, label, target, &mult)?;
+            let Some((t, z0, x)) = schur_optimum(m.as_ref(), r2) else { break };
+            let value = z0 + r2 * t;
+            if best.as_ref().is_none_or(|b| value > b.0) {
+                best = Some((value, theta.clone()));
+            }
+            let g = flatten(&constraint_terms(net, set, &x));
+            let k = (it + 1) as i32;
+            for i in 0..theta.len() {
+                let gi = if g[i].is_finite() { g[i] } else { 0.0 };
+                m1[i] = 0.9 * m1[i] + 0.1 * gi;
+                m2[i] = 0.999 * m2[i] + 0.001 * gi * gi;
+                let mh = m1[i] / (1.0 - 0.9f64.powi(k));
+                let vh = m2[i] / (1.0 - 0.999f64.powi(k));
+                theta[i] += self.step * mh / (vh.sqrt() + 1e-12);
+                if i < n_ineq && theta[i] < 0.0 {
+                    theta[i] = 0.0;
+                }
+            }
+        }
+        let Some((_, theta)) = best else { return Ok(None) };
+        let mult = unflatten(&theta, &mult);
+        Ok(bound_from_multipliers(net, set, pre, label, target, &mult)?.map(|(c, _)| c))
+    }
+}
+
+impl Verifier for SdpFo {
+    fn name(&self) -> &'static str {
+        "sdp"
+    }
+    fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
+        let start = Instant::now();
+        if set.dim() != network.input_size() {
+            return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
+        }
+        let mut pre = bounds::pre_activation_bounds(network, set, Propagation::Crown)?;
+        for (a, b) in pre.layers.iter_mut().zip(&interval::ibp(network, set).layers) {
+            a.intersect(b);
+        }
+        let mut out = Vec::with_capacity(targets.len());
+        for &t in targets {
+            let cert = self.certify_target(network, set, &pre, label, t)?;
+            out.push((t, cert.map_or(f64::NEG_INFINITY, |c| c.bound)));
+        }
+        Ok(BoundReport {
+            bounds: out,
+            stats: Stats {
+                seconds: start.elapsed().as_secs_f64(),
+                unstable_neurons: Some(pre.unstable_neurons()),
+                lp: None,
+            },
+        })
+    }
+}

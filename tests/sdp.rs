@@ -1,0 +1,144 @@
+//! Proposition 3.1 with proven R and rigorous lambda_min: sound for arbitrary multipliers, against
+//! the exact phi on tiny networks; SDP-FO's optimized bound; certificates that reject tampering.
+
+mod common;
+
+use nncert::attack::{PgdSettings, pgd};
+use nncert::bounds::{self, Propagation};
+use nncert::verify::exact::Exact;
+use nncert::verify::lp::{lp_full_bounds, margin_lp_bounds};
+use nncert::verify::sdp::{Multipliers, SdpFo, bound_from_multipliers, proven_r2};
+use nncert::{Activation, Domain, InputSet, Network, Norm};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn cases() -> Vec<(Network, InputSet, usize)> {
+    (0..40u64)
+        .map(|seed| {
+            let n_in = 2 + seed as usize % 3;
+            let sizes = if seed % 2 == 0 { vec![n_in, 5 + seed as usize % 4, 3] } else { vec![n_in, 5, 4, 3] };
+            let net = common::random_network(500 + seed, &sizes, Activation::Relu);
+            let x: Vec<f64> = (0..n_in).map(|i| ((seed as usize * 3 + i * 5) % 11) as f64 / 11.0).collect();
+            let label = net.predict(&x).unwrap();
+            let (norm, eps) = if seed % 2 == 0 { (Norm::L2, 0.2) } else { (Norm::Linf, 0.08) };
+            let domain = (seed % 3 != 0).then(|| Domain::uniform(n_in, 0.0, 1.0).unwrap());
+            (net, InputSet::new(x, eps, norm, domain).unwrap(), label)
+        })
+        .collect()
+}
+
+#[test]
+fn proven_radius_covers_feasible_points() {
+    for (net, set, _) in cases() {
+        let pre = bounds::pre_activation_bounds(&net, &set, Propagation::Crown).unwrap();
+        let r2 = proven_r2(&net, &set, &pre);
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..200 {
+            let x = set.sample(&mut rng);
+            let mut norm2: f64 = 1.0 + x.iter().map(|v| v * v).sum::<f64>();
+            let mut h = x.clone();
+            for layer in &net.layers()[..net.layers().len() - 1] {
+                h = nncert::linalg::mat_vec(layer.weight(), &h)
+                    .iter()
+                    .zip(layer.bias())
+                    .map(|(a, b)| (a + b).max(0.0))
+                    .collect();
+                norm2 += h.iter().map(|v| v * v).sum::<f64>();
+            }
+            assert!(norm2 <= r2, "{norm2} > R^2 {r2}");
+        }
+    }
+}
+
+#[test]
+fn any_multipliers_give_a_sound_bound() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut finite = 0;
+    for (ci, (net, set, label)) in cases().iter().enumerate() {
+        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        for _ in 0..5 {
+            let mut m = Multipliers::initial(net, set, 1.0);
+            m.ball = rng.random::<f64>() * 5.0;
+            m.coord.iter_mut().for_each(|v| *v = rng.random::<f64>() * 5.0);
+            m.lower.iter_mut().for_each(|v| *v = rng.random::<f64>() - 0.3);
+            for layer in m.nonneg.iter_mut().chain(m.above.iter_mut()) {
+                layer.iter_mut().for_each(|v| *v = rng.random::<f64>() * 2.0 - 0.5);
+            }
+            for layer in m.relu.iter_mut() {
+                layer.iter_mut().for_each(|v| *v = rng.random::<f64>() * 4.0 - 1.0);
+            }
+            if let Some((cert, _)) = bound_from_multipliers(net, set, &pre, *label, target, &m).unwrap() {
+                assert!(cert.bound <= exact.lower + 1e-9, "case {ci}: bound {} > exact {}", cert.bound, exact.lower);
+                finite += 1;
+            }
+        }
+    }
+    assert!(finite > 100, "only {finite} bounds were proven");
+}
+
+#[test]
+fn sdp_fo_is_sound_and_useful() {
+    let fo = SdpFo::default();
+    let mut rows = Vec::new();
+    for (ci, (net, set, label)) in cases().iter().enumerate() {
+        let mut pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let ibp = bounds::interval::ibp(net, set);
+        for (a, b) in pre.layers.iter_mut().zip(&ibp.layers) {
+            a.intersect(b);
+        }
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        let attack = pgd(net, set, *label, &[target], &PgdSettings::default()).unwrap();
+        let cert = fo.certify_target(net, set, &pre, *label, target).unwrap().expect("a proven bound");
+        assert!(cert.bound <= exact.lower + 1e-9, "case {ci}: SDP-FO {} > exact {}", cert.bound, exact.lower);
+        assert!(cert.bound <= attack[0].margin + 1e-9);
+        let checked = cert.check(net, set).unwrap();
+        assert!(cert.bound <= checked);
+        let (full_pre, _) = lp_full_bounds(net, set, &Default::default()).unwrap();
+        let (lp_full, _) = margin_lp_bounds(net, set, &full_pre, *label, &[target], &Default::default());
+        rows.push((exact.upper, lp_full[0], cert.bound));
+    }
+    let gap_sdp: f64 = rows.iter().map(|r| r.0 - r.2).sum::<f64>() / rows.len() as f64;
+    let gap_lp: f64 = rows.iter().map(|r| r.0 - r.1).sum::<f64>() / rows.len() as f64;
+    eprintln!("mean gap to exact phi: SDP-FO {gap_sdp:.4}, LP-Full {gap_lp:.4}");
+    for r in &rows {
+        eprintln!("exact {:.4} lp-full {:.4} sdp-fo {:.4}", r.0, r.1, r.2);
+    }
+    // Not vacuous: on average within a bounded distance of the exact value.
+    assert!(gap_sdp.is_finite() && gap_sdp < 0.1, "SDP-FO mean gap {gap_sdp}");
+}
+
+#[test]
+fn certificates_reject_tampering() {
+    let (net, set, label) = cases().swap_remove(4);
+    let pre = bounds::pre_activation_bounds(&net, &set, Propagation::Crown).unwrap();
+    let target = (label + 1) % 3;
+    let cert = SdpFo::default().certify_target(&net, &set, &pre, label, target).unwrap().unwrap();
+    let proven = cert.check(&net, &set).unwrap();
+    assert!(cert.bound <= proven);
+    // A larger claimed bound.
+    let mut c = cert.clone();
+    c.bound = proven + 1e-3;
+    assert!(c.check(&net, &set).is_err());
+    // A smaller R^2 claimed: the checker recomputes R^2, so the inflated bound is refused.
+    let mut c = cert.clone();
+    if c.t < 0.0 {
+        c.r2 *= 0.5;
+        c.bound = c.z0 + c.r2 * c.t;
+        assert!(c.check(&net, &set).is_err(), "shrunk R accepted");
+    }
+    // Scaled multipliers with the old t and z0: the matrix no longer certifies.
+    let mut c = cert.clone();
+    c.multipliers.relu.iter_mut().flatten().for_each(|v| *v *= -3.0);
+    assert!(c.check(&net, &set).is_err(), "scaled multipliers accepted");
+    // A larger t (a lambda_min bound that is too high).
+    let mut c = cert.clone();
+    c.t = c.t / 2.0 + 0.5;
+    assert!(c.check(&net, &set).is_err());
+    // Serializable.
+    let json = serde_json::to_string(&cert).unwrap();
+    let back: nncert::verify::sdp::Certificate = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.check(&net, &set).unwrap(), proven);
+}
