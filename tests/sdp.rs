@@ -142,3 +142,51 @@ fn certificates_reject_tampering() {
     let back: nncert::verify::sdp::Certificate = serde_json::from_str(&json).unwrap();
     assert_eq!(back.check(&net, &set).unwrap(), proven);
 }
+
+/// SDP-FO against the convex SDP solved exactly (feature `sdp-reference`): never above it (weak
+/// duality), and close to it where the first-order method converges.
+#[cfg(feature = "sdp-reference")]
+#[test]
+fn sdp_fo_against_the_reference_sdp() {
+    use nncert::verify::sdp_reference::reference_sdp;
+    let fo = SdpFo { iterations: 2000, time_limit: 30.0, ..SdpFo::default() };
+    let mut gaps = Vec::new();
+    let mut lp_vs_sdp = (0, 0);
+    for (ci, (net, set, label)) in cases().iter().enumerate() {
+        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let target = (label + 1) % 3;
+        let sdp = reference_sdp(net, set, &pre, *label, target).unwrap();
+        if sdp.status != "Solved" {
+            continue;
+        }
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        assert!(sdp.value <= exact.upper + 1e-6, "case {ci}: SDP {} > exact {}", sdp.value, exact.upper);
+        let cert = fo.certify_target(net, set, &pre, *label, target).unwrap().unwrap();
+        assert!(
+            cert.bound <= sdp.value + 1e-6 * (1.0 + sdp.value.abs()),
+            "case {ci}: SDP-FO {} > SDP {}",
+            cert.bound,
+            sdp.value
+        );
+        gaps.push(sdp.value - cert.bound);
+        let (full_pre, _) = lp_full_bounds(net, set, &Default::default()).unwrap();
+        let (lp_full, _) = margin_lp_bounds(net, set, &full_pre, *label, &[target], &Default::default());
+        if lp_full[0] > sdp.value + 1e-6 {
+            lp_vs_sdp.0 += 1;
+        } else if sdp.value > lp_full[0] + 1e-6 {
+            lp_vs_sdp.1 += 1;
+        }
+        eprintln!(
+            "case {ci}: exact {:.5} SDP {:.5} SDP-FO {:.5} LP-Full {:.5}",
+            exact.upper, sdp.value, cert.bound, lp_full[0]
+        );
+    }
+    assert!(gaps.len() >= 30, "the reference SDP solved only {} cases", gaps.len());
+    gaps.sort_by(f64::total_cmp);
+    let median = gaps[gaps.len() / 2];
+    eprintln!(
+        "SDP-FO gap to the SDP: median {median:.2e}; LP-Full tighter on {}, SDP tighter on {}",
+        lp_vs_sdp.0, lp_vs_sdp.1
+    );
+    assert!(median < 1e-2, "SDP-FO median gap to the SDP optimum {median}");
+}

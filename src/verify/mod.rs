@@ -18,6 +18,8 @@
 pub mod exact;
 pub mod lp;
 pub mod sdp;
+#[cfg(feature = "sdp-reference")]
+pub mod sdp_reference;
 
 use std::time::Instant;
 

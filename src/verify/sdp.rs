@@ -444,7 +444,7 @@ fn constraint_terms(net: &Network, set: &InputSet, x: &[f64]) -> Multipliers {
     g
 }
 
-fn flatten(m: &Multipliers) -> Vec<f64> {
+pub(crate) fn flatten(m: &Multipliers) -> Vec<f64> {
     let mut v = vec![m.ball];
     v.extend(&m.coord);
     v.extend(&m.lower);
@@ -457,7 +457,7 @@ fn flatten(m: &Multipliers) -> Vec<f64> {
     v
 }
 
-fn unflatten(v: &[f64], like: &Multipliers) -> Multipliers {
+pub(crate) fn unflatten(v: &[f64], like: &Multipliers) -> Multipliers {
     let mut it = v.iter().copied();
     let mut take = |n: usize| -> Vec<f64> { (&mut it).take(n).collect() };
     let ball = take(1)[0];
