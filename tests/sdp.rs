@@ -190,3 +190,56 @@ fn sdp_fo_against_the_reference_sdp() {
     );
     assert!(median < 1e-2, "SDP-FO median gap to the SDP optimum {median}");
 }
+
+fn random_multipliers(net: &Network, set: &InputSet, seed: u64) -> Multipliers {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut m = Multipliers::initial(net, set, 1.0);
+    m.ball = rng.random::<f64>();
+    m.coord.iter_mut().chain(m.lower.iter_mut()).chain(m.upper.iter_mut()).for_each(|v| *v = rng.random::<f64>() - 0.2);
+    for layer in m.nonneg.iter_mut().chain(m.above.iter_mut()).chain(m.relu.iter_mut()) {
+        layer.iter_mut().for_each(|v| *v = rng.random::<f64>() * 2.0 - 0.5);
+    }
+    m
+}
+
+#[test]
+fn matrix_free_slack_operator_matches_the_dense_matrix() {
+    use nncert::verify::sdp::{SlackOperator, lagrangian_matrix};
+    let mut nets: Vec<(Network, InputSet, usize)> = cases().into_iter().take(6).collect();
+    let net = nncert::io::load_model(concat!(env!("CARGO_MANIFEST_DIR"), "/data/models/digits-relu-adv.json")).unwrap();
+    let (_, test) = nncert::data::digits_split().unwrap();
+    let set =
+        InputSet::new(test.images[0].clone(), 0.05, Norm::Linf, Some(Domain::uniform(64, 0.0, 1.0).unwrap())).unwrap();
+    nets.push((net, set, test.labels[0]));
+    for (ci, (net, set, label)) in nets.iter().enumerate() {
+        let target = (label + 1) % net.num_classes();
+        let mult = random_multipliers(net, set, ci as u64);
+        let z0 = 0.37;
+        let (mut m, _) = lagrangian_matrix(net, set, *label, target, &mult).unwrap();
+        m[(0, 0)] -= z0;
+        let op = SlackOperator::new(net, set, *label, target, &mult, z0).unwrap();
+        let n = op.dim();
+        assert_eq!(n, m.nrows());
+        let mut rng = StdRng::seed_from_u64(9);
+        let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+        let mut out = vec![0.0; n];
+        op.apply_vec(&v, &mut out);
+        for i in 0..n {
+            let dense: f64 = (0..n).map(|j| m[(i, j)] * v[j]).sum();
+            assert!(
+                (dense - out[i]).abs() < 1e-12 * (1.0 + dense.abs()) * n as f64,
+                "case {ci} row {i}: {dense} vs {}",
+                out[i]
+            );
+        }
+        let ev = m.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
+        let g = op.gershgorin();
+        assert!(g >= ev[0].abs() && g >= ev[n - 1].abs());
+        let (lam, vec) = op.lambda_min(1e-12).unwrap();
+        assert!((lam - ev[0]).abs() < 1e-9 * (1.0 + g), "case {ci}: Krylov {lam} vs dense {}", ev[0]);
+        let mut sv = vec![0.0; n];
+        op.apply_vec(&vec, &mut sv);
+        let resid: f64 = sv.iter().zip(&vec).map(|(a, b)| (a - lam * b).powi(2)).sum::<f64>().sqrt();
+        assert!(resid < 1e-7 * (1.0 + g), "case {ci}: eigenvector residual {resid}");
+    }
+}

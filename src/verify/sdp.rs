@@ -558,3 +558,237 @@ impl Verifier for SdpFo {
         })
     }
 }
+
+/// S(y, z) = M(y, z) - z0 e0 e0^T as a matrix-free operator: the Lagrangian matrix is bordered
+/// block-tridiagonal, with diagonal blocks diagonal and off-diagonal blocks -diag(z_k) W_k / 2, so a
+/// product costs two products with each W_k (it never forms them densely).
+#[derive(Clone, Debug)]
+pub struct SlackOperator<'a> {
+    net: &'a Network,
+    /// Block offsets in v (as [`offsets`]).
+    off: Vec<usize>,
+    /// First row/column of M (m00 - z0 at index 0).
+    border: Vec<f64>,
+    /// Diagonal of M (excluding index 0).
+    diag: Vec<f64>,
+    /// z per hidden layer.
+    relu: Vec<Vec<f64>>,
+}
+
+impl<'a> SlackOperator<'a> {
+    /// The operator for M(y, z) - z0 e0 e0^T. Its border and diagonal are read from the dense
+    /// assembly's rules without forming the off-diagonal blocks.
+    pub fn new(
+        net: &'a Network,
+        set: &InputSet,
+        label: usize,
+        target: usize,
+        mult: &Multipliers,
+        z0: f64,
+    ) -> Result<Self> {
+        // The border and the diagonal only involve vectors: assemble them through the dense rules
+        // on a network whose hidden-to-hidden coupling is zeroed would be wasteful, so compute
+        // them directly here, mirroring `lagrangian_matrix`.
+        check_network(net)?;
+        net.check_label(label)?;
+        net.check_label(target)?;
+        mult.check_shape(net, set)?;
+        let off = offsets(net, set);
+        let n = *off.last().expect("offsets");
+        let mut border = vec![0.0; n];
+        let mut diag = vec![0.0; n];
+        let pos = |v: f64| v.max(0.0);
+        let layers = net.layers();
+        let last = &layers[layers.len() - 1];
+        let c = set.center();
+        let (lo, hi) = set.bounding_box();
+        let xl = off[layers.len() - 1];
+        let wt = last.weight_t();
+        for i in 0..wt.nrows() {
+            border[xl + i] += 0.5 * (wt[(i, label)] - wt[(i, target)]);
+        }
+        border[0] += last.bias()[label] - last.bias()[target] - z0;
+        let yb = if set.norm() == Norm::L2 { pos(mult.ball) } else { 0.0 };
+        if yb > 0.0 {
+            let c2: f64 = c.iter().map(|v| v * v).sum();
+            border[0] += yb * (c2 - set.eps() * set.eps());
+            for i in 0..c.len() {
+                diag[1 + i] += yb;
+                border[1 + i] += -yb * c[i];
+            }
+        }
+        for i in 0..c.len() {
+            let (y, yl, yu) = (pos(mult.coord[i]), pos(mult.lower[i]), pos(mult.upper[i]));
+            diag[1 + i] += y;
+            border[1 + i] += 0.5 * (-y * (lo[i] + hi[i]) - yl + yu);
+            border[0] += y * lo[i] * hi[i] + yl * lo[i] - yu * hi[i];
+        }
+        for k in 0..layers.len() - 1 {
+            let (p, q) = (off[k], off[k + 1]);
+            let b = layers[k].bias();
+            let y2: Vec<f64> = mult.above[k].iter().map(|v| pos(*v)).collect();
+            for j in 0..b.len() {
+                let z = mult.relu[k][j];
+                border[q + j] += 0.5 * (-pos(mult.nonneg[k][j]) - y2[j] - z * b[j]);
+                border[0] += y2[j] * b[j];
+                diag[q + j] += z;
+            }
+            // W_k^T y2 / 2 on the x_k block.
+            let wty = crate::linalg::mat_vec(layers[k].weight_t(), &y2);
+            for i in 0..wty.len() {
+                border[p + i] += 0.5 * wty[i];
+            }
+        }
+        let m00 = border[0];
+        diag[0] = m00;
+        Ok(SlackOperator { net, off, border, diag, relu: mult.relu.clone() })
+    }
+
+    /// Dimension n + 1.
+    pub fn dim(&self) -> usize {
+        self.diag.len()
+    }
+
+    /// out = S v.
+    pub fn apply_vec(&self, v: &[f64], out: &mut [f64]) {
+        let n = self.dim();
+        out[0] = self.diag[0] * v[0];
+        for i in 1..n {
+            out[0] += self.border[i] * v[i];
+            out[i] = self.border[i] * v[0] + self.diag[i] * v[i];
+        }
+        let layers = self.net.layers();
+        for k in 0..layers.len() - 1 {
+            let (p, q) = (self.off[k], self.off[k + 1]);
+            let (n_in, n_out) = (layers[k].input_size(), layers[k].output_size());
+            let z = &self.relu[k];
+            // Block (x_{k+1}, x_k) = -diag(z) W / 2 and its transpose.
+            let wv = crate::linalg::mat_vec(layers[k].weight(), &v[p..p + n_in]);
+            for j in 0..n_out {
+                out[q + j] -= 0.5 * z[j] * wv[j];
+            }
+            let zv: Vec<f64> = (0..n_out).map(|j| z[j] * v[q + j]).collect();
+            let wtz = crate::linalg::mat_vec(layers[k].weight_t(), &zv);
+            for i in 0..n_in {
+                out[p + i] -= 0.5 * wtz[i];
+            }
+        }
+    }
+
+    /// A Gershgorin bound: every eigenvalue of S lies in [-g, g].
+    pub fn gershgorin(&self) -> f64 {
+        let n = self.dim();
+        let mut row: Vec<f64> =
+            (0..n).map(|i| self.diag[i].abs() + if i > 0 { self.border[i].abs() } else { 0.0 }).collect();
+        row[0] += self.border[1..].iter().map(|v| v.abs()).sum::<f64>();
+        let layers = self.net.layers();
+        for k in 0..layers.len() - 1 {
+            let (p, q) = (self.off[k], self.off[k + 1]);
+            let w = layers[k].weight();
+            for j in 0..w.nrows() {
+                let zj = 0.5 * self.relu[k][j].abs();
+                for i in 0..w.ncols() {
+                    let a = zj * w[(j, i)].abs();
+                    row[q + j] += a;
+                    row[p + i] += a;
+                }
+            }
+        }
+        row.into_iter().fold(0.0, f64::max) * (1.0 + 1e-12)
+    }
+
+    /// An estimate of lambda_min(S) and its eigenvector by Krylov-Schur (faer's
+    /// `partial_self_adjoint_eigen`) on the shifted operator g I - S, g the Gershgorin bound, whose
+    /// largest eigenvalue is g - lambda_min(S).
+    pub fn lambda_min(&self, tolerance: f64) -> Option<(f64, Vec<f64>)> {
+        use faer::dyn_stack::{MemBuffer, MemStack};
+        use faer::matrix_free::eigen::{
+            PartialEigenParams, partial_self_adjoint_eigen, partial_self_adjoint_eigen_scratch,
+        };
+        let g = self.gershgorin();
+        let n = self.dim();
+        if n <= 64 {
+            // Small: a dense eigendecomposition (faer's Krylov-Schur needs a subspace smaller than n).
+            let mut dense = Mat::<f64>::zeros(n, n);
+            let mut e = vec![0.0; n];
+            let mut col = vec![0.0; n];
+            for j in 0..n {
+                e.iter_mut().for_each(|v| *v = 0.0);
+                e[j] = 1.0;
+                self.apply_vec(&e, &mut col);
+                for i in 0..n {
+                    dense[(i, j)] = col[i];
+                }
+            }
+            let eig = dense.self_adjoint_eigen(Side::Lower).ok()?;
+            return Some((eig.S()[0], eig.U().col(0).iter().copied().collect()));
+        }
+        let op = Shifted { inner: self, shift: g };
+        let v0 = faer::Col::from_fn(n, |i| 1.0 + (i % 7) as f64 * 0.1);
+        let mut vecs = Mat::<f64>::zeros(n, 1);
+        let mut vals = vec![0.0; 1];
+        let params = PartialEigenParams { min_dim: 20, max_dim: 60, max_restarts: 200, ..Default::default() };
+        let mut mem = MemBuffer::new(partial_self_adjoint_eigen_scratch(&op, 1, faer::Par::Seq, params));
+        let info = partial_self_adjoint_eigen(
+            vecs.as_mut(),
+            &mut vals,
+            &op,
+            v0.as_ref(),
+            tolerance,
+            faer::Par::Seq,
+            MemStack::new(&mut mem),
+            params,
+        );
+        if info.n_converged_eigen == 0 {
+            return None;
+        }
+        Some((g - vals[0], vecs.col(0).iter().copied().collect()))
+    }
+}
+
+#[derive(Debug)]
+struct Shifted<'a, 'b> {
+    inner: &'b SlackOperator<'a>,
+    shift: f64,
+}
+
+impl faer::matrix_free::LinOp<f64> for Shifted<'_, '_> {
+    fn apply_scratch(&self, _rhs_ncols: usize, _par: faer::Par) -> faer::dyn_stack::StackReq {
+        faer::dyn_stack::StackReq::EMPTY
+    }
+    fn nrows(&self) -> usize {
+        self.inner.dim()
+    }
+    fn ncols(&self) -> usize {
+        self.inner.dim()
+    }
+    fn apply(
+        &self,
+        mut out: faer::MatMut<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        _par: faer::Par,
+        _stack: &mut faer::dyn_stack::MemStack,
+    ) {
+        let n = self.inner.dim();
+        let mut v = vec![0.0; n];
+        let mut o = vec![0.0; n];
+        for c in 0..rhs.ncols() {
+            for i in 0..n {
+                v[i] = rhs[(i, c)];
+            }
+            self.inner.apply_vec(&v, &mut o);
+            for i in 0..n {
+                out[(i, c)] = self.shift * v[i] - o[i];
+            }
+        }
+    }
+    fn conj_apply(
+        &self,
+        out: faer::MatMut<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        par: faer::Par,
+        stack: &mut faer::dyn_stack::MemStack,
+    ) {
+        self.apply(out, rhs, par, stack);
+    }
+}
