@@ -8,6 +8,7 @@
 //! | `lp` | [`lp::Lp`]: LP-Last, triangle relaxation on CROWN's bounds, one LP/SOCP per target | l2, l_inf | all (ReLU: convex hull) |
 //! | `lp-full` | [`lp::LpFull`]: LP-ALL, every unstable neuron's bounds tightened by LPs first | l2, l_inf | all (ReLU: convex hull) |
 //! | `sdp` | [`sdp::SdpFo`]: Proposition 3.1 of the BM-r paper with multipliers optimized by SDP-FO (small nets) | l2, l_inf | ReLU |
+//! | `bm` | [`bm::Bm`]: BM-r (Burer-Monteiro, augmented Lagrangian + L-BFGS, rank lifting), bound by Proposition 3.1 | l2, l_inf | ReLU |
 //! | `exact` | [`exact::Exact`]: branch and bound over activation patterns, exact phi (tiny ReLU nets) | l2, l_inf | ReLU |
 //!
 //! Every bound is sound for whatever the method computes: the propagation methods involve no
@@ -15,6 +16,7 @@
 //! for any dual point). Rounding in the propagation methods is of relative order 1e-15 and is not
 //! yet accounted for by directed rounding; the LP dual bounds subtract an a-priori rounding bound.
 
+pub mod bm;
 pub mod exact;
 pub mod lp;
 pub mod sdp;
@@ -132,7 +134,7 @@ propagation_verifier!(
 );
 
 /// The names accepted by [`by_name`].
-pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact", "sdp"];
+pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact", "sdp", "bm"];
 
 /// The verifier with the given command-line name.
 pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
@@ -144,6 +146,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
         "lp-full" | "lp-all" => Ok(Box::new(lp::LpFull::default())),
         "exact" => Ok(Box::new(exact::Exact::default())),
         "sdp" | "sdp-fo" => Ok(Box::new(sdp::SdpFo::default())),
+        "bm" => Ok(Box::new(bm::Bm::default())),
         _ => Err(Error::InvalidArgument(format!("unknown method '{name}' (available: {}, pgd)", METHODS.join(", ")))),
     }
 }

@@ -1,0 +1,399 @@
+//! BM-r: the Burer-Monteiro low-rank factorization of the SDP relaxation (Chiu & Zhang 2023,
+//! 000_2ff65a8857911c41.txt, section 4, Algorithms 1-2, problem (BM-r) with u0 fixed to 1 as in
+//! Appendix A.5), solved by an augmented Lagrangian method with an L-BFGS inner solver, whose
+//! multipliers are handed to Proposition 3.1 ([`super::sdp`]) for a proven bound.
+//!
+//! The relaxation's matrix is X = Y_hat Y_hat^T with Y_hat = [[1, 0], [u, V]] ((n+1) x r): u is a
+//! candidate point (input and hidden activations), V the low-rank correction. With the
+//! constraints of [`super::sdp`] written as <G_i, X> >= 0 and <H_j, X> = 0, the augmented
+//! Lagrangian (Powell-Hestenes-Rockafellar) is
+//!
+//! ```text
+//! Phi(Y) = <F, X> + sum_j (z_j h_j + rho/2 h_j^2) + sum_i psi(g_i; y_i, rho),
+//! psi = -y g + rho/2 g^2 if g <= y/rho, else -y^2/(2 rho),
+//! ```
+//!
+//! and its gradient is 2 [M(y_hat, z_hat) Y_hat] (rows of x) with y_hat = max(0, y - rho g),
+//! z_hat = z + rho h: one product with the matrix-free slack operator per evaluation, never an
+//! n x n matrix. After each inner solve, (y, z) <- (y_hat, z_hat). When -lambda_min(S(y, z)) is
+//! not small, the eigenvector is appended as a new column of V (rank lifting, Algorithm 2 step 4).
+//! The reported number is always the proven bound of Proposition 3.1 at the final multipliers:
+//! the solver's quality decides how tight it is, never whether it is valid.
+
+use std::time::Instant;
+
+use faer::Mat;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::sdp::{Certificate, Multipliers, SlackOperator, bound_from_multipliers, flatten, unflatten};
+use super::{BoundReport, Stats, Verifier};
+use crate::attack::{PgdSettings, pgd};
+use crate::bounds::{self, PreActivationBounds, Propagation, interval};
+use crate::error::{Error, Result};
+use crate::network::{Activation, Network};
+use crate::spec::{InputSet, Norm};
+
+/// Settings of the BM-r verifier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bm {
+    /// Initial rank r (columns of Y, including u) (default 2).
+    pub rank: usize,
+    /// Maximum rank after lifting (default 10).
+    pub max_rank: usize,
+    /// Outer (multiplier) iterations per rank (default 30).
+    pub outer: usize,
+    /// L-BFGS iterations per outer iteration (default 200).
+    pub inner: usize,
+    /// Target constraint violation (default 1e-6).
+    pub feasibility: f64,
+    /// Stop lifting when lambda_min(S) >= -this (default 1e-6).
+    pub dual_tolerance: f64,
+    /// Wall-clock budget per target in seconds (default 60).
+    pub time_limit: f64,
+    /// Seed of the random initial V (default 0).
+    pub seed: u64,
+}
+
+impl Default for Bm {
+    fn default() -> Self {
+        Self {
+            rank: 2,
+            max_rank: 10,
+            outer: 30,
+            inner: 200,
+            feasibility: 1e-6,
+            dual_tolerance: 1e-6,
+            time_limit: 60.0,
+            seed: 0,
+        }
+    }
+}
+
+/// What one BM-r solve did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BmResult {
+    /// The proven certificate (None if nothing could be proven).
+    pub certificate: Option<Certificate>,
+    /// The objective <F, X> at the final point (not a bound).
+    pub primal: f64,
+    /// Max constraint violation at the final point.
+    pub infeasibility: f64,
+    /// Ranks visited.
+    pub rank_path: Vec<usize>,
+    /// Total L-BFGS iterations.
+    pub iterations: usize,
+}
+
+/// Constraint values at X = Y_hat Y_hat^T in the layout of [`Multipliers`]: g (>= 0 feasible) for
+/// inequalities, h (= 0 feasible) for the ReLU equalities; and the objective <F, X>.
+fn values(net: &Network, set: &InputSet, label: usize, target: usize, y: &Mat<f64>) -> (f64, Multipliers) {
+    let n0 = set.dim();
+    let r = y.ncols();
+    let (lo, hi) = set.bounding_box();
+    let c = set.center();
+    let u = |i: usize| y[(i, 0)];
+    let sq = |i: usize| (0..r).map(|k| y[(i, k)] * y[(i, k)]).sum::<f64>();
+    let ball = if set.norm() == Norm::L2 {
+        let quad: f64 = (0..n0).map(|i| sq(i) - 2.0 * c[i] * u(i) + c[i] * c[i]).sum();
+        set.eps() * set.eps() - quad
+    } else {
+        0.0
+    };
+    let coord = (0..n0).map(|i| -sq(i) + (lo[i] + hi[i]) * u(i) - lo[i] * hi[i]).collect();
+    let lower = (0..n0).map(|i| u(i) - lo[i]).collect();
+    let upper = (0..n0).map(|i| hi[i] - u(i)).collect();
+    let layers = net.layers();
+    let (mut nonneg, mut above, mut relu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut p = 0;
+    let mut q = n0;
+    for layer in &layers[..layers.len() - 1] {
+        let (n_in, n_out) = (layer.input_size(), layer.output_size());
+        let yp = y.as_ref().subrows(p, n_in);
+        let wy = crate::linalg::mul(layer.weight(), yp); // n_out x r
+        let b = layer.bias();
+        nonneg.push((0..n_out).map(|j| u(q + j)).collect());
+        above.push((0..n_out).map(|j| u(q + j) - wy[(j, 0)] - b[j]).collect());
+        relu.push(
+            (0..n_out)
+                .map(|j| (0..r).map(|k| y[(q + j, k)] * (y[(q + j, k)] - wy[(j, k)])).sum::<f64>() - b[j] * u(q + j))
+                .collect(),
+        );
+        p = q;
+        q += n_out;
+    }
+    let last = &layers[layers.len() - 1];
+    let w = last.weight();
+    let f = (0..w.ncols()).map(|i| (w[(label, i)] - w[(target, i)]) * u(p + i)).sum::<f64>() + last.bias()[label]
+        - last.bias()[target];
+    (f, Multipliers { ball, coord, lower, upper, nonneg, above, relu })
+}
+
+struct Alm<'a> {
+    net: &'a Network,
+    set: &'a InputSet,
+    label: usize,
+    target: usize,
+    /// Flattened multipliers and which entries are inequalities.
+    mult: Vec<f64>,
+    n_ineq: usize,
+    rho: f64,
+    like: Multipliers,
+}
+
+impl Alm<'_> {
+    /// Phi and its gradient (n x r, flattened column-major) at Y.
+    fn eval(&self, y: &Mat<f64>) -> Result<(f64, Mat<f64>, Vec<f64>)> {
+        let (f, vals) = values(self.net, self.set, self.label, self.target, y);
+        let g = flatten(&vals);
+        let mut phi = f;
+        let mut eff = vec![0.0; g.len()];
+        for i in 0..g.len() {
+            let (m, v) = (self.mult[i], g[i]);
+            if i < self.n_ineq {
+                if i == 0 && self.set.norm() != Norm::L2 {
+                    continue;
+                }
+                if v <= m / self.rho {
+                    phi += -m * v + 0.5 * self.rho * v * v;
+                    eff[i] = m - self.rho * v;
+                } else {
+                    phi += -m * m / (2.0 * self.rho);
+                }
+            } else {
+                phi += m * v + 0.5 * self.rho * v * v;
+                eff[i] = m + self.rho * v;
+            }
+        }
+        let eff_m = unflatten(&eff, &self.like);
+        let op = SlackOperator::new(self.net, self.set, self.label, self.target, &eff_m, 0.0)?;
+        let n = y.nrows();
+        let r = y.ncols();
+        let mut grad = Mat::<f64>::zeros(n, r);
+        let mut v = vec![0.0; n + 1];
+        let mut out = vec![0.0; n + 1];
+        for k in 0..r {
+            v[0] = if k == 0 { 1.0 } else { 0.0 };
+            for i in 0..n {
+                v[1 + i] = y[(i, k)];
+            }
+            op.apply_vec(&v, &mut out);
+            for i in 0..n {
+                grad[(i, k)] = 2.0 * out[1 + i];
+            }
+        }
+        Ok((phi, grad, g))
+    }
+}
+
+fn dot(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    let mut s = 0.0;
+    for k in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            s += a[(i, k)] * b[(i, k)];
+        }
+    }
+    s
+}
+
+/// L-BFGS (memory 8) with Armijo backtracking on Phi; returns iterations used.
+fn lbfgs(alm: &Alm<'_>, y: &mut Mat<f64>, iters: usize, deadline: Instant) -> Result<usize> {
+    let (mut f, mut g, _) = alm.eval(y)?;
+    let mut hist: Vec<(Mat<f64>, Mat<f64>, f64)> = Vec::new();
+    let mut used = 0;
+    for _ in 0..iters {
+        if Instant::now() > deadline {
+            break;
+        }
+        let gnorm = g.norm_max();
+        if !gnorm.is_finite() || gnorm < 1e-9 * (1.0 + f.abs()) {
+            break;
+        }
+        // Two-loop recursion.
+        let mut d = g.clone();
+        let mut alphas = Vec::with_capacity(hist.len());
+        for (s, yv, rho) in hist.iter().rev() {
+            let a = rho * dot(s, &d);
+            d -= yv * faer::Scale(a);
+            alphas.push(a);
+        }
+        if let Some((s, yv, _)) = hist.last() {
+            let gamma = dot(s, yv) / dot(yv, yv);
+            d *= faer::Scale(gamma);
+        }
+        for ((s, yv, rho), a) in hist.iter().zip(alphas.iter().rev()) {
+            let b = rho * dot(yv, &d);
+            d += s * faer::Scale(a - b);
+        }
+        d *= faer::Scale(-1.0);
+        let mut slope = dot(&g, &d);
+        if slope >= 0.0 {
+            d = &g * faer::Scale(-1.0);
+            slope = -dot(&g, &g);
+            hist.clear();
+        }
+        let mut step = if hist.is_empty() { (1.0 / g.norm_l2().max(1e-12)).min(1.0) } else { 1.0 };
+        let mut accepted = false;
+        for _ in 0..30 {
+            let trial = &*y + &d * faer::Scale(step);
+            let (ft, gt, _) = alm.eval(&trial)?;
+            if ft.is_finite() && ft <= f + 1e-4 * step * slope {
+                let s = &trial - &*y;
+                let yv = &gt - &g;
+                let sy = dot(&s, &yv);
+                if sy > 1e-12 * dot(&s, &s).sqrt() * dot(&yv, &yv).sqrt() {
+                    hist.push((s, yv, 1.0 / sy));
+                    if hist.len() > 8 {
+                        hist.remove(0);
+                    }
+                }
+                *y = trial;
+                f = ft;
+                g = gt;
+                accepted = true;
+                break;
+            }
+            step *= 0.5;
+        }
+        used += 1;
+        if !accepted {
+            break;
+        }
+    }
+    Ok(used)
+}
+
+impl Bm {
+    /// Runs BM-r for one target and returns the proven certificate with the solver's statistics.
+    pub fn solve_target(
+        &self,
+        net: &Network,
+        set: &InputSet,
+        pre: &PreActivationBounds,
+        label: usize,
+        target: usize,
+    ) -> Result<BmResult> {
+        let layers = net.layers();
+        if layers[layers.len() - 1].activation() != Activation::Identity
+            || layers[..layers.len() - 1].iter().any(|l| l.activation() != Activation::Relu)
+        {
+            return Err(Error::Unsupported("BM-r needs ReLU hidden layers and an affine last layer".into()));
+        }
+        let start = Instant::now();
+        let deadline = start + std::time::Duration::from_secs_f64(self.time_limit.max(0.0));
+        // Start from the PGD point (u) and a small random V, as Appendix A.5 does.
+        let attack = pgd(net, set, label, &[target], &PgdSettings { steps: 50, restarts: 2, ..Default::default() })?;
+        let x0 = &attack[0].input;
+        let mut u = x0.clone();
+        let mut h = x0.clone();
+        for layer in &layers[..layers.len() - 1] {
+            h = crate::linalg::mat_vec(layer.weight(), &h)
+                .iter()
+                .zip(layer.bias())
+                .map(|(a, b)| (a + b).max(0.0))
+                .collect();
+            u.extend(&h);
+        }
+        let n = u.len();
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let r0 = self.rank.max(1);
+        let mut y = Mat::from_fn(n, r0, |i, k| if k == 0 { u[i] } else { 1e-3 * (rng.random::<f64>() - 0.5) });
+        let like = Multipliers::initial(net, set, 0.0);
+        let zero: Vec<f64> = flatten(&like).iter().map(|_| 0.0).collect();
+        let n_ineq = zero.len() - like.relu.iter().map(Vec::len).sum::<usize>();
+        let mut alm = Alm { net, set, label, target, mult: zero, n_ineq, rho: 1.0, like: like.clone() };
+        let mut rank_path = vec![r0];
+        let mut iterations = 0;
+        let mut infeasibility = f64::INFINITY;
+        let mut best: Option<Certificate> = None;
+        loop {
+            let mut prev = f64::INFINITY;
+            for _ in 0..self.outer {
+                if Instant::now() > deadline {
+                    break;
+                }
+                iterations += lbfgs(&alm, &mut y, self.inner, deadline)?;
+                let (_, _, g) = alm.eval(&y)?;
+                infeasibility = 0.0;
+                for i in 0..g.len() {
+                    if i < n_ineq {
+                        if i == 0 && set.norm() != Norm::L2 {
+                            continue;
+                        }
+                        infeasibility = infeasibility.max((-g[i]).max(0.0));
+                        alm.mult[i] = (alm.mult[i] - alm.rho * g[i]).max(0.0);
+                    } else {
+                        infeasibility = infeasibility.max(g[i].abs());
+                        alm.mult[i] += alm.rho * g[i];
+                    }
+                }
+                if infeasibility < self.feasibility {
+                    break;
+                }
+                if infeasibility > 0.25 * prev {
+                    alm.rho = (alm.rho * 5.0).min(1e7);
+                }
+                prev = infeasibility;
+            }
+            let mult = unflatten(&alm.mult, &like);
+            let cert = bound_from_multipliers(net, set, pre, label, target, &mult)?.map(|(c, _)| c);
+            if let Some(c) = cert.as_ref()
+                && best.as_ref().is_none_or(|b| c.bound > b.bound)
+            {
+                best = Some(c.clone());
+            }
+            // Rank lifting when the dual slack matrix is not PSD.
+            let r = y.ncols();
+            if r >= self.max_rank || Instant::now() > deadline {
+                break;
+            }
+            let z0 = cert.as_ref().map_or(0.0, |c| c.z0);
+            let op = SlackOperator::new(net, set, label, target, &mult, z0)?;
+            let Some((lam, vec)) = op.lambda_min(1e-10) else { break };
+            if lam >= -self.dual_tolerance {
+                break;
+            }
+            let scale = 1e-2 * (1.0 + y.norm_max());
+            let mut lifted = Mat::<f64>::zeros(n, r + 1);
+            lifted.as_mut().subcols_mut(0, r).copy_from(&y);
+            let vnorm: f64 = vec[1..].iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-300);
+            for i in 0..n {
+                lifted[(i, r)] = scale * vec[1 + i] / vnorm;
+            }
+            y = lifted;
+            rank_path.push(r + 1);
+        }
+        let (primal, _) = values(net, set, label, target, &y);
+        Ok(BmResult { certificate: best, primal, infeasibility, rank_path, iterations })
+    }
+}
+
+impl Verifier for Bm {
+    fn name(&self) -> &'static str {
+        "bm"
+    }
+    fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
+        let start = Instant::now();
+        if set.dim() != network.input_size() {
+            return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
+        }
+        let mut pre = bounds::pre_activation_bounds(network, set, Propagation::Crown)?;
+        for (a, b) in pre.layers.iter_mut().zip(&interval::ibp(network, set).layers) {
+            a.intersect(b);
+        }
+        let mut out = Vec::with_capacity(targets.len());
+        for &t in targets {
+            let r = self.solve_target(network, set, &pre, label, t)?;
+            out.push((t, r.certificate.map_or(f64::NEG_INFINITY, |c| c.bound)));
+        }
+        Ok(BoundReport {
+            bounds: out,
+            stats: Stats {
+                seconds: start.elapsed().as_secs_f64(),
+                unstable_neurons: Some(pre.unstable_neurons()),
+                lp: None,
+            },
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! BM-r: sound against the exact phi, close to the convex SDP where it converges, and robust to
+//! sabotage (a truncated solver only weakens the bound).
+
+mod common;
+
+use nncert::attack::{PgdSettings, pgd};
+use nncert::bounds::{self, Propagation};
+use nncert::verify::bm::Bm;
+use nncert::verify::exact::Exact;
+use nncert::{Activation, Domain, InputSet, Network, Norm};
+
+fn cases() -> Vec<(Network, InputSet, usize)> {
+    (0..24u64)
+        .map(|seed| {
+            let n_in = 2 + seed as usize % 3;
+            let sizes = if seed % 2 == 0 { vec![n_in, 5 + seed as usize % 4, 3] } else { vec![n_in, 5, 4, 3] };
+            let net = common::random_network(500 + seed, &sizes, Activation::Relu);
+            let x: Vec<f64> = (0..n_in).map(|i| ((seed as usize * 3 + i * 5) % 11) as f64 / 11.0).collect();
+            let label = net.predict(&x).unwrap();
+            let (norm, eps) = if seed % 2 == 0 { (Norm::L2, 0.2) } else { (Norm::Linf, 0.08) };
+            let domain = (seed % 3 != 0).then(|| Domain::uniform(n_in, 0.0, 1.0).unwrap());
+            (net, InputSet::new(x, eps, norm, domain).unwrap(), label)
+        })
+        .collect()
+}
+
+#[test]
+fn bm_is_sound_and_tight_on_small_networks() {
+    let bm = Bm { feasibility: 1e-9, outer: 60, ..Bm::default() };
+    let mut gaps = Vec::new();
+    for (ci, (net, set, label)) in cases().iter().enumerate() {
+        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        let attack = pgd(net, set, *label, &[target], &PgdSettings::default()).unwrap();
+        let r = bm.solve_target(net, set, &pre, *label, target).unwrap();
+        let cert = r.certificate.expect("a proven bound");
+        assert!(cert.bound <= exact.lower + 1e-9, "case {ci}: BM {} > exact {}", cert.bound, exact.lower);
+        assert!(cert.bound <= attack[0].margin + 1e-9);
+        assert!(cert.check(net, set).is_ok());
+        eprintln!(
+            "case {ci}: exact {:.5} BM {:.5} primal {:.5} infeas {:.1e} ranks {:?} iters {}",
+            exact.upper, cert.bound, r.primal, r.infeasibility, r.rank_path, r.iterations
+        );
+        gaps.push(exact.upper - cert.bound);
+    }
+    gaps.sort_by(f64::total_cmp);
+    eprintln!("BM gap to exact: median {:.2e}, max {:.2e}", gaps[gaps.len() / 2], gaps[gaps.len() - 1]);
+}
+
+#[test]
+fn sabotaged_bm_stays_sound() {
+    let truncated = Bm { outer: 1, inner: 2, max_rank: 2, ..Bm::default() };
+    for (ci, (net, set, label)) in cases().iter().enumerate().take(10) {
+        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        let r = truncated.solve_target(net, set, &pre, *label, target).unwrap();
+        if let Some(c) = r.certificate {
+            assert!(c.bound <= exact.lower + 1e-9, "case {ci}: truncated BM {} > exact {}", c.bound, exact.lower);
+            // Perturbed multipliers: the checker proves whatever they give, never more than phi.
+            let mut m = c.multipliers.clone();
+            m.relu.iter_mut().flatten().for_each(|v| *v *= 1.7);
+            m.above.iter_mut().flatten().for_each(|v| *v += 0.3);
+            if let Some((c2, _)) =
+                nncert::verify::sdp::bound_from_multipliers(net, set, &pre, *label, target, &m).unwrap()
+            {
+                assert!(c2.bound <= exact.lower + 1e-9);
+            }
+        }
+    }
+}
