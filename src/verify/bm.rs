@@ -19,6 +19,9 @@
 //! not small, the eigenvector is appended as a new column of V (rank lifting, Algorithm 2 step 4).
 //! The reported number is always the proven bound of Proposition 3.1 at the final multipliers:
 //! the solver's quality decides how tight it is, never whether it is valid.
+//!
+//! Set the environment variable `NNCERT_BM_TRACE` to print the progress of each outer iteration
+//! (objective, infeasibility, penalty, time) and each rank's proven bound to standard error.
 
 use std::time::Instant;
 
@@ -54,6 +57,9 @@ pub struct Bm {
     pub time_limit: f64,
     /// Seed of the random initial V (default 0).
     pub seed: u64,
+    /// SDP-FO polishing steps on the final multipliers, for problems small enough for dense steps
+    /// (default 300; 0 to disable).
+    pub polish: usize,
 }
 
 impl Default for Bm {
@@ -67,6 +73,7 @@ impl Default for Bm {
             dual_tolerance: 1e-6,
             time_limit: 60.0,
             seed: 0,
+            polish: 300,
         }
     }
 }
@@ -328,6 +335,15 @@ impl Bm {
                         alm.mult[i] += alm.rho * g[i];
                     }
                 }
+                if std::env::var_os("NNCERT_BM_TRACE").is_some() {
+                    let (f, _) = values(net, set, label, target, &y);
+                    eprintln!(
+                        "bm rank {} outer: f {f:.5} infeas {infeasibility:.2e} rho {:.1e} iters {iterations} t {:.1}s",
+                        y.ncols(),
+                        alm.rho,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
                 if infeasibility < self.feasibility {
                     break;
                 }
@@ -338,6 +354,14 @@ impl Bm {
             }
             let mult = unflatten(&alm.mult, &like);
             let cert = bound_from_multipliers(net, set, pre, label, target, &mult)?.map(|(c, _)| c);
+            if std::env::var_os("NNCERT_BM_TRACE").is_some() {
+                eprintln!(
+                    "bm rank {} bound {:?} t {:?}",
+                    y.ncols(),
+                    cert.as_ref().map(|c| c.bound),
+                    cert.as_ref().map(|c| c.t)
+                );
+            }
             if let Some(c) = cert.as_ref()
                 && best.as_ref().is_none_or(|b| c.bound > b.bound)
             {
@@ -363,6 +387,19 @@ impl Bm {
             }
             y = lifted;
             rank_path.push(r + 1);
+        }
+        // On small problems, polish the multipliers by SDP-FO's supergradient ascent (dense steps):
+        // the ALM's multipliers converge more slowly than its primal point.
+        if let Some(b) = best.as_ref()
+            && self.polish > 0
+            && 1 + n <= super::sdp::SdpFo::default().max_vars
+        {
+            let fo = super::sdp::SdpFo { iterations: self.polish, step: 1e-3, ..Default::default() };
+            if let Some(c) = fo.certify_from(net, set, pre, label, target, Some(&b.multipliers))?
+                && c.bound > b.bound
+            {
+                best = Some(c);
+            }
         }
         let (primal, _) = values(net, set, label, target, &y);
         Ok(BmResult { certificate: best, primal, infeasibility, rank_path, iterations })

@@ -482,6 +482,19 @@ impl SdpFo {
         label: usize,
         target: usize,
     ) -> Result<Option<Certificate>> {
+        self.certify_from(net, set, pre, label, target, None)
+    }
+
+    /// [`SdpFo::certify_target`] starting from given multipliers (e.g. BM-r's, to polish them).
+    pub fn certify_from(
+        &self,
+        net: &Network,
+        set: &InputSet,
+        pre: &PreActivationBounds,
+        label: usize,
+        target: usize,
+        start_from: Option<&Multipliers>,
+    ) -> Result<Option<Certificate>> {
         check_network(net)?;
         let vars = 1 + set.dim() + net.hidden_neurons();
         if vars > self.max_vars {
@@ -492,7 +505,13 @@ impl SdpFo {
         }
         let start = Instant::now();
         let r2 = proven_r2(net, set, pre);
-        let mut mult = Multipliers::initial(net, set, 1.0);
+        let mut mult = match start_from {
+            Some(m) => {
+                m.check_shape(net, set)?;
+                m.clone()
+            }
+            None => Multipliers::initial(net, set, 1.0),
+        };
         // Which entries are inequality multipliers (projected onto >= 0).
         let template = flatten(&mult);
         let n_ineq = template.len() - mult.relu.iter().map(Vec::len).sum::<usize>();
