@@ -392,7 +392,7 @@ impl Bm {
         // the ALM's multipliers converge more slowly than its primal point.
         if let Some(b) = best.as_ref()
             && self.polish > 0
-            && 1 + n <= super::sdp::SdpFo::default().max_vars
+            && n < super::sdp::SdpFo::default().max_vars
         {
             let fo = super::sdp::SdpFo { iterations: self.polish, step: 1e-3, ..Default::default() };
             if let Some(c) = fo.certify_from(net, set, pre, label, target, Some(&b.multipliers))?
