@@ -272,6 +272,6 @@ fn bm_matches_the_reference_sdp() {
         }
     }
     assert!(compared >= 12);
-    // Most cases meet 1e-4; the rest are degenerate ones where the multipliers converge slowly.
-    assert!(within * 4 >= compared * 3, "BM within 1e-4 of the SDP on {within} of {compared}");
+    // All 14 solved cases met 1e-4 when this was written (largest gap 2.8e-5); allow one miss.
+    assert!(within * 10 >= compared * 9, "BM within 1e-4 of the SDP on {within} of {compared}");
 }

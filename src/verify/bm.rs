@@ -47,7 +47,7 @@ pub struct Bm {
     pub max_rank: usize,
     /// Outer (multiplier) iterations per rank (default 30).
     pub outer: usize,
-    /// L-BFGS iterations per outer iteration (default 200).
+    /// L-BFGS iterations per outer iteration (default 1000).
     pub inner: usize,
     /// Target constraint violation (default 1e-6).
     pub feasibility: f64,
@@ -57,6 +57,10 @@ pub struct Bm {
     pub time_limit: f64,
     /// Seed of the random initial V (default 0).
     pub seed: u64,
+    /// Penalty growth factor when the infeasibility does not fall by 4x (default 2).
+    pub rho_growth: f64,
+    /// Largest penalty (default 1e4: larger ones stall L-BFGS on the MNIST networks).
+    pub rho_max: f64,
     /// SDP-FO polishing steps on the final multipliers, for problems small enough for dense steps
     /// (default 300; 0 to disable).
     pub polish: usize,
@@ -68,12 +72,14 @@ impl Default for Bm {
             rank: 2,
             max_rank: 10,
             outer: 30,
-            inner: 200,
+            inner: 1000,
             feasibility: 1e-6,
             dual_tolerance: 1e-6,
             time_limit: 60.0,
             seed: 0,
             polish: 300,
+            rho_growth: 2.0,
+            rho_max: 1e4,
         }
     }
 }
@@ -348,7 +354,7 @@ impl Bm {
                     break;
                 }
                 if infeasibility > 0.25 * prev {
-                    alm.rho = (alm.rho * 5.0).min(1e7);
+                    alm.rho = (alm.rho * self.rho_growth).min(self.rho_max);
                 }
                 prev = infeasibility;
             }
