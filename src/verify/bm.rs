@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::sdp::{Certificate, Multipliers, SlackOperator, bound_from_multipliers, flatten, unflatten};
 use super::{BoundReport, Stats, Verifier};
 use crate::attack::{PgdSettings, pgd};
-use crate::bounds::{self, PreActivationBounds, Propagation, interval};
+use crate::bounds::{self, PreActivationBounds};
 use crate::error::{Error, Result};
 use crate::network::{Activation, Network};
 use crate::spec::{InputSet, Norm};
@@ -421,10 +421,7 @@ impl Verifier for Bm {
         if set.dim() != network.input_size() {
             return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
         }
-        let mut pre = bounds::pre_activation_bounds(network, set, Propagation::Crown)?;
-        for (a, b) in pre.layers.iter_mut().zip(&interval::ibp(network, set).layers) {
-            a.intersect(b);
-        }
+        let pre = bounds::crown_and_ibp(network, set)?;
         let mut out = Vec::with_capacity(targets.len());
         for &t in targets {
             let r = self.solve_target(network, set, &pre, label, t)?;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{BoundReport, Stats, Verifier};
 use crate::bounds::lp::{LpSettings, LpStats, TriangleProgram};
-use crate::bounds::{self, PreActivationBounds, Propagation, interval, linear};
+use crate::bounds::{self, PreActivationBounds, linear};
 use crate::error::{Error, Result};
 use crate::network::{Activation, Network};
 use crate::spec::InputSet;
@@ -75,12 +75,7 @@ fn is_unstable(l: f64, u: f64) -> bool {
 impl Exact {
     /// Bounds for the search's root: CROWN ∩ IBP.
     fn root_bounds(&self, net: &Network, set: &InputSet) -> Result<PreActivationBounds> {
-        let mut pre = bounds::pre_activation_bounds(net, set, Propagation::Crown)?;
-        let ibp = interval::ibp(net, set);
-        for (a, b) in pre.layers.iter_mut().zip(&ibp.layers) {
-            a.intersect(b);
-        }
-        Ok(pre)
+        bounds::crown_and_ibp(net, set)
     }
 
     /// The exact phi[target] = min over X of f(x)[label] - f(x)[target].

@@ -38,7 +38,7 @@ use faer::{Mat, MatRef, Side};
 use serde::{Deserialize, Serialize};
 
 use super::{BoundReport, Stats, Verifier};
-use crate::bounds::{self, PreActivationBounds, Propagation, interval};
+use crate::bounds::{self, PreActivationBounds, Propagation};
 use crate::error::{Error, Result};
 use crate::linalg::psd::{UNIT_ROUNDOFF, gamma, proves_psd};
 use crate::network::{Activation, Network};
@@ -129,34 +129,66 @@ fn check_network(net: &Network) -> Result<()> {
     Ok(())
 }
 
-/// The Lagrangian matrix M(y, z) (so that L = v^T M v) and the Frobenius norm of a bound on
-/// its rounding error (gamma_k times the matrix of summed absolute terms).
-pub fn lagrangian_matrix(
+/// Receives the terms of the Lagrangian's quadratic form: `cross(i, j, c)` adds c v_i v_j (for
+/// i == j, c v_i^2). The dense matrix and the matrix-free operator are two sinks of the same
+/// assembly, so they cannot disagree.
+trait Sink {
+    fn cross(&mut self, i: usize, j: usize, c: f64);
+}
+
+/// The dense matrix M and the matrix of summed absolute terms (for the rounding bound).
+struct DenseSink {
+    m: Mat<f64>,
+    a: Mat<f64>,
+}
+
+impl Sink for DenseSink {
+    fn cross(&mut self, i: usize, j: usize, c: f64) {
+        if i == j {
+            self.m[(i, i)] += c;
+            self.a[(i, i)] += c.abs();
+        } else {
+            self.m[(i, j)] += 0.5 * c;
+            self.m[(j, i)] += 0.5 * c;
+            self.a[(i, j)] += 0.5 * c.abs();
+            self.a[(j, i)] += 0.5 * c.abs();
+        }
+    }
+}
+
+/// The first row and the diagonal of M; the hidden-to-hidden coupling -diag(z) W / 2 is left to
+/// the operator, which applies it through W.
+struct BorderSink {
+    border: Vec<f64>,
+    diag: Vec<f64>,
+}
+
+impl Sink for BorderSink {
+    fn cross(&mut self, i: usize, j: usize, c: f64) {
+        if i == j {
+            self.diag[i] += c;
+        } else if i == 0 {
+            self.border[j] += 0.5 * c;
+        } else if j == 0 {
+            self.border[i] += 0.5 * c;
+        }
+    }
+}
+
+/// Adds every term of the Lagrangian L = f - sum y g + sum z h to `sink`.
+fn assemble(
     net: &Network,
     set: &InputSet,
     label: usize,
     target: usize,
     mult: &Multipliers,
-) -> Result<(Mat<f64>, f64)> {
+    sink: &mut impl Sink,
+) -> Result<Vec<usize>> {
     check_network(net)?;
     net.check_label(label)?;
     net.check_label(target)?;
     mult.check_shape(net, set)?;
     let off = offsets(net, set);
-    let n = *off.last().expect("offsets");
-    let mut m = Mat::<f64>::zeros(n, n);
-    let mut a = Mat::<f64>::zeros(n, n);
-    let cross = |i: usize, j: usize, c: f64, m: &mut Mat<f64>, a: &mut Mat<f64>| {
-        if i == j {
-            m[(i, i)] += c;
-            a[(i, i)] += c.abs();
-        } else {
-            m[(i, j)] += 0.5 * c;
-            m[(j, i)] += 0.5 * c;
-            a[(i, j)] += 0.5 * c.abs();
-            a[(j, i)] += 0.5 * c.abs();
-        }
-    };
     let pos = |v: f64| v.max(0.0);
     let layers = net.layers();
     let last = &layers[layers.len() - 1];
@@ -166,33 +198,33 @@ pub fn lagrangian_matrix(
     let xl = off[layers.len() - 1];
     let wt = last.weight_t();
     for i in 0..wt.nrows() {
-        cross(0, xl + i, wt[(i, label)] - wt[(i, target)], &mut m, &mut a);
+        sink.cross(0, xl + i, wt[(i, label)] - wt[(i, target)]);
     }
-    cross(0, 0, last.bias()[label] - last.bias()[target], &mut m, &mut a);
+    sink.cross(0, 0, last.bias()[label] - last.bias()[target]);
     // Input set. The ball constraint is only valid for l2 sets: for l_inf its multiplier is ignored.
     let yb = if set.norm() == Norm::L2 { pos(mult.ball) } else { 0.0 };
     if yb > 0.0 {
         let c2: f64 = c.iter().map(|v| v * v).sum();
-        cross(0, 0, yb * (c2 - set.eps() * set.eps()), &mut m, &mut a);
+        sink.cross(0, 0, yb * (c2 - set.eps() * set.eps()));
         for i in 0..c.len() {
-            cross(1 + i, 1 + i, yb, &mut m, &mut a);
-            cross(0, 1 + i, -2.0 * yb * c[i], &mut m, &mut a);
+            sink.cross(1 + i, 1 + i, yb);
+            sink.cross(0, 1 + i, -2.0 * yb * c[i]);
         }
     }
     for i in 0..c.len() {
         let (y, yl, yu) = (pos(mult.coord[i]), pos(mult.lower[i]), pos(mult.upper[i]));
         if y > 0.0 {
-            cross(1 + i, 1 + i, y, &mut m, &mut a);
-            cross(0, 1 + i, -y * (lo[i] + hi[i]), &mut m, &mut a);
-            cross(0, 0, y * lo[i] * hi[i], &mut m, &mut a);
+            sink.cross(1 + i, 1 + i, y);
+            sink.cross(0, 1 + i, -y * (lo[i] + hi[i]));
+            sink.cross(0, 0, y * lo[i] * hi[i]);
         }
         if yl > 0.0 {
-            cross(0, 1 + i, -yl, &mut m, &mut a);
-            cross(0, 0, yl * lo[i], &mut m, &mut a);
+            sink.cross(0, 1 + i, -yl);
+            sink.cross(0, 0, yl * lo[i]);
         }
         if yu > 0.0 {
-            cross(0, 1 + i, yu, &mut m, &mut a);
-            cross(0, 0, -yu * hi[i], &mut m, &mut a);
+            sink.cross(0, 1 + i, yu);
+            sink.cross(0, 0, -yu * hi[i]);
         }
     }
     // Hidden layers: x_k at off[k], x_{k+1} at off[k+1].
@@ -202,25 +234,41 @@ pub fn lagrangian_matrix(
         let b = layers[k].bias();
         for j in 0..w.nrows() {
             let (y1, y2, z) = (pos(mult.nonneg[k][j]), pos(mult.above[k][j]), mult.relu[k][j]);
-            cross(0, q + j, -y1 - y2 - z * b[j], &mut m, &mut a);
-            cross(0, 0, y2 * b[j], &mut m, &mut a);
-            cross(q + j, q + j, z, &mut m, &mut a);
+            sink.cross(0, q + j, -y1 - y2 - z * b[j]);
+            sink.cross(0, 0, y2 * b[j]);
+            sink.cross(q + j, q + j, z);
             for i in 0..w.ncols() {
                 let wji = w[(j, i)];
                 if wji != 0.0 {
                     if y2 != 0.0 {
-                        cross(0, p + i, y2 * wji, &mut m, &mut a);
+                        sink.cross(0, p + i, y2 * wji);
                     }
                     if z != 0.0 {
-                        cross(q + j, p + i, -z * wji, &mut m, &mut a);
+                        sink.cross(q + j, p + i, -z * wji);
                     }
                 }
             }
         }
     }
+    Ok(off)
+}
+
+/// The Lagrangian matrix M(y, z) (so that L = v^T M v) and the Frobenius norm of a bound on
+/// its rounding error (gamma_k times the matrix of summed absolute terms).
+pub fn lagrangian_matrix(
+    net: &Network,
+    set: &InputSet,
+    label: usize,
+    target: usize,
+    mult: &Multipliers,
+) -> Result<(Mat<f64>, f64)> {
+    let n = 1 + set.dim() + net.hidden_neurons();
+    let mut sink = DenseSink { m: Mat::zeros(n, n), a: Mat::zeros(n, n) };
+    assemble(net, set, label, target, mult, &mut sink)?;
+    let layers = net.layers();
     let width = layers.iter().map(|l| l.output_size().max(l.input_size())).max().unwrap_or(1);
-    let err = gamma(width + 16) * a.norm_l2();
-    Ok((m, err))
+    let err = gamma(width + 16) * sink.a.norm_l2();
+    Ok((sink.m, err))
 }
 
 /// A proven R^2 >= 1 + ||(x_0, x_1, ..., x_L)||^2 over the feasible set, from the bounding box of X
@@ -558,10 +606,7 @@ impl Verifier for SdpFo {
         if set.dim() != network.input_size() {
             return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
         }
-        let mut pre = bounds::pre_activation_bounds(network, set, Propagation::Crown)?;
-        for (a, b) in pre.layers.iter_mut().zip(&interval::ibp(network, set).layers) {
-            a.intersect(b);
-        }
+        let pre = bounds::crown_and_ibp(network, set)?;
         let mut out = Vec::with_capacity(targets.len());
         for &t in targets {
             let cert = self.certify_target(network, set, &pre, label, t)?;
@@ -595,8 +640,8 @@ pub struct SlackOperator<'a> {
 }
 
 impl<'a> SlackOperator<'a> {
-    /// The operator for M(y, z) - z0 e0 e0^T. Its border and diagonal are read from the dense
-    /// assembly's rules without forming the off-diagonal blocks.
+    /// The operator for M(y, z) - z0 e0 e0^T: the same assembly as [`lagrangian_matrix`], keeping
+    /// only the border and the diagonal (the off-diagonal blocks are applied through W).
     pub fn new(
         net: &'a Network,
         set: &InputSet,
@@ -605,61 +650,11 @@ impl<'a> SlackOperator<'a> {
         mult: &Multipliers,
         z0: f64,
     ) -> Result<Self> {
-        // The border and the diagonal only involve vectors: assemble them through the dense rules
-        // on a network whose hidden-to-hidden coupling is zeroed would be wasteful, so compute
-        // them directly here, mirroring `lagrangian_matrix`.
-        check_network(net)?;
-        net.check_label(label)?;
-        net.check_label(target)?;
-        mult.check_shape(net, set)?;
-        let off = offsets(net, set);
-        let n = *off.last().expect("offsets");
-        let mut border = vec![0.0; n];
-        let mut diag = vec![0.0; n];
-        let pos = |v: f64| v.max(0.0);
-        let layers = net.layers();
-        let last = &layers[layers.len() - 1];
-        let c = set.center();
-        let (lo, hi) = set.bounding_box();
-        let xl = off[layers.len() - 1];
-        let wt = last.weight_t();
-        for i in 0..wt.nrows() {
-            border[xl + i] += 0.5 * (wt[(i, label)] - wt[(i, target)]);
-        }
-        border[0] += last.bias()[label] - last.bias()[target] - z0;
-        let yb = if set.norm() == Norm::L2 { pos(mult.ball) } else { 0.0 };
-        if yb > 0.0 {
-            let c2: f64 = c.iter().map(|v| v * v).sum();
-            border[0] += yb * (c2 - set.eps() * set.eps());
-            for i in 0..c.len() {
-                diag[1 + i] += yb;
-                border[1 + i] += -yb * c[i];
-            }
-        }
-        for i in 0..c.len() {
-            let (y, yl, yu) = (pos(mult.coord[i]), pos(mult.lower[i]), pos(mult.upper[i]));
-            diag[1 + i] += y;
-            border[1 + i] += 0.5 * (-y * (lo[i] + hi[i]) - yl + yu);
-            border[0] += y * lo[i] * hi[i] + yl * lo[i] - yu * hi[i];
-        }
-        for k in 0..layers.len() - 1 {
-            let (p, q) = (off[k], off[k + 1]);
-            let b = layers[k].bias();
-            let y2: Vec<f64> = mult.above[k].iter().map(|v| pos(*v)).collect();
-            for j in 0..b.len() {
-                let z = mult.relu[k][j];
-                border[q + j] += 0.5 * (-pos(mult.nonneg[k][j]) - y2[j] - z * b[j]);
-                border[0] += y2[j] * b[j];
-                diag[q + j] += z;
-            }
-            // W_k^T y2 / 2 on the x_k block.
-            let wty = crate::linalg::mat_vec(layers[k].weight_t(), &y2);
-            for i in 0..wty.len() {
-                border[p + i] += 0.5 * wty[i];
-            }
-        }
-        let m00 = border[0];
-        diag[0] = m00;
+        let n = 1 + set.dim() + net.hidden_neurons();
+        let mut sink = BorderSink { border: vec![0.0; n], diag: vec![0.0; n] };
+        let off = assemble(net, set, label, target, mult, &mut sink)?;
+        let BorderSink { border, mut diag } = sink;
+        diag[0] -= z0;
         Ok(SlackOperator { net, off, border, diag, relu: mult.relu.clone() })
     }
 
