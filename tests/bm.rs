@@ -7,21 +7,10 @@ use nncert::attack::{PgdSettings, pgd};
 use nncert::bounds::{self, Propagation};
 use nncert::verify::bm::Bm;
 use nncert::verify::exact::Exact;
-use nncert::{Activation, Domain, InputSet, Network, Norm};
+use nncert::{InputSet, Network};
 
 fn cases() -> Vec<(Network, InputSet, usize)> {
-    (0..24u64)
-        .map(|seed| {
-            let n_in = 2 + seed as usize % 3;
-            let sizes = if seed % 2 == 0 { vec![n_in, 5 + seed as usize % 4, 3] } else { vec![n_in, 5, 4, 3] };
-            let net = common::random_network(500 + seed, &sizes, Activation::Relu);
-            let x: Vec<f64> = (0..n_in).map(|i| ((seed as usize * 3 + i * 5) % 11) as f64 / 11.0).collect();
-            let label = net.predict(&x).unwrap();
-            let (norm, eps) = if seed % 2 == 0 { (Norm::L2, 0.2) } else { (Norm::Linf, 0.08) };
-            let domain = (seed % 3 != 0).then(|| Domain::uniform(n_in, 0.0, 1.0).unwrap());
-            (net, InputSet::new(x, eps, norm, domain).unwrap(), label)
-        })
-        .collect()
+    common::small_relu_cases(24)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use faer::Mat;
-use nncert::{Activation, Layer, Network};
+use nncert::{Activation, Domain, InputSet, Layer, Network, Norm};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -41,4 +41,21 @@ pub fn mnist(dir: &std::path::Path) -> (Vec<Vec<f64>>, Vec<usize>) {
     assert_eq!(shape, vec![28, 28]);
     let labels = nncert::io::read_idx_labels(dir.join("mnist/t10k-first1100-labels-idx1-ubyte")).unwrap();
     (images, labels)
+}
+
+/// `count` small ReLU problems (2-4 inputs, one or two hidden layers of 4-8 neurons, 3 classes),
+/// alternating l2 0.2 and l_inf 0.08, two thirds with the [0,1] box: (network, input set, label).
+pub fn small_relu_cases(count: u64) -> Vec<(Network, InputSet, usize)> {
+    (0..count)
+        .map(|seed| {
+            let n_in = 2 + seed as usize % 3;
+            let sizes = if seed % 2 == 0 { vec![n_in, 5 + seed as usize % 4, 3] } else { vec![n_in, 5, 4, 3] };
+            let net = random_network(500 + seed, &sizes, Activation::Relu);
+            let x: Vec<f64> = (0..n_in).map(|i| ((seed as usize * 3 + i * 5) % 11) as f64 / 11.0).collect();
+            let label = net.predict(&x).unwrap();
+            let (norm, eps) = if seed % 2 == 0 { (Norm::L2, 0.2) } else { (Norm::Linf, 0.08) };
+            let domain = (seed % 3 != 0).then(|| Domain::uniform(n_in, 0.0, 1.0).unwrap());
+            (net, InputSet::new(x, eps, norm, domain).unwrap(), label)
+        })
+        .collect()
 }
