@@ -15,7 +15,7 @@ use crate::verify::Verifier;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// Every lower bound on phi[c], c != label, is > 0: no input of X changes the class.
+    /// Every lower bound on phi\[c\], c != label, is > 0: no input of X changes the class.
     Robust,
     /// The attack found an input of X (confirmed by a forward pass) with a negative margin.
     NotRobust,
@@ -42,7 +42,7 @@ impl Verdict {
 pub struct Counterexample {
     /// The class that beats the label.
     pub target: usize,
-    /// f(x)[label] - f(x)[target] < 0.
+    /// f(x)\[label\] - f(x)\[target\] < 0.
     pub margin: f64,
     /// x, inside X.
     pub input: Vec<f64>,
@@ -73,9 +73,9 @@ pub struct ImageReport {
     pub predicted: usize,
     /// The verdict.
     pub verdict: Verdict,
-    /// Lower bound on phi[c] per class c (None for the label and for targets not computed).
+    /// Lower bound on phi\[c\] per class c (None for the label and for targets not computed).
     pub lower_bounds: Vec<Option<f64>>,
-    /// PGD's margin per class c, an upper bound on phi[c] (None for the label or without attack).
+    /// PGD's margin per class c, an upper bound on phi\[c\] (None for the label or without attack).
     pub upper_bounds: Vec<Option<f64>>,
     /// The attack's best counterexample, when the verdict is `NotRobust`.
     pub counterexample: Option<Counterexample>,
@@ -246,7 +246,7 @@ pub struct RunReport {
     pub norm: crate::spec::Norm,
     /// Radius.
     pub eps: f64,
-    /// [lo, hi] or null.
+    /// \[lo, hi\] or null.
     pub domain: Option<[f64; 2]>,
     /// Per image, in run order.
     pub images: Vec<ImageEntry>,

@@ -1,6 +1,6 @@
 //! The bundled data set: the 8x8 handwritten digits that scikit-learn ships
 //! (`sklearn/datasets/data/digits.csv.gz`, 1797 images, pixel values 0..16; data/digits/ holds
-//! the file, its description and scikit-learn's licence). Inputs are scaled to [0, 1] by 1/16.
+//! the file, its description and scikit-learn's licence). Inputs are scaled to \[0, 1\] by 1/16.
 
 use crate::error::{Error, Result};
 
@@ -12,7 +12,7 @@ pub const DIGITS_TRAIN: usize = 1347;
 /// A labelled set of flat images.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
-    /// Flat images, values in [0, 1].
+    /// Flat images, values in \[0, 1\].
     pub images: Vec<Vec<f64>>,
     /// Labels.
     pub labels: Vec<usize>,

@@ -7,7 +7,7 @@
 //! phi[c] = min over x in X of f(x)[y] - f(x)[c],   X = {x : ||x - x_hat|| <= eps} ∩ domain box
 //! ```
 //!
-//! A [`Verifier`] returns a **sound lower bound** on phi[c]; an attack ([`attack::pgd`]) returns
+//! A [`Verifier`] returns a **sound lower bound** on phi\[c\]; an attack ([`attack::pgd`]) returns
 //! an upper bound with the input that achieves it. The input is *robust* when every lower bound is
 //! positive, *not robust* when the attack finds a negative margin (confirmed by a forward pass),
 //! and *unknown* otherwise. [`certify::certify`] runs both and returns the [`Verdict`].

@@ -48,7 +48,7 @@ impl std::str::FromStr for Norm {
     }
 }
 
-/// A box lo <= x <= hi of valid inputs (for images scaled to [0,1], the unit box).
+/// A box lo <= x <= hi of valid inputs (for images scaled to \[0,1\], the unit box).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Domain {
     lo: Vec<f64>,
@@ -73,7 +73,7 @@ impl Domain {
         Ok(Self { lo, hi })
     }
 
-    /// The same interval [lo, hi] for each of `n` coordinates.
+    /// The same interval \[lo, hi\] for each of `n` coordinates.
     pub fn uniform(n: usize, lo: f64, hi: f64) -> Result<Self> {
         Self::new(vec![lo; n], vec![hi; n])
     }
@@ -143,7 +143,7 @@ impl InputSet {
         self.center.len()
     }
 
-    /// A box containing X: exact for l_inf, [c - eps, c + eps] ∩ domain for l2. The ends are
+    /// A box containing X: exact for l_inf, \[c - eps, c + eps\] ∩ domain for l2. The ends are
     /// rounded outwards by one ulp so that the box contains the real (not only the floating-point)
     /// set, as the bounds require.
     pub fn bounding_box(&self) -> (Vec<f64>, Vec<f64>) {
@@ -200,7 +200,7 @@ impl InputSet {
     /// Euclidean projection of `x` onto X, in place.
     ///
     /// l_inf ∩ box is a box, so clipping is exact. For l2 ∩ box the projection is
-    /// `x(t) = clip(c + t (x - c))` with the largest t in [0, 1] such that ||x(t) - c|| <= eps: the
+    /// `x(t) = clip(c + t (x - c))` with the largest t in \[0, 1\] such that ||x(t) - c|| <= eps: the
     /// KKT conditions of min ||x - y||^2 s.t. ||x - c||^2 <= eps^2, lo <= x <= hi give
     /// x = clip((y + lambda c) / (1 + lambda)) with multiplier lambda = 1/t - 1, and ||x(t) - c|| is
     /// piecewise of the form sqrt(t^2 A + S) and non-decreasing in t (c lies in the box), so the

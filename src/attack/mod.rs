@@ -1,4 +1,4 @@
-//! Attacks: upper bounds on phi[c] with the inputs that achieve them.
+//! Attacks: upper bounds on phi\[c\] with the inputs that achieve them.
 
 mod pgd;
 

@@ -1,7 +1,7 @@
 //! Projected gradient descent on the margin (Madry et al.; the FGSM of 004_79c7a41c77cceb0d.txt
 //! iterated), targeted, for l2 and l_inf balls intersected with the domain box.
 //!
-//! For each target c it minimizes m_c(x) = f(x)[label] - f(x)[c] over X by
+//! For each target c it minimizes m_c(x) = f(x)\[label\] - f(x)\[c\] over X by
 //! x <- Proj_X(x - step * d), with d = sign(grad) for l_inf and d = grad / ||grad||_2 for l2, and a
 //! cosine-decaying step. Restart 0 starts at the center, the others at random points of X. All
 //! targets and restarts run as the columns of one batch, so each step is a matrix-matrix product.
@@ -40,7 +40,7 @@ impl Default for PgdSettings {
 pub struct AttackResult {
     /// Target class c.
     pub target: usize,
-    /// f(x)[label] - f(x)[c] at `input`, recomputed by a forward pass: an upper bound on phi[c].
+    /// f(x)\[label\] - f(x)\[c\] at `input`, recomputed by a forward pass: an upper bound on phi\[c\].
     pub margin: f64,
     /// The input, which lies in X (checked).
     pub input: Vec<f64>,

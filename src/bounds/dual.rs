@@ -2,7 +2,7 @@
 //!
 //! Wong & Kolter 2018, Theorem 1 (as presented in 004_79c7a41c77cceb0d.txt, section 6, and
 //! 001_b3d5e3f2d36bac59.txt, section 4): for the objective c^T z_K (z_K the logits) and
-//! pre-activation bounds [l, u], the dual network
+//! pre-activation bounds \[l, u\], the dual network
 //!
 //! ```text
 //! nu_K = -c,   nu_hat_k = W_k^T nu_{k+1},   nu_k = D_k nu_hat_k,

@@ -2,8 +2,8 @@
 //!
 //! The first layer is bounded exactly over the input set (its pre-activations are linear in x, so
 //! each bound is the support function [`InputSet::min_linear`]); later layers propagate boxes:
-//! z = W x + b with x in [lo, hi] lies in W mid + b ± |W| rad with mid = (lo+hi)/2, rad = (hi-lo)/2.
-//! All activations are monotone, so sigma([l, u]) = [sigma(l), sigma(u)].
+//! z = W x + b with x in \[lo, hi\] lies in W mid + b ± |W| rad with mid = (lo+hi)/2, rad = (hi-lo)/2.
+//! All activations are monotone, so sigma(\[l, u\]) = [sigma(l), sigma(u)].
 
 use faer::{Mat, MatRef};
 
@@ -28,7 +28,7 @@ pub(crate) fn activate(iv: &Interval, act: Activation) -> (Vec<f64>, Vec<f64>) {
     (iv.lower.iter().map(|&v| act.eval(v)).collect(), iv.upper.iter().map(|&v| act.eval(v)).collect())
 }
 
-/// Bounds of W x + b for x in the box [lo, hi].
+/// Bounds of W x + b for x in the box \[lo, hi\].
 pub(crate) fn affine_box(w: MatRef<'_, f64>, b: &[f64], lo: &[f64], hi: &[f64]) -> Interval {
     let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
     let rad: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (h - l)).collect();

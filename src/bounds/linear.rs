@@ -22,7 +22,7 @@
 //!
 //! Sigmoid, tanh and softplus get lines with slopes chosen as in CROWN-general (tangent at the
 //! midpoint on the convex/concave side, chord elsewhere) and *exact* offsets: beta_L is the
-//! minimum of sigma(z) - alpha_L z over [l, u], attained at l, u or a point where
+//! minimum of sigma(z) - alpha_L z over \[l, u\], attained at l, u or a point where
 //! sigma'(z) = alpha_L, all computed in closed form ([`Activation::stationary_points`]). Any slope
 //! is therefore sound, whatever the activation's shape.
 
@@ -85,7 +85,7 @@ impl Lines {
     }
 }
 
-/// (alpha_L, beta_L, alpha_U, beta_U) for sigma on [l, u] (eq. 7 of Salman et al.).
+/// (alpha_L, beta_L, alpha_U, beta_U) for sigma on \[l, u\] (eq. 7 of Salman et al.).
 pub fn relaxation(act: Activation, l: f64, u: f64, slope: Slope) -> (f64, f64, f64, f64) {
     match act {
         Activation::Identity => (1.0, 0.0, 1.0, 0.0),
@@ -144,7 +144,7 @@ fn smooth_relaxation(act: Activation, l: f64, u: f64) -> (f64, f64, f64, f64) {
     (al, extreme(al, true), au, extreme(au, false))
 }
 
-/// Lam for the margin specification: column s is e_label - e_{targets[s]} (classes x targets).
+/// Lam for the margin specification: column s is e_label - e_{targets\[s\]} (classes x targets).
 pub fn margin_spec(classes: usize, label: usize, targets: &[usize]) -> Mat<f64> {
     let mut m = Mat::<f64>::zeros(classes, targets.len());
     for (s, &t) in targets.iter().enumerate() {
@@ -172,7 +172,7 @@ fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines) {
     }
 }
 
-/// Lower bounds on lam[:, s]^T x_j + consts[s] for every column s, where lam lies on the *input*
+/// Lower bounds on lam[:, s]^T x_j + consts\[s\] for every column s, where lam lies on the *input*
 /// x_j of layer j (x_0 is the network input) and `lines[k]` relaxes the activation of layer k < j.
 fn backward(
     net: &Network,

@@ -2,7 +2,7 @@
 //! sound for whatever the solver returns.
 //!
 //! Salman et al. 2019 (001_b3d5e3f2d36bac59.txt), problem (C) with the convex hull of ReLU on
-//! [l, u] (the "triangle", Ehlers 2017; eq. (9) of 004_79c7a41c77cceb0d.txt):
+//! \[l, u\] (the "triangle", Ehlers 2017; eq. (9) of 004_79c7a41c77cceb0d.txt):
 //!
 //! ```text
 //! z_k = W_k x_k + b_k,   l_k <= z_k <= u_k,
@@ -23,8 +23,8 @@
 //! q^T v >= q^T v - z^T (b - A v) = r^T v - b^T z >= -b^T z + sum_i min(r_i lo_i, r_i hi_i),   r = q + A^T z,
 //! ```
 //!
-//! where [lo, hi] is a box that contains every feasible v (the explicit l <= z <= u rows make it
-//! one: input box, [l, u] for z, [sigma(l), sigma(u)] for x). The reported bound is this value at
+//! where \[lo, hi\] is a box that contains every feasible v (the explicit l <= z <= u rows make it
+//! one: input box, \[l, u\] for z, [sigma(l), sigma(u)] for x). The reported bound is this value at
 //! the solver's dual point, first moved into K* (negative inequality multipliers set to 0, the
 //! cone multiplier raised to the norm of its tail), minus an a-priori bound on the rounding error of
 //! the sums (Neumaier & Shcherbina 2004). It is valid whether the solver converged, stopped early or

@@ -1,5 +1,5 @@
 //! The shared bound core: sound intervals on every layer's pre-activations and sound lower bounds
-//! on linear specifications of the output (the margins f(x)[label] - f(x)[c]).
+//! on linear specifications of the output (the margins f(x)\[label\] - f(x)\[c\]).
 //!
 //! * [`interval`]: interval bound propagation (IBP).
 //! * [`linear`]: the backward linear relaxation of Salman et al. 2019 (001_b3d5e3f2d36bac59.txt,
@@ -101,7 +101,7 @@ pub fn crown_and_ibp(net: &Network, set: &InputSet) -> Result<PreActivationBound
     Ok(pre)
 }
 
-/// Lower bounds on phi[c] = min over X of f(x)[label] - f(x)[c] for each c in `targets`, using
+/// Lower bounds on phi\[c\] = min over X of f(x)\[label\] - f(x)\[c\] for each c in `targets`, using
 /// pre-activation bounds `pre` computed for the same `set` (by any method).
 pub fn margin_lower_bounds(
     net: &Network,

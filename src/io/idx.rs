@@ -96,7 +96,7 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
 }
 
 /// Reads images: an IDX array of N x ... values becomes N flat images (row-major). Unsigned-byte
-/// pixels are scaled by 1/255 to [0, 1]; other types are returned as stored. Also returns the shape
+/// pixels are scaled by 1/255 to \[0, 1\]; other types are returned as stored. Also returns the shape
 /// of one image.
 pub fn read_idx_images(path: impl AsRef<Path>) -> Result<(Vec<Vec<f64>>, Vec<usize>)> {
     let path = path.as_ref();

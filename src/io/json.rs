@@ -10,7 +10,7 @@
 //!
 //! Convolutions are lowered to dense matrices, flatten is the identity on the row-major vector,
 //! and a per-channel normalization (x - mean) / std is folded into the first affine layer, so
-//! the loaded [`Network`] takes raw inputs (e.g. pixels in [0, 1]). Other keys are ignored.
+//! the loaded [`Network`] takes raw inputs (e.g. pixels in \[0, 1\]). Other keys are ignored.
 
 use std::path::Path;
 

@@ -92,7 +92,7 @@ impl Activation {
     }
 
     /// The points of (lo, hi) where sigma'(z) = slope, i.e. the only interior candidates for the
-    /// extrema of sigma(z) - slope * z on [lo, hi]. Used to compute exact offsets of linear bounds
+    /// extrema of sigma(z) - slope * z on \[lo, hi\]. Used to compute exact offsets of linear bounds
     /// (see `bounds::linear`). Empty for ReLU and the identity, whose extrema are at the ends or
     /// at the kink z = 0, which is returned for ReLU.
     pub fn stationary_points(self, slope: f64, lo: f64, hi: f64) -> Vec<f64> {

@@ -218,7 +218,7 @@ impl Network {
         Ok(argmax(&self.forward(x)?))
     }
 
-    /// The margin f(x)[label] - f(x)[target] (the objective of problem (A) of the BM-r paper).
+    /// The margin f(x)\[label\] - f(x)\[target\] (the objective of problem (A) of the BM-r paper).
     pub fn margin(&self, x: &[f64], label: usize, target: usize) -> Result<f64> {
         self.check_label(label)?;
         self.check_label(target)?;
@@ -248,7 +248,7 @@ impl Network {
         h
     }
 
-    /// For each column j of `x`, the margin f(x_j)[l_j] - f(x_j)[t_j] and its input gradient
+    /// For each column j of `x`, the margin f(x_j)\[l_j\] - f(x_j)\[t_j\] and its input gradient
     /// (column j of the returned matrix), where `pairs[j] = (l_j, t_j)`.
     pub(crate) fn margin_gradients_batch(&self, x: MatRef<'_, f64>, pairs: &[(usize, usize)]) -> (Vec<f64>, Mat<f64>) {
         // (pre-activation, post-activation) of every layer.

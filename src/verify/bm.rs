@@ -3,7 +3,7 @@
 //! Appendix A.5), solved by an augmented Lagrangian method with an L-BFGS inner solver, whose
 //! multipliers are handed to Proposition 3.1 ([`super::sdp`]) for a proven bound.
 //!
-//! The relaxation's matrix is X = Y_hat Y_hat^T with Y_hat = [[1, 0], [u, V]] ((n+1) x r): u is a
+//! The relaxation's matrix is X = Y_hat Y_hat^T with Y_hat = [[1, 0], \[u, V\]] ((n+1) x r): u is a
 //! candidate point (input and hidden activations), V the low-rank correction. With the
 //! constraints of [`super::sdp`] written as <G_i, X> >= 0 and <H_j, X> = 0, the augmented
 //! Lagrangian (Powell-Hestenes-Rockafellar) is

@@ -1,6 +1,6 @@
-//! Exact phi[c] for small ReLU networks: branch and bound over activation patterns.
+//! Exact phi\[c\] for small ReLU networks: branch and bound over activation patterns.
 //!
-//! phi[c] is the minimum over activation patterns of a convex problem (once every ReLU's phase is
+//! phi\[c\] is the minimum over activation patterns of a convex problem (once every ReLU's phase is
 //! fixed the network is affine on the region where that pattern holds, a polyhedron, and X is a
 //! box or a ball ∩ box: an LP or an SOCP). Rather than enumerating all 2^k patterns, the search
 //! splits one unstable neuron at a time (active: l = 0; inactive: u = 0), bounds each node with the
@@ -49,14 +49,14 @@ impl Default for Exact {
     }
 }
 
-/// The exact value of phi[target], bracketed.
+/// The exact value of phi\[target\], bracketed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExactResult {
     /// The target class.
     pub target: usize,
     /// A sound lower bound on phi.
     pub lower: f64,
-    /// f(x)[label] - f(x)[target] at `minimizer`: an upper bound on phi.
+    /// f(x)\[label\] - f(x)\[target\] at `minimizer`: an upper bound on phi.
     pub upper: f64,
     /// A point of X attaining `upper`.
     pub minimizer: Vec<f64>,
@@ -78,7 +78,7 @@ impl Exact {
         bounds::crown_and_ibp(net, set)
     }
 
-    /// The exact phi[target] = min over X of f(x)[label] - f(x)[target].
+    /// The exact phi\[target\] = min over X of f(x)\[label\] - f(x)\[target\].
     pub fn phi(&self, net: &Network, set: &InputSet, label: usize, target: usize) -> Result<ExactResult> {
         let layers = net.layers();
         let k = layers.len();

@@ -1,4 +1,4 @@
-//! Verifiers: methods that return a sound lower bound on phi[c] for each target class c.
+//! Verifiers: methods that return a sound lower bound on phi\[c\] for each target class c.
 //!
 //! | name | method | norms | activations |
 //! |---|---|---|---|
@@ -44,10 +44,10 @@ pub struct Stats {
     pub lp: Option<crate::bounds::lp::LpStats>,
 }
 
-/// Lower bounds on phi[c] for the requested targets, in the order requested.
+/// Lower bounds on phi\[c\] for the requested targets, in the order requested.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BoundReport {
-    /// (target, lower bound on phi[target]).
+    /// (target, lower bound on phi\[target\]).
     pub bounds: Vec<(usize, f64)>,
     /// What the run cost.
     pub stats: Stats,
@@ -62,7 +62,7 @@ pub trait Verifier: Send + Sync {
     /// The name used on the command line (`--method NAME`).
     fn name(&self) -> &'static str;
 
-    /// Lower bounds on phi[c] for each c in `targets` (classes other than `label`).
+    /// Lower bounds on phi\[c\] for each c in `targets` (classes other than `label`).
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport>;
 }
 

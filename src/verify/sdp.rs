@@ -25,7 +25,7 @@
 //! phi[c] >= z0 + R^2 min(0, lambda_min(S(y, z)))       for every y >= 0, z, z0   (Proposition 3.1)
 //! ```
 //!
-//! z0 is free; writing M = [[m00, m^T], [m, Q]], the best z0 for a given t = lambda_min bound
+//! z0 is free; writing M = [[m00, m^T], \[m, Q\]], the best z0 for a given t = lambda_min bound
 //! is the Schur complement z0(t) = m00 - t - m^T (Q - t I)^{-1} m, so the bound is the concave
 //! one-dimensional maximum over t < min(0, lambda_min(Q)) of m00 - m^T (Q - tI)^{-1} m + (R^2 - 1) t.
 //! The reported number is proven: M - z0 e0 e0^T - t I ⪰ 0 is checked by a shifted Cholesky that
@@ -370,7 +370,7 @@ pub fn certified_bound(m: MatRef<'_, f64>, r2: f64, err: f64) -> Option<Spectral
     None
 }
 
-/// A certificate for phi[target] >= bound: the multipliers and the numbers of the bound, checkable
+/// A certificate for phi\[target\] >= bound: the multipliers and the numbers of the bound, checkable
 /// from scratch by [`Certificate::check`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Certificate {
@@ -689,7 +689,7 @@ impl<'a> SlackOperator<'a> {
         }
     }
 
-    /// A Gershgorin bound: every eigenvalue of S lies in [-g, g].
+    /// A Gershgorin bound: every eigenvalue of S lies in \[-g, g\].
     pub fn gershgorin(&self) -> f64 {
         let n = self.dim();
         let mut row: Vec<f64> =

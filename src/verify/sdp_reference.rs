@@ -59,7 +59,7 @@ fn coefficients(g: &Mat<f64>) -> Vec<f64> {
     c
 }
 
-/// Solves the SDP relaxation for phi[target] (small networks only: (n+1)(n+2)/2 variables).
+/// Solves the SDP relaxation for phi\[target\] (small networks only: (n+1)(n+2)/2 variables).
 pub fn reference_sdp(
     net: &Network,
     set: &InputSet,
