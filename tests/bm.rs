@@ -15,7 +15,7 @@ fn cases() -> Vec<(Network, InputSet, usize)> {
 
 #[test]
 fn bm_is_sound_and_tight_on_small_networks() {
-    let bm = Bm { feasibility: 1e-9, outer: 60, ..Bm::default() };
+    let bm = Bm { feasibility: 1e-9, outer: 60, stop_when_positive: false, ..Bm::default() };
     let mut gaps = Vec::new();
     for (ci, (net, set, label)) in cases().iter().enumerate() {
         let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
@@ -42,7 +42,7 @@ fn bm_is_sound_and_tight_on_small_networks() {
 
 #[test]
 fn sabotaged_bm_stays_sound() {
-    let truncated = Bm { outer: 1, inner: 2, max_rank: 2, ..Bm::default() };
+    let truncated = Bm { outer: 1, inner: 2, max_rank: 2, stop_when_positive: false, ..Bm::default() };
     for (ci, (net, set, label)) in cases().iter().enumerate().take(10) {
         let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
         let target = (label + 1) % 3;

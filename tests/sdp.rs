@@ -240,7 +240,7 @@ fn matrix_free_slack_operator_matches_the_dense_matrix() {
 fn bm_matches_the_reference_sdp() {
     use nncert::verify::bm::Bm;
     use nncert::verify::sdp_reference::reference_sdp;
-    let bm = Bm { feasibility: 1e-9, outer: 60, ..Bm::default() };
+    let bm = Bm { feasibility: 1e-9, outer: 60, stop_when_positive: false, ..Bm::default() };
     let mut compared = 0;
     let mut within = 0;
     for (ci, (net, set, label)) in cases().iter().enumerate().take(16) {

@@ -61,6 +61,9 @@ pub struct Bm {
     pub rho_growth: f64,
     /// Largest penalty (default 1e4: larger ones stall L-BFGS on the MNIST networks).
     pub rho_max: f64,
+    /// Stop as soon as a proven bound is positive (the target is certified; default true). Turn
+    /// it off to get the tightest bound rather than just the verdict.
+    pub stop_when_positive: bool,
     /// SDP-FO polishing steps on the final multipliers, for problems small enough for dense steps
     /// (default 300; 0 to disable).
     pub polish: usize,
@@ -80,6 +83,7 @@ impl Default for Bm {
             polish: 300,
             rho_growth: 2.0,
             rho_max: 1e4,
+            stop_when_positive: true,
         }
     }
 }
@@ -322,7 +326,8 @@ impl Bm {
         let mut best: Option<Certificate> = None;
         loop {
             let mut prev = f64::INFINITY;
-            for _ in 0..self.outer {
+            let mut certified = false;
+            for outer in 0..self.outer {
                 if Instant::now() > deadline {
                     break;
                 }
@@ -357,6 +362,20 @@ impl Bm {
                     alm.rho = (alm.rho * self.rho_growth).min(self.rho_max);
                 }
                 prev = infeasibility;
+                // For a verdict, a positive proven bound is enough: check every few rounds.
+                if self.stop_when_positive && outer % 3 == 2 {
+                    let mult = unflatten(&alm.mult, &like);
+                    if let Some((c, _)) = bound_from_multipliers(net, set, pre, label, target, &mult)?
+                        && c.bound > 0.0
+                    {
+                        best = Some(c);
+                        certified = true;
+                        break;
+                    }
+                }
+            }
+            if certified {
+                break;
             }
             let mult = unflatten(&alm.mult, &like);
             let cert = bound_from_multipliers(net, set, pre, label, target, &mult)?.map(|(c, _)| c);
@@ -372,6 +391,9 @@ impl Bm {
                 && best.as_ref().is_none_or(|b| c.bound > b.bound)
             {
                 best = Some(c.clone());
+            }
+            if self.stop_when_positive && best.as_ref().is_some_and(|b| b.bound > 0.0) {
+                break;
             }
             // Rank lifting when the dual slack matrix is not PSD.
             let r = y.ncols();
@@ -398,6 +420,7 @@ impl Bm {
         // the ALM's multipliers converge more slowly than its primal point.
         if let Some(b) = best.as_ref()
             && self.polish > 0
+            && !(self.stop_when_positive && b.bound > 0.0)
             && n < super::sdp::SdpFo::default().max_vars
         {
             let fo = super::sdp::SdpFo { iterations: self.polish, step: 1e-3, ..Default::default() };
