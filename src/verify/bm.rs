@@ -31,9 +31,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::sdp::{Certificate, Multipliers, SlackOperator, bound_from_multipliers, flatten, unflatten};
-use super::{BoundReport, Stats, Verifier};
+use super::{BoundReport, Verifier};
 use crate::attack::{PgdSettings, pgd};
-use crate::bounds::{self, PreActivationBounds};
+use crate::bounds::PreActivationBounds;
 use crate::error::{Error, Result};
 use crate::network::{Activation, Network};
 use crate::spec::{InputSet, Norm};
@@ -440,23 +440,8 @@ impl Verifier for Bm {
         "bm"
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        let start = Instant::now();
-        if set.dim() != network.input_size() {
-            return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
-        }
-        let pre = bounds::crown_and_ibp(network, set)?;
-        let mut out = Vec::with_capacity(targets.len());
-        for &t in targets {
-            let r = self.solve_target(network, set, &pre, label, t)?;
-            out.push((t, r.certificate.map_or(f64::NEG_INFINITY, |c| c.bound)));
-        }
-        Ok(BoundReport {
-            bounds: out,
-            stats: Stats {
-                seconds: start.elapsed().as_secs_f64(),
-                unstable_neurons: Some(pre.unstable_neurons()),
-                lp: None,
-            },
+        super::per_target_report(network, set, label, targets, |pre, t| {
+            self.solve_target(network, set, pre, label, t).map(|r| r.certificate.map(|c| c.bound))
         })
     }
 }

@@ -185,9 +185,7 @@ impl Verifier for Exact {
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
         let start = Instant::now();
-        if set.dim() != network.input_size() {
-            return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
-        }
+        super::check_query(network, set, label, targets)?;
         let mut lp = LpStats::default();
         let mut out = Vec::with_capacity(targets.len());
         for &t in targets {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::{BoundReport, Stats, Verifier};
 use crate::bounds::lp::{LpSettings, LpStats, TriangleProgram, tighten_layer};
 use crate::bounds::{self, PreActivationBounds, Propagation, linear};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::network::{Activation, Network};
 use crate::spec::InputSet;
 
@@ -67,15 +67,6 @@ pub fn lp_full_bounds(net: &Network, set: &InputSet, settings: &LpSettings) -> R
     Ok((pre, stats))
 }
 
-fn check(net: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<()> {
-    if set.dim() != net.input_size() {
-        return Err(Error::InputSize { expected: net.input_size(), got: set.dim() });
-    }
-    net.check_input(set.center())?;
-    net.check_label(label)?;
-    targets.iter().try_for_each(|&t| net.check_label(t))
-}
-
 fn report(
     net: &Network,
     set: &InputSet,
@@ -115,7 +106,7 @@ impl Verifier for Lp {
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
         let start = Instant::now();
-        check(network, set, label, targets)?;
+        super::check_query(network, set, label, targets)?;
         let pre = bounds::pre_activation_bounds(network, set, Propagation::Crown)?;
         let mut r = report(network, set, &pre, label, targets, &self.settings, LpStats::default())?;
         r.stats.seconds = start.elapsed().as_secs_f64();
@@ -137,7 +128,7 @@ impl Verifier for LpFull {
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
         let start = Instant::now();
-        check(network, set, label, targets)?;
+        super::check_query(network, set, label, targets)?;
         let (pre, stats) = lp_full_bounds(network, set, &self.settings)?;
         let mut r = report(network, set, &pre, label, targets, &self.settings, stats)?;
         r.stats.seconds = start.elapsed().as_secs_f64();

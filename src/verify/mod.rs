@@ -66,6 +66,43 @@ pub trait Verifier: Send + Sync {
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport>;
 }
 
+/// The checks every verifier makes before any work: the set has the network's input size, its
+/// center is finite, and the label and targets are classes of the network.
+pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<()> {
+    if set.dim() != net.input_size() {
+        return Err(Error::InputSize { expected: net.input_size(), got: set.dim() });
+    }
+    net.check_input(set.center())?;
+    net.check_label(label)?;
+    targets.iter().try_for_each(|&t| net.check_label(t))
+}
+
+/// A report for the verifiers that prove one target at a time from CROWN ∩ IBP pre-activation
+/// bounds (SDP-FO, BM-r): `bound(pre, target)` returns the proven bound, if any (-inf otherwise).
+pub(crate) fn per_target_report(
+    network: &Network,
+    set: &InputSet,
+    label: usize,
+    targets: &[usize],
+    mut bound: impl FnMut(&bounds::PreActivationBounds, usize) -> Result<Option<f64>>,
+) -> Result<BoundReport> {
+    let start = Instant::now();
+    check_query(network, set, label, targets)?;
+    let pre = bounds::crown_and_ibp(network, set)?;
+    let mut out = Vec::with_capacity(targets.len());
+    for &t in targets {
+        out.push((t, bound(&pre, t)?.unwrap_or(f64::NEG_INFINITY)));
+    }
+    Ok(BoundReport {
+        bounds: out,
+        stats: Stats {
+            seconds: start.elapsed().as_secs_f64(),
+            unstable_neurons: Some(pre.unstable_neurons()),
+            lp: None,
+        },
+    })
+}
+
 fn propagate(
     method: Propagation,
     network: &Network,
@@ -74,9 +111,7 @@ fn propagate(
     targets: &[usize],
 ) -> Result<BoundReport> {
     let start = Instant::now();
-    if set.dim() != network.input_size() {
-        return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
-    }
+    check_query(network, set, label, targets)?;
     let pre = bounds::pre_activation_bounds(network, set, method)?;
     let lbs = bounds::margin_lower_bounds(network, set, &pre, method, label, targets)?;
     Ok(BoundReport {

@@ -37,7 +37,7 @@ use std::time::Instant;
 use faer::{Mat, MatRef, Side};
 use serde::{Deserialize, Serialize};
 
-use super::{BoundReport, Stats, Verifier};
+use super::{BoundReport, Verifier};
 use crate::bounds::{self, PreActivationBounds, Propagation};
 use crate::error::{Error, Result};
 use crate::linalg::psd::{UNIT_ROUNDOFF, gamma, proves_psd};
@@ -602,23 +602,8 @@ impl Verifier for SdpFo {
         "sdp"
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        let start = Instant::now();
-        if set.dim() != network.input_size() {
-            return Err(Error::InputSize { expected: network.input_size(), got: set.dim() });
-        }
-        let pre = bounds::crown_and_ibp(network, set)?;
-        let mut out = Vec::with_capacity(targets.len());
-        for &t in targets {
-            let cert = self.certify_target(network, set, &pre, label, t)?;
-            out.push((t, cert.map_or(f64::NEG_INFINITY, |c| c.bound)));
-        }
-        Ok(BoundReport {
-            bounds: out,
-            stats: Stats {
-                seconds: start.elapsed().as_secs_f64(),
-                unstable_neurons: Some(pre.unstable_neurons()),
-                lp: None,
-            },
+        super::per_target_report(network, set, label, targets, |pre, t| {
+            self.certify_target(network, set, pre, label, t).map(|c| c.map(|c| c.bound))
         })
     }
 }
