@@ -6,8 +6,7 @@
 use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nncert::bounds::{self, Propagation};
-use nncert::verify::sdp::{Multipliers, SlackOperator, certified_bound, lagrangian_matrix, proven_r2};
+use nncert::verify::sdp::{BoundSource, Multipliers, Relaxation, SlackOperator, certified_bound, lagrangian_matrix};
 use nncert::{Domain, InputSet, Norm};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,12 +32,13 @@ fn bench(c: &mut Criterion) {
         for layer in mult.relu.iter_mut().chain(mult.above.iter_mut()) {
             layer.iter_mut().for_each(|v| *v = rng.random::<f64>());
         }
-        let op = SlackOperator::new(&net, &set, label, target, &mult, 0.0).unwrap();
+        let rel = Relaxation::new(&net, &set, BoundSource::CrownIbp).unwrap();
+        let op = SlackOperator::new(&net, &set, &rel.boxes, label, target, &mult, 0.0).unwrap();
         let n = op.dim();
         let v: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
         let mut out = vec![0.0; n];
         group.bench_function(format!("{model}/slack-product-matrix-free"), |b| b.iter(|| op.apply_vec(&v, &mut out)));
-        let (m, err) = lagrangian_matrix(&net, &set, label, target, &mult).unwrap();
+        let (m, err) = lagrangian_matrix(&net, &set, &rel.boxes, label, target, &mult).unwrap();
         let vm = faer::Mat::from_fn(n, 1, |i, _| v[i]);
         group.bench_function(format!("{model}/slack-product-dense"), |b| {
             b.iter(|| nncert::linalg::mul(m.as_ref(), vm.as_ref()))
@@ -47,8 +47,10 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{model}/lambda-min-dense"), |b| {
             b.iter(|| nncert::linalg::psd::lambda_min_estimate(m.as_ref()))
         });
-        let pre = bounds::pre_activation_bounds(&net, &set, Propagation::Crown).unwrap();
-        let r2 = proven_r2(&net, &set, &pre);
+        let r2 = rel.r2;
+        group.bench_function(format!("{model}/dual-value-block-tridiagonal"), |b| {
+            b.iter(|| nncert::verify::sdp_fo::dual_value(&op, r2, 1.0))
+        });
         group
             .bench_function(format!("{model}/proven-bound-dense"), |b| b.iter(|| certified_bound(m.as_ref(), r2, err)));
     }

@@ -47,6 +47,7 @@ mod error;
 pub mod io;
 pub mod linalg;
 pub mod network;
+pub mod optim;
 pub mod spec;
 pub mod verify;
 

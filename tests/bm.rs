@@ -4,9 +4,9 @@
 mod common;
 
 use nncert::attack::{PgdSettings, pgd};
-use nncert::bounds::{self, Propagation};
 use nncert::verify::bm::Bm;
 use nncert::verify::exact::Exact;
+use nncert::verify::sdp::{BoundSource, Relaxation};
 use nncert::{InputSet, Network};
 
 fn cases() -> Vec<(Network, InputSet, usize)> {
@@ -18,11 +18,11 @@ fn bm_is_sound_and_tight_on_small_networks() {
     let bm = Bm { feasibility: 1e-9, outer: 60, stop_when_positive: false, ..Bm::default() };
     let mut gaps = Vec::new();
     for (ci, (net, set, label)) in cases().iter().enumerate() {
-        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
         let target = (label + 1) % 3;
         let exact = Exact::default().phi(net, set, *label, target).unwrap();
         let attack = pgd(net, set, *label, &[target], &PgdSettings::default()).unwrap();
-        let r = bm.solve_target(net, set, &pre, *label, target).unwrap();
+        let r = bm.solve_target(net, set, &rel, *label, target).unwrap();
         let cert = r.certificate.expect("a proven bound");
         assert!(cert.bound <= exact.lower + 1e-9, "case {ci}: BM {} > exact {}", cert.bound, exact.lower);
         assert!(cert.bound <= attack[0].margin + 1e-9);
@@ -44,10 +44,10 @@ fn bm_is_sound_and_tight_on_small_networks() {
 fn sabotaged_bm_stays_sound() {
     let truncated = Bm { outer: 1, inner: 2, max_rank: 2, stop_when_positive: false, ..Bm::default() };
     for (ci, (net, set, label)) in cases().iter().enumerate().take(10) {
-        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
         let target = (label + 1) % 3;
         let exact = Exact::default().phi(net, set, *label, target).unwrap();
-        let r = truncated.solve_target(net, set, &pre, *label, target).unwrap();
+        let r = truncated.solve_target(net, set, &rel, *label, target).unwrap();
         if let Some(c) = r.certificate {
             assert!(c.bound <= exact.lower + 1e-9, "case {ci}: truncated BM {} > exact {}", c.bound, exact.lower);
             // Perturbed multipliers: the checker proves whatever they give, never more than phi.
@@ -55,7 +55,7 @@ fn sabotaged_bm_stays_sound() {
             m.relu.iter_mut().flatten().for_each(|v| *v *= 1.7);
             m.above.iter_mut().flatten().for_each(|v| *v += 0.3);
             if let Some((c2, _)) =
-                nncert::verify::sdp::bound_from_multipliers(net, set, &pre, *label, target, &m).unwrap()
+                nncert::verify::sdp::bound_from_multipliers(net, set, &rel, *label, target, &m).unwrap()
             {
                 assert!(c2.bound <= exact.lower + 1e-9);
             }

@@ -7,7 +7,7 @@ use nncert::attack::{PgdSettings, pgd};
 use nncert::bounds::{self, Propagation};
 use nncert::verify::exact::Exact;
 use nncert::verify::lp::{lp_full_bounds, margin_lp_bounds};
-use nncert::verify::sdp::{Multipliers, SdpFo, bound_from_multipliers, proven_r2};
+use nncert::verify::sdp::{BoundSource, Multipliers, Relaxation, SdpFo, bound_from_multipliers, proven_r2};
 use nncert::{Domain, InputSet, Network, Norm};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -44,7 +44,7 @@ fn any_multipliers_give_a_sound_bound() {
     let mut rng = StdRng::seed_from_u64(3);
     let mut finite = 0;
     for (ci, (net, set, label)) in cases().iter().enumerate() {
-        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
         let target = (label + 1) % 3;
         let exact = Exact::default().phi(net, set, *label, target).unwrap();
         for _ in 0..5 {
@@ -52,13 +52,14 @@ fn any_multipliers_give_a_sound_bound() {
             m.ball = rng.random::<f64>() * 5.0;
             m.coord.iter_mut().for_each(|v| *v = rng.random::<f64>() * 5.0);
             m.lower.iter_mut().for_each(|v| *v = rng.random::<f64>() - 0.3);
-            for layer in m.nonneg.iter_mut().chain(m.above.iter_mut()) {
+            for layer in m.nonneg.iter_mut().chain(m.above.iter_mut()).chain(m.post.iter_mut()).chain(m.cut.iter_mut())
+            {
                 layer.iter_mut().for_each(|v| *v = rng.random::<f64>() * 2.0 - 0.5);
             }
             for layer in m.relu.iter_mut() {
                 layer.iter_mut().for_each(|v| *v = rng.random::<f64>() * 4.0 - 1.0);
             }
-            if let Some((cert, _)) = bound_from_multipliers(net, set, &pre, *label, target, &m).unwrap() {
+            if let Some((cert, _)) = bound_from_multipliers(net, set, &rel, *label, target, &m).unwrap() {
                 assert!(cert.bound <= exact.lower + 1e-9, "case {ci}: bound {} > exact {}", cert.bound, exact.lower);
                 finite += 1;
             }
@@ -72,15 +73,11 @@ fn sdp_fo_is_sound_and_useful() {
     let fo = SdpFo::default();
     let mut rows = Vec::new();
     for (ci, (net, set, label)) in cases().iter().enumerate() {
-        let mut pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
-        let ibp = bounds::interval::ibp(net, set);
-        for (a, b) in pre.layers.iter_mut().zip(&ibp.layers) {
-            a.intersect(b);
-        }
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
         let target = (label + 1) % 3;
         let exact = Exact::default().phi(net, set, *label, target).unwrap();
         let attack = pgd(net, set, *label, &[target], &PgdSettings::default()).unwrap();
-        let cert = fo.certify_target(net, set, &pre, *label, target).unwrap().expect("a proven bound");
+        let cert = fo.certify_target(net, set, &rel, *label, target).unwrap().expect("a proven bound");
         assert!(cert.bound <= exact.lower + 1e-9, "case {ci}: SDP-FO {} > exact {}", cert.bound, exact.lower);
         assert!(cert.bound <= attack[0].margin + 1e-9);
         let checked = cert.check(net, set).unwrap();
@@ -102,9 +99,12 @@ fn sdp_fo_is_sound_and_useful() {
 #[test]
 fn certificates_reject_tampering() {
     let (net, set, label) = cases().swap_remove(4);
-    let pre = bounds::pre_activation_bounds(&net, &set, Propagation::Crown).unwrap();
+    let rel = Relaxation::new(&net, &set, BoundSource::CrownIbp).unwrap();
     let target = (label + 1) % 3;
-    let cert = SdpFo::default().certify_target(&net, &set, &pre, label, target).unwrap().unwrap();
+    let cert = SdpFo { stop_when_positive: false, ..SdpFo::default() }
+        .certify_target(&net, &set, &rel, label, target)
+        .unwrap()
+        .unwrap();
     let proven = cert.check(&net, &set).unwrap();
     assert!(cert.bound <= proven);
     // A larger claimed bound.
@@ -138,19 +138,19 @@ fn certificates_reject_tampering() {
 #[test]
 fn sdp_fo_against_the_reference_sdp() {
     use nncert::verify::sdp_reference::reference_sdp;
-    let fo = SdpFo { iterations: 2000, time_limit: 30.0, ..SdpFo::default() };
+    let fo = SdpFo { iterations: 2000, time_limit: 30.0, stop_when_positive: false, ..SdpFo::default() };
     let mut gaps = Vec::new();
     let mut lp_vs_sdp = (0, 0);
     for (ci, (net, set, label)) in cases().iter().enumerate() {
-        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
         let target = (label + 1) % 3;
-        let sdp = reference_sdp(net, set, &pre, *label, target).unwrap();
+        let sdp = reference_sdp(net, set, &rel, *label, target).unwrap();
         if sdp.status != "Solved" {
             continue;
         }
         let exact = Exact::default().phi(net, set, *label, target).unwrap();
         assert!(sdp.value <= exact.upper + 1e-6, "case {ci}: SDP {} > exact {}", sdp.value, exact.upper);
-        let cert = fo.certify_target(net, set, &pre, *label, target).unwrap().unwrap();
+        let cert = fo.certify_target(net, set, &rel, *label, target).unwrap().unwrap();
         assert!(
             cert.bound <= sdp.value + 1e-6 * (1.0 + sdp.value.abs()),
             "case {ci}: SDP-FO {} > SDP {}",
@@ -185,7 +185,8 @@ fn random_multipliers(net: &Network, set: &InputSet, seed: u64) -> Multipliers {
     let mut m = Multipliers::initial(net, set, 1.0);
     m.ball = rng.random::<f64>();
     m.coord.iter_mut().chain(m.lower.iter_mut()).chain(m.upper.iter_mut()).for_each(|v| *v = rng.random::<f64>() - 0.2);
-    for layer in m.nonneg.iter_mut().chain(m.above.iter_mut()).chain(m.relu.iter_mut()) {
+    let hidden = m.nonneg.iter_mut().chain(m.above.iter_mut()).chain(m.post.iter_mut()).chain(m.cut.iter_mut());
+    for layer in hidden.chain(m.relu.iter_mut()) {
         layer.iter_mut().for_each(|v| *v = rng.random::<f64>() * 2.0 - 0.5);
     }
     m
@@ -204,9 +205,10 @@ fn matrix_free_slack_operator_matches_the_dense_matrix() {
         let target = (label + 1) % net.num_classes();
         let mult = random_multipliers(net, set, ci as u64);
         let z0 = 0.37;
-        let (mut m, _) = lagrangian_matrix(net, set, *label, target, &mult).unwrap();
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
+        let (mut m, _) = lagrangian_matrix(net, set, &rel.boxes, *label, target, &mult).unwrap();
         m[(0, 0)] -= z0;
-        let op = SlackOperator::new(net, set, *label, target, &mult, z0).unwrap();
+        let op = SlackOperator::new(net, set, &rel.boxes, *label, target, &mult, z0).unwrap();
         let n = op.dim();
         assert_eq!(n, m.nrows());
         let mut rng = StdRng::seed_from_u64(9);
@@ -244,13 +246,13 @@ fn bm_matches_the_reference_sdp() {
     let mut compared = 0;
     let mut within = 0;
     for (ci, (net, set, label)) in cases().iter().enumerate().take(16) {
-        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown).unwrap();
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
         let target = (label + 1) % 3;
-        let sdp = reference_sdp(net, set, &pre, *label, target).unwrap();
+        let sdp = reference_sdp(net, set, &rel, *label, target).unwrap();
         if sdp.status != "Solved" {
             continue;
         }
-        let r = bm.solve_target(net, set, &pre, *label, target).unwrap();
+        let r = bm.solve_target(net, set, &rel, *label, target).unwrap();
         let b = r.certificate.unwrap().bound;
         assert!(b <= sdp.value + 1e-6 * (1.0 + sdp.value.abs()), "case {ci}: BM {b} > SDP {}", sdp.value);
         let rel = (sdp.value - b) / (1.0 + sdp.value.abs());

@@ -30,10 +30,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::sdp::{Certificate, Multipliers, SlackOperator, bound_from_multipliers, flatten, unflatten};
+use super::sdp::{
+    BoundSource, Certificate, HiddenBoxes, Multipliers, Relaxation, SlackOperator, bound_from_multipliers, flatten,
+    unflatten,
+};
 use super::{BoundReport, Verifier};
 use crate::attack::{PgdSettings, pgd};
-use crate::bounds::PreActivationBounds;
 use crate::error::{Error, Result};
 use crate::network::{Activation, Network};
 use crate::spec::{InputSet, Norm};
@@ -64,9 +66,11 @@ pub struct Bm {
     /// Stop as soon as a proven bound is positive (the target is certified; default true). Turn
     /// it off to get the tightest bound rather than just the verdict.
     pub stop_when_positive: bool,
-    /// SDP-FO polishing steps on the final multipliers, for problems small enough for dense steps
-    /// (default 300; 0 to disable).
+    /// SDP-FO polishing steps on the final multipliers (default 300; 0 to disable).
     pub polish: usize,
+    /// Pre-activation bounds for the hidden boxes and cuts: CROWN ∩ IBP (`bm`, default) or
+    /// LP-Full (`bm-full`, the paper's BM-Full).
+    pub bounds: BoundSource,
 }
 
 impl Default for Bm {
@@ -84,7 +88,15 @@ impl Default for Bm {
             rho_growth: 2.0,
             rho_max: 1e4,
             stop_when_positive: true,
+            bounds: BoundSource::CrownIbp,
         }
+    }
+}
+
+impl Bm {
+    /// BM-Full: BM-r with the hidden boxes and cuts from LP-Full's pre-activation bounds.
+    pub fn full() -> Self {
+        Self { bounds: BoundSource::LpFull, ..Self::default() }
     }
 }
 
@@ -105,7 +117,14 @@ pub struct BmResult {
 
 /// Constraint values at X = Y_hat Y_hat^T in the layout of [`Multipliers`]: g (>= 0 feasible) for
 /// inequalities, h (= 0 feasible) for the ReLU equalities; and the objective <F, X>.
-fn values(net: &Network, set: &InputSet, label: usize, target: usize, y: &Mat<f64>) -> (f64, Multipliers) {
+fn values(
+    net: &Network,
+    set: &InputSet,
+    boxes: &HiddenBoxes,
+    label: usize,
+    target: usize,
+    y: &Mat<f64>,
+) -> (f64, Multipliers) {
     let n0 = set.dim();
     let r = y.ncols();
     let (lo, hi) = set.bounding_box();
@@ -123,15 +142,36 @@ fn values(net: &Network, set: &InputSet, label: usize, target: usize, y: &Mat<f6
     let upper = (0..n0).map(|i| hi[i] - u(i)).collect();
     let layers = net.layers();
     let (mut nonneg, mut above, mut relu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut post, mut cut) = (Vec::new(), Vec::new());
     let mut p = 0;
     let mut q = n0;
-    for layer in &layers[..layers.len() - 1] {
+    for (k, layer) in layers[..layers.len() - 1].iter().enumerate() {
         let (n_in, n_out) = (layer.input_size(), layer.output_size());
         let yp = y.as_ref().subrows(p, n_in);
         let wy = crate::linalg::mul(layer.weight(), yp); // n_out x r
         let b = layer.bias();
         nonneg.push((0..n_out).map(|j| u(q + j)).collect());
         above.push((0..n_out).map(|j| u(q + j) - wy[(j, 0)] - b[j]).collect());
+        let usable = |j: usize| boxes.hi[k][j].is_finite();
+        post.push(
+            (0..n_out)
+                .map(|j| {
+                    let (lo, hi) = (boxes.lo[k][j], boxes.hi[k][j]);
+                    if usable(j) { -sq(q + j) + (lo + hi) * u(q + j) - lo * hi } else { 0.0 }
+                })
+                .collect(),
+        );
+        cut.push(
+            (0..n_out)
+                .map(|j| {
+                    if usable(j) {
+                        boxes.slope[k][j] * (wy[(j, 0)] + b[j]) + boxes.offset[k][j] - u(q + j)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        );
         relu.push(
             (0..n_out)
                 .map(|j| (0..r).map(|k| y[(q + j, k)] * (y[(q + j, k)] - wy[(j, k)])).sum::<f64>() - b[j] * u(q + j))
@@ -144,12 +184,13 @@ fn values(net: &Network, set: &InputSet, label: usize, target: usize, y: &Mat<f6
     let w = last.weight();
     let f = (0..w.ncols()).map(|i| (w[(label, i)] - w[(target, i)]) * u(p + i)).sum::<f64>() + last.bias()[label]
         - last.bias()[target];
-    (f, Multipliers { ball, coord, lower, upper, nonneg, above, relu })
+    (f, Multipliers { ball, coord, lower, upper, nonneg, above, post, cut, relu })
 }
 
 struct Alm<'a> {
     net: &'a Network,
     set: &'a InputSet,
+    boxes: &'a HiddenBoxes,
     label: usize,
     target: usize,
     /// Flattened multipliers and which entries are inequalities.
@@ -162,7 +203,7 @@ struct Alm<'a> {
 impl Alm<'_> {
     /// Phi and its gradient (n x r, flattened column-major) at Y.
     fn eval(&self, y: &Mat<f64>) -> Result<(f64, Mat<f64>, Vec<f64>)> {
-        let (f, vals) = values(self.net, self.set, self.label, self.target, y);
+        let (f, vals) = values(self.net, self.set, self.boxes, self.label, self.target, y);
         let g = flatten(&vals);
         let mut phi = f;
         let mut eff = vec![0.0; g.len()];
@@ -184,7 +225,7 @@ impl Alm<'_> {
             }
         }
         let eff_m = unflatten(&eff, &self.like);
-        let op = SlackOperator::new(self.net, self.set, self.label, self.target, &eff_m, 0.0)?;
+        let op = SlackOperator::new(self.net, self.set, self.boxes, self.label, self.target, &eff_m, 0.0)?;
         let n = y.nrows();
         let r = y.ncols();
         let mut grad = Mat::<f64>::zeros(n, r);
@@ -287,7 +328,7 @@ impl Bm {
         &self,
         net: &Network,
         set: &InputSet,
-        pre: &PreActivationBounds,
+        rel: &Relaxation,
         label: usize,
         target: usize,
     ) -> Result<BmResult> {
@@ -319,7 +360,8 @@ impl Bm {
         let like = Multipliers::initial(net, set, 0.0);
         let zero: Vec<f64> = flatten(&like).iter().map(|_| 0.0).collect();
         let n_ineq = zero.len() - like.relu.iter().map(Vec::len).sum::<usize>();
-        let mut alm = Alm { net, set, label, target, mult: zero, n_ineq, rho: 1.0, like: like.clone() };
+        let mut alm =
+            Alm { net, set, boxes: &rel.boxes, label, target, mult: zero, n_ineq, rho: 1.0, like: like.clone() };
         let mut rank_path = vec![r0];
         let mut iterations = 0;
         let mut infeasibility = f64::INFINITY;
@@ -347,7 +389,7 @@ impl Bm {
                     }
                 }
                 if std::env::var_os("NNCERT_BM_TRACE").is_some() {
-                    let (f, _) = values(net, set, label, target, &y);
+                    let (f, _) = values(net, set, &rel.boxes, label, target, &y);
                     eprintln!(
                         "bm rank {} outer: f {f:.5} infeas {infeasibility:.2e} rho {:.1e} iters {iterations} t {:.1}s",
                         y.ncols(),
@@ -365,7 +407,7 @@ impl Bm {
                 // For a verdict, a positive proven bound is enough: check every few rounds.
                 if self.stop_when_positive && outer % 3 == 2 {
                     let mult = unflatten(&alm.mult, &like);
-                    if let Some((c, _)) = bound_from_multipliers(net, set, pre, label, target, &mult)?
+                    if let Some((c, _)) = bound_from_multipliers(net, set, rel, label, target, &mult)?
                         && c.bound > 0.0
                     {
                         best = Some(c);
@@ -378,7 +420,7 @@ impl Bm {
                 break;
             }
             let mult = unflatten(&alm.mult, &like);
-            let cert = bound_from_multipliers(net, set, pre, label, target, &mult)?.map(|(c, _)| c);
+            let cert = bound_from_multipliers(net, set, rel, label, target, &mult)?.map(|(c, _)| c);
             if std::env::var_os("NNCERT_BM_TRACE").is_some() {
                 eprintln!(
                     "bm rank {} bound {:?} t {:?}",
@@ -401,7 +443,7 @@ impl Bm {
                 break;
             }
             let z0 = cert.as_ref().map_or(0.0, |c| c.z0);
-            let op = SlackOperator::new(net, set, label, target, &mult, z0)?;
+            let op = SlackOperator::new(net, set, &rel.boxes, label, target, &mult, z0)?;
             let Some((lam, vec)) = op.lambda_min(1e-10) else { break };
             if lam >= -self.dual_tolerance {
                 break;
@@ -416,32 +458,40 @@ impl Bm {
             y = lifted;
             rank_path.push(r + 1);
         }
-        // On small problems, polish the multipliers by SDP-FO's supergradient ascent (dense steps):
-        // the ALM's multipliers converge more slowly than its primal point.
+        // Polish the multipliers by SDP-FO's ascent: the ALM's multipliers converge more slowly
+        // than its primal point, and the ascent only ever keeps a better proven bound.
         if let Some(b) = best.as_ref()
             && self.polish > 0
             && !(self.stop_when_positive && b.bound > 0.0)
-            && n < super::sdp::SdpFo::default().max_vars
         {
-            let fo = super::sdp::SdpFo { iterations: self.polish, step: 1e-3, ..Default::default() };
-            if let Some(c) = fo.certify_from(net, set, pre, label, target, Some(&b.multipliers))?
+            let fo = super::sdp_fo::SdpFo {
+                iterations: self.polish,
+                step: 1e-3,
+                time_limit: (self.time_limit - start.elapsed().as_secs_f64()).max(1.0),
+                stop_when_positive: self.stop_when_positive,
+                bounds: self.bounds,
+            };
+            if let Some(c) = fo.run(net, set, rel, label, target, Some(&b.multipliers))?.certificate
                 && c.bound > b.bound
             {
                 best = Some(c);
             }
         }
-        let (primal, _) = values(net, set, label, target, &y);
+        let (primal, _) = values(net, set, &rel.boxes, label, target, &y);
         Ok(BmResult { certificate: best, primal, infeasibility, rank_path, iterations })
     }
 }
 
 impl Verifier for Bm {
     fn name(&self) -> &'static str {
-        "bm"
+        match self.bounds {
+            BoundSource::CrownIbp => "bm",
+            BoundSource::LpFull => "bm-full",
+        }
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        super::per_target_report(network, set, label, targets, |pre, t| {
-            self.solve_target(network, set, pre, label, t).map(|r| r.certificate.map(|c| c.bound))
+        super::per_target_report(network, set, label, targets, self.bounds, |rel, t| {
+            self.solve_target(network, set, rel, label, t).map(|r| r.certificate.map(|c| c.bound))
         })
     }
 }

@@ -9,6 +9,7 @@
 //! | `lp-full` | [`lp::LpFull`]: LP-ALL, every unstable neuron's bounds tightened by LPs first | l2, l_inf | all (ReLU: convex hull) |
 //! | `sdp` | [`sdp::SdpFo`]: Proposition 3.1 of the BM-r paper with multipliers optimized by SDP-FO (small nets) | l2, l_inf | ReLU |
 //! | `bm` | [`bm::Bm`]: BM-r (Burer-Monteiro, augmented Lagrangian + L-BFGS, rank lifting), bound by Proposition 3.1 | l2, l_inf | ReLU |
+//! | `bm-full` | [`bm::Bm::full`]: BM-r with LP-Full's pre-activation bounds as post-activation boxes (BM-Full) | l2, l_inf | ReLU |
 //! | `exact` | [`exact::Exact`]: branch and bound over activation patterns, exact phi (tiny ReLU nets) | l2, l_inf | ReLU |
 //!
 //! Every bound is sound for whatever the method computes: the propagation methods involve no
@@ -20,6 +21,7 @@ pub mod bm;
 pub mod exact;
 pub mod lp;
 pub mod sdp;
+pub mod sdp_fo;
 #[cfg(feature = "sdp-reference")]
 pub mod sdp_reference;
 
@@ -77,21 +79,23 @@ pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: 
     targets.iter().try_for_each(|&t| net.check_label(t))
 }
 
-/// A report for the verifiers that prove one target at a time from CROWN ∩ IBP pre-activation
-/// bounds (SDP-FO, BM-r): `bound(pre, target)` returns the proven bound, if any (-inf otherwise).
+/// A report for the verifiers that prove one target at a time on one [`sdp::Relaxation`]
+/// (SDP-FO, BM-r): `bound(relaxation, target)` returns the proven bound, if any (-inf otherwise).
 pub(crate) fn per_target_report(
     network: &Network,
     set: &InputSet,
     label: usize,
     targets: &[usize],
-    mut bound: impl FnMut(&bounds::PreActivationBounds, usize) -> Result<Option<f64>>,
+    source: sdp::BoundSource,
+    mut bound: impl FnMut(&sdp::Relaxation, usize) -> Result<Option<f64>>,
 ) -> Result<BoundReport> {
     let start = Instant::now();
     check_query(network, set, label, targets)?;
-    let pre = bounds::crown_and_ibp(network, set)?;
+    let rel = sdp::Relaxation::new(network, set, source)?;
+    let pre = &rel.pre;
     let mut out = Vec::with_capacity(targets.len());
     for &t in targets {
-        out.push((t, bound(&pre, t)?.unwrap_or(f64::NEG_INFINITY)));
+        out.push((t, bound(&rel, t)?.unwrap_or(f64::NEG_INFINITY)));
     }
     Ok(BoundReport {
         bounds: out,
@@ -169,7 +173,7 @@ propagation_verifier!(
 );
 
 /// The names accepted by [`by_name`].
-pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact", "sdp", "bm"];
+pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact", "sdp", "bm", "bm-full"];
 
 /// The verifier with the given command-line name.
 pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
@@ -180,8 +184,9 @@ pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
         "lp" | "lp-last" => Ok(Box::new(lp::Lp::default())),
         "lp-full" | "lp-all" => Ok(Box::new(lp::LpFull::default())),
         "exact" => Ok(Box::new(exact::Exact::default())),
-        "sdp" | "sdp-fo" => Ok(Box::new(sdp::SdpFo::default())),
+        "sdp" | "sdp-fo" => Ok(Box::new(sdp_fo::SdpFo::default())),
         "bm" => Ok(Box::new(bm::Bm::default())),
+        "bm-full" => Ok(Box::new(bm::Bm::full())),
         _ => Err(Error::InvalidArgument(format!("unknown method '{name}' (available: {}, pgd)", METHODS.join(", ")))),
     }
 }

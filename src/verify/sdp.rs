@@ -14,7 +14,16 @@
 //!      x_{k+1} >= 0                       (y_nonneg)
 //!      x_{k+1} - W_k x_k - b_k >= 0       (y_above)
 //!      x_{k+1} ⊙ (x_{k+1} - W_k x_k - b_k) = 0     (z, free)
+//!      (x_{k+1} - lo_{k+1})(hi_{k+1} - x_{k+1}) >= 0    (y_post: BM-Full's bound constraints)
+//!      s_{k+1} ⊙ (W_k x_k + b_k) + d_{k+1} - x_{k+1} >= 0  (y_cut: the triangle's upper side)
 //! ```
+//!
+//! The last two rows come from pre-activation bounds l <= W_k x_k + b_k <= u of any sound method
+//! ([`HiddenBoxes`]): lo = max(l, 0), hi = max(u, 0) are the post-activation bounds of Appendix
+//! A.2 (written there as elementwise balls, the same constraint), and the cut is the upper side of
+//! the triangle relaxation, so that the LP relaxation is the special case with zero quadratic
+//! multipliers: the SDP bound with these rows is never worse than the LP on the same bounds, and
+//! the LP (or CROWN) dual is a feasible starting point for SDP-FO.
 //!
 //! Its Lagrangian L(x; y, z) = f(x) - sum y g(x) + sum z h(x) is a quadratic form v^T M(y, z) v,
 //! and for every feasible x and every y >= 0, f(x) >= L. With S = M - z0 e0 e0^T (the slack
@@ -31,14 +40,15 @@
 //! The reported number is proven: M - z0 e0 e0^T - t I ⪰ 0 is checked by a shifted Cholesky that
 //! covers its own rounding and the rounding of M's entries ([`crate::linalg::psd`]), and R comes
 //! from interval bounds ([`proven_r2`]), never from a solver's solution.
+//!
+//! The optimizer of the multipliers is [`super::sdp_fo::SdpFo`] (re-exported here).
 
-use std::time::Instant;
+pub use super::sdp_fo::SdpFo;
 
 use faer::{Mat, MatRef, Side};
 use serde::{Deserialize, Serialize};
 
-use super::{BoundReport, Verifier};
-use crate::bounds::{self, PreActivationBounds, Propagation};
+use crate::bounds::{self, PreActivationBounds};
 use crate::error::{Error, Result};
 use crate::linalg::psd::{UNIT_ROUNDOFF, gamma, proves_psd};
 use crate::network::{Activation, Network};
@@ -60,6 +70,10 @@ pub struct Multipliers {
     pub nonneg: Vec<Vec<f64>>,
     /// Per hidden layer and neuron: x_{k+1} - W_k x_k - b_k >= 0.
     pub above: Vec<Vec<f64>>,
+    /// Per hidden layer and neuron: (x_{k+1} - lo)(hi - x_{k+1}) >= 0 (post-activation box).
+    pub post: Vec<Vec<f64>>,
+    /// Per hidden layer and neuron: s (W_k x_k + b_k) + d - x_{k+1} >= 0 (triangle upper side).
+    pub cut: Vec<Vec<f64>>,
     /// Per hidden layer and neuron (free): x_{k+1} (x_{k+1} - W_k x_k - b_k) = 0.
     pub relu: Vec<Vec<f64>>,
 }
@@ -76,6 +90,8 @@ impl Multipliers {
             upper: vec![0.0; n0],
             nonneg: hidden.iter().map(|&n| vec![0.0; n]).collect(),
             above: hidden.iter().map(|&n| vec![0.0; n]).collect(),
+            post: hidden.iter().map(|&n| vec![0.0; n]).collect(),
+            cut: hidden.iter().map(|&n| vec![0.0; n]).collect(),
             relu: hidden.iter().map(|&n| vec![relu; n]).collect(),
         }
     }
@@ -86,7 +102,7 @@ impl Multipliers {
         let ok = self.coord.len() == n0
             && self.lower.len() == n0
             && self.upper.len() == n0
-            && [&self.nonneg, &self.above, &self.relu]
+            && [&self.nonneg, &self.above, &self.post, &self.cut, &self.relu]
                 .iter()
                 .all(|v| v.len() == hidden.len() && v.iter().zip(&hidden).all(|(a, &n)| a.len() == n));
         let finite = std::iter::once(self.ball)
@@ -95,6 +111,8 @@ impl Multipliers {
             .chain(self.upper.iter().copied())
             .chain(self.nonneg.iter().flatten().copied())
             .chain(self.above.iter().flatten().copied())
+            .chain(self.post.iter().flatten().copied())
+            .chain(self.cut.iter().flatten().copied())
             .chain(self.relu.iter().flatten().copied())
             .all(f64::is_finite);
         if !ok {
@@ -119,7 +137,7 @@ fn offsets(net: &Network, set: &InputSet) -> Vec<usize> {
     off
 }
 
-fn check_network(net: &Network) -> Result<()> {
+pub(crate) fn check_network(net: &Network) -> Result<()> {
     let layers = net.layers();
     if layers[layers.len() - 1].activation() != Activation::Identity
         || layers[..layers.len() - 1].iter().any(|l| l.activation() != Activation::Relu)
@@ -175,10 +193,74 @@ impl Sink for BorderSink {
     }
 }
 
+/// Post-activation boxes lo <= x <= hi and triangle cuts x <= s z + d of the hidden ReLU neurons
+/// (z = W x + b their pre-activation), derived from sound pre-activation bounds l <= z <= u:
+/// lo = max(l, 0), hi = max(u, 0); s = u / (u - l), d >= -s l for unstable neurons (s = 1, d = 0
+/// for active, s = 0, d = 0 for inactive ones). d is rounded up so that s l + d >= 0 and
+/// s u + d >= u hold exactly for the stored floats: the cut is valid on [l, u] because
+/// max(z, 0) is convex and the line lies above it at both ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HiddenBoxes {
+    /// Post-activation lower bounds per hidden layer.
+    pub lo: Vec<Vec<f64>>,
+    /// Post-activation upper bounds per hidden layer (+inf when unknown: the box and the cut of
+    /// that neuron are then never used).
+    pub hi: Vec<Vec<f64>>,
+    /// Cut slopes s.
+    pub slope: Vec<Vec<f64>>,
+    /// Cut offsets d.
+    pub offset: Vec<Vec<f64>>,
+}
+
+impl HiddenBoxes {
+    /// The boxes and cuts of every hidden layer from pre-activation bounds of the same network.
+    pub fn new(net: &Network, pre: &PreActivationBounds) -> Result<Self> {
+        let layers = net.layers();
+        if pre.layers.len() != layers.len() || pre.layers.iter().zip(layers).any(|(iv, l)| iv.len() != l.output_size())
+        {
+            return Err(Error::InvalidArgument("pre-activation bounds do not match the network's layer sizes".into()));
+        }
+        let mut b = HiddenBoxes { lo: Vec::new(), hi: Vec::new(), slope: Vec::new(), offset: Vec::new() };
+        for iv in &pre.layers[..layers.len() - 1] {
+            let n = iv.len();
+            let (mut lo, mut hi, mut s, mut d) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            for j in 0..n {
+                let (l, u) = (iv.lower[j], iv.upper[j]);
+                if !(l.is_finite() && u.is_finite() && l <= u) {
+                    lo[j] = 0.0;
+                    hi[j] = f64::INFINITY;
+                    continue;
+                }
+                lo[j] = l.max(0.0);
+                hi[j] = u.max(0.0);
+                if l >= 0.0 {
+                    s[j] = 1.0;
+                } else if u > 0.0 {
+                    let sj = u / (u - l);
+                    let raw = (-sj * l).max(u - sj * u);
+                    s[j] = sj;
+                    d[j] = raw + 8.0 * UNIT_ROUNDOFF * ((sj * l).abs() + u + sj * u) + f64::MIN_POSITIVE;
+                }
+            }
+            b.lo.push(lo);
+            b.hi.push(hi);
+            b.slope.push(s);
+            b.offset.push(d);
+        }
+        Ok(b)
+    }
+
+    /// Whether neuron j of hidden layer k has a usable (finite) box.
+    fn usable(&self, k: usize, j: usize) -> bool {
+        self.hi[k][j].is_finite()
+    }
+}
+
 /// Adds every term of the Lagrangian L = f - sum y g + sum z h to `sink`.
 fn assemble(
     net: &Network,
     set: &InputSet,
+    boxes: &HiddenBoxes,
     label: usize,
     target: usize,
     mult: &Multipliers,
@@ -188,6 +270,9 @@ fn assemble(
     net.check_label(label)?;
     net.check_label(target)?;
     mult.check_shape(net, set)?;
+    if boxes.lo.len() + 1 != net.layers().len() {
+        return Err(Error::InvalidArgument("hidden boxes do not match the network".into()));
+    }
     let off = offsets(net, set);
     let pos = |v: f64| v.max(0.0);
     let layers = net.layers();
@@ -205,7 +290,8 @@ fn assemble(
     let yb = if set.norm() == Norm::L2 { pos(mult.ball) } else { 0.0 };
     if yb > 0.0 {
         let c2: f64 = c.iter().map(|v| v * v).sum();
-        sink.cross(0, 0, yb * (c2 - set.eps() * set.eps()));
+        sink.cross(0, 0, yb * c2);
+        sink.cross(0, 0, -yb * (set.eps() * set.eps()));
         for i in 0..c.len() {
             sink.cross(1 + i, 1 + i, yb);
             sink.cross(0, 1 + i, -2.0 * yb * c[i]);
@@ -234,14 +320,33 @@ fn assemble(
         let b = layers[k].bias();
         for j in 0..w.nrows() {
             let (y1, y2, z) = (pos(mult.nonneg[k][j]), pos(mult.above[k][j]), mult.relu[k][j]);
-            sink.cross(0, q + j, -y1 - y2 - z * b[j]);
+            let (yp, yc) = if boxes.usable(k, j) { (pos(mult.post[k][j]), pos(mult.cut[k][j])) } else { (0.0, 0.0) };
+            let (blo, bhi, s, d) = (boxes.lo[k][j], boxes.hi[k][j], boxes.slope[k][j], boxes.offset[k][j]);
+            // One term per product: the dense sink's rounding bound sums their absolute values.
+            sink.cross(0, q + j, -y1);
+            sink.cross(0, q + j, -y2);
+            sink.cross(0, q + j, -z * b[j]);
             sink.cross(0, 0, y2 * b[j]);
             sink.cross(q + j, q + j, z);
+            if yp > 0.0 {
+                sink.cross(q + j, q + j, yp);
+                sink.cross(0, q + j, -yp * (blo + bhi));
+                sink.cross(0, 0, yp * blo * bhi);
+            }
+            let ycs = yc * s;
+            if yc > 0.0 {
+                sink.cross(0, q + j, yc);
+                sink.cross(0, 0, -ycs * b[j]);
+                sink.cross(0, 0, -yc * d);
+            }
             for i in 0..w.ncols() {
                 let wji = w[(j, i)];
                 if wji != 0.0 {
                     if y2 != 0.0 {
                         sink.cross(0, p + i, y2 * wji);
+                    }
+                    if ycs != 0.0 {
+                        sink.cross(0, p + i, -ycs * wji);
                     }
                     if z != 0.0 {
                         sink.cross(q + j, p + i, -z * wji);
@@ -258,13 +363,14 @@ fn assemble(
 pub fn lagrangian_matrix(
     net: &Network,
     set: &InputSet,
+    boxes: &HiddenBoxes,
     label: usize,
     target: usize,
     mult: &Multipliers,
 ) -> Result<(Mat<f64>, f64)> {
     let n = 1 + set.dim() + net.hidden_neurons();
     let mut sink = DenseSink { m: Mat::zeros(n, n), a: Mat::zeros(n, n) };
-    assemble(net, set, label, target, mult, &mut sink)?;
+    assemble(net, set, boxes, label, target, mult, &mut sink)?;
     let layers = net.layers();
     let width = layers.iter().map(|l| l.output_size().max(l.input_size())).max().unwrap_or(1);
     let err = gamma(width + 16) * sink.a.norm_l2();
@@ -374,6 +480,8 @@ pub fn certified_bound(m: MatRef<'_, f64>, r2: f64, err: f64) -> Option<Spectral
 /// from scratch by [`Certificate::check`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Certificate {
+    /// Which pre-activation bounds define the hidden boxes and cuts (and R).
+    pub bounds: BoundSource,
     /// The label.
     pub label: usize,
     /// The target class c.
@@ -396,9 +504,9 @@ impl Certificate {
     /// certificate is rejected (a claimed bound above what the data prove, an R^2 below the proven
     /// one with t < 0, or a matrix that is not PSD at the claimed shift).
     pub fn check(&self, net: &Network, set: &InputSet) -> Result<f64> {
-        let (m, err) = lagrangian_matrix(net, set, self.label, self.target, &self.multipliers)?;
-        let pre = bounds::pre_activation_bounds(net, set, Propagation::Crown)?;
-        let r2 = proven_r2(net, set, &pre);
+        let rel = Relaxation::new(net, set, self.bounds)?;
+        let (m, err) = lagrangian_matrix(net, set, &rel.boxes, self.label, self.target, &self.multipliers)?;
+        let r2 = rel.r2;
         if self.t > 0.0 || !self.t.is_finite() || !self.z0.is_finite() {
             return Err(Error::InvalidArgument(format!("certificate rejected: t = {} must be <= 0", self.t)));
         }
@@ -418,49 +526,99 @@ impl Certificate {
     }
 }
 
-/// The proven bound of Proposition 3.1 for given multipliers, as a certificate.
+/// Where the pre-activation bounds of a [`Relaxation`] come from. A certificate names it, so that
+/// [`Certificate::check`] can recompute the same bounds from scratch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoundSource {
+    /// CROWN's bounds intersected with IBP's ([`bounds::crown_and_ibp`]): fast.
+    #[default]
+    CrownIbp,
+    /// LP-Full's bounds ([`super::lp::lp_full_bounds`], default settings): what the paper's
+    /// BM-Full uses; one LP per unstable neuron.
+    LpFull,
+}
+
+impl BoundSource {
+    /// The pre-activation bounds of this source.
+    pub fn compute(self, net: &Network, set: &InputSet) -> Result<PreActivationBounds> {
+        match self {
+            BoundSource::CrownIbp => bounds::crown_and_ibp(net, set),
+            BoundSource::LpFull => {
+                let (mut pre, _) = super::lp::lp_full_bounds(net, set, &crate::bounds::lp::LpSettings::default())?;
+                for (a, b) in pre.layers.iter_mut().zip(&bounds::interval::ibp(net, set).layers) {
+                    a.intersect(b);
+                }
+                Ok(pre)
+            }
+        }
+    }
+}
+
+/// Everything about one image's relaxation that does not depend on the target: the
+/// pre-activation bounds, the hidden boxes and cuts built from them, and the proven R^2.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Relaxation {
+    /// Where `pre` came from.
+    pub source: BoundSource,
+    /// Pre-activation bounds of every layer.
+    pub pre: PreActivationBounds,
+    /// Hidden boxes and cuts from `pre`.
+    pub boxes: HiddenBoxes,
+    /// Proven R^2 ([`proven_r2`]).
+    pub r2: f64,
+}
+
+impl Relaxation {
+    /// Computes the bounds of `source` and everything derived from them.
+    pub fn new(net: &Network, set: &InputSet, source: BoundSource) -> Result<Self> {
+        check_network(net)?;
+        super::check_query(net, set, 0, &[])?;
+        let pre = source.compute(net, set)?;
+        Self::from_bounds(net, set, source, pre)
+    }
+
+    /// From pre-activation bounds already computed by `source` (they must be sound for `set`;
+    /// a certificate built on them is checked against a fresh computation).
+    pub fn from_bounds(net: &Network, set: &InputSet, source: BoundSource, pre: PreActivationBounds) -> Result<Self> {
+        check_network(net)?;
+        let boxes = HiddenBoxes::new(net, &pre)?;
+        let r2 = proven_r2(net, set, &pre);
+        Ok(Relaxation { source, pre, boxes, r2 })
+    }
+}
+
+/// The proven bound of Proposition 3.1 for given multipliers, as a certificate, with the Schur
+/// point of the bound (the minimizer of the relaxation's Lagrangian).
 pub fn bound_from_multipliers(
     net: &Network,
     set: &InputSet,
-    pre: &PreActivationBounds,
+    rel: &Relaxation,
     label: usize,
     target: usize,
     mult: &Multipliers,
 ) -> Result<Option<(Certificate, Vec<f64>)>> {
-    let (m, err) = lagrangian_matrix(net, set, label, target, mult)?;
-    let r2 = proven_r2(net, set, pre);
+    let (m, err) = lagrangian_matrix(net, set, &rel.boxes, label, target, mult)?;
+    let r2 = rel.r2;
     Ok(certified_bound(m.as_ref(), r2, err).map(|sb| {
-        (Certificate { label, target, multipliers: mult.clone(), r2, t: sb.t, z0: sb.z0, bound: sb.bound }, sb.point)
+        let cert = Certificate {
+            bounds: rel.source,
+            label,
+            target,
+            multipliers: mult.clone(),
+            r2,
+            t: sb.t,
+            z0: sb.z0,
+            bound: sb.bound,
+        };
+        (cert, sb.point)
     }))
 }
 
-/// SDP-FO: projected supergradient ascent on the multipliers (Adam steps), then the proven bound.
-///
-/// The objective F(y, z) = max over t of the Schur form is concave in (y, z) (a pointwise minimum
-/// of affine functions of the multipliers), and its supergradient with respect to each multiplier
-/// is the value of that multiplier's constraint term at the Schur point x = -(Q - tI)^{-1} m
-/// (Danskin): -g(x) for an inequality, h(x) for an equality. Dense eigendecompositions make each
-/// step O(n^3): meant for small networks (the BM-r verifier handles the large ones).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SdpFo {
-    /// Ascent steps (default 300).
-    pub iterations: usize,
-    /// Adam step size (default 0.05).
-    pub step: f64,
-    /// Wall-clock budget per target in seconds (default 10).
-    pub time_limit: f64,
-    /// Refuse networks with more than this many variables (default 400): dense O(n^3) steps.
-    pub max_vars: usize,
-}
-
-impl Default for SdpFo {
-    fn default() -> Self {
-        Self { iterations: 300, step: 0.05, time_limit: 10.0, max_vars: 400 }
-    }
-}
-
-/// The constraint terms at a point x (the supergradient of F), in the layout of [`Multipliers`].
-fn constraint_terms(net: &Network, set: &InputSet, x: &[f64]) -> Multipliers {
+/// The constraint terms at a point x (the supergradient of the dual function at the multipliers
+/// whose Lagrangian x minimizes), in the layout of [`Multipliers`]: -g(x) for each inequality
+/// g >= 0, h(x) for each equality.
+pub(crate) fn constraint_terms(net: &Network, set: &InputSet, boxes: &HiddenBoxes, x: &[f64]) -> Multipliers {
     let n0 = set.dim();
     let (lo, hi) = set.bounding_box();
     let c = set.center();
@@ -473,18 +631,31 @@ fn constraint_terms(net: &Network, set: &InputSet, x: &[f64]) -> Multipliers {
         upper: (0..n0).map(|i| -(hi[i] - x0[i])).collect(),
         nonneg: Vec::new(),
         above: Vec::new(),
+        post: Vec::new(),
+        cut: Vec::new(),
         relu: Vec::new(),
     };
     let layers = net.layers();
     let mut start = 0;
     let mut next = n0;
-    for layer in &layers[..layers.len() - 1] {
+    for (k, layer) in layers[..layers.len() - 1].iter().enumerate() {
         let xin = &x[start..start + layer.input_size()];
         let xout = &x[next..next + layer.output_size()];
         let z = crate::linalg::mat_vec(layer.weight(), xin);
         let pre: Vec<f64> = z.iter().zip(layer.bias()).map(|(a, b)| a + b).collect();
+        let usable = |j: usize| boxes.usable(k, j);
         g.nonneg.push(xout.iter().map(|v| -v).collect());
         g.above.push(xout.iter().zip(&pre).map(|(o, p)| -(o - p)).collect());
+        g.post.push(
+            (0..xout.len())
+                .map(|j| if usable(j) { -((xout[j] - boxes.lo[k][j]) * (boxes.hi[k][j] - xout[j])) } else { 0.0 })
+                .collect(),
+        );
+        g.cut.push(
+            (0..xout.len())
+                .map(|j| if usable(j) { -(boxes.slope[k][j] * pre[j] + boxes.offset[k][j] - xout[j]) } else { 0.0 })
+                .collect(),
+        );
         g.relu.push(xout.iter().zip(&pre).map(|(o, p)| o * (o - p)).collect());
         start = next;
         next += layer.output_size();
@@ -492,12 +663,14 @@ fn constraint_terms(net: &Network, set: &InputSet, x: &[f64]) -> Multipliers {
     g
 }
 
+/// The multipliers as one vector: the inequality multipliers first, the free ReLU multipliers
+/// z last (so the first `len - relu count` entries are the ones projected onto >= 0).
 pub(crate) fn flatten(m: &Multipliers) -> Vec<f64> {
     let mut v = vec![m.ball];
     v.extend(&m.coord);
     v.extend(&m.lower);
     v.extend(&m.upper);
-    for part in [&m.nonneg, &m.above, &m.relu] {
+    for part in [&m.nonneg, &m.above, &m.post, &m.cut, &m.relu] {
         for layer in part {
             v.extend(layer);
         }
@@ -505,6 +678,7 @@ pub(crate) fn flatten(m: &Multipliers) -> Vec<f64> {
     v
 }
 
+/// The inverse of [`flatten`], with the layer sizes of `like`.
 pub(crate) fn unflatten(v: &[f64], like: &Multipliers) -> Multipliers {
     let mut it = v.iter().copied();
     let mut take = |n: usize| -> Vec<f64> { (&mut it).take(n).collect() };
@@ -515,97 +689,15 @@ pub(crate) fn unflatten(v: &[f64], like: &Multipliers) -> Multipliers {
     let mut grab = |part: &Vec<Vec<f64>>| part.iter().map(|l| take(l.len())).collect::<Vec<_>>();
     let nonneg = grab(&like.nonneg);
     let above = grab(&like.above);
+    let post = grab(&like.post);
+    let cut = grab(&like.cut);
     let relu = grab(&like.relu);
-    Multipliers { ball, coord, lower, upper, nonneg, above, relu }
+    Multipliers { ball, coord, lower, upper, nonneg, above, post, cut, relu }
 }
 
-impl SdpFo {
-    /// Optimizes the multipliers for one target and returns the proven certificate (or None when
-    /// no bound could be proven, e.g. non-finite data).
-    pub fn certify_target(
-        &self,
-        net: &Network,
-        set: &InputSet,
-        pre: &PreActivationBounds,
-        label: usize,
-        target: usize,
-    ) -> Result<Option<Certificate>> {
-        self.certify_from(net, set, pre, label, target, None)
-    }
-
-    /// [`SdpFo::certify_target`] starting from given multipliers (e.g. BM-r's, to polish them).
-    pub fn certify_from(
-        &self,
-        net: &Network,
-        set: &InputSet,
-        pre: &PreActivationBounds,
-        label: usize,
-        target: usize,
-        start_from: Option<&Multipliers>,
-    ) -> Result<Option<Certificate>> {
-        check_network(net)?;
-        let vars = 1 + set.dim() + net.hidden_neurons();
-        if vars > self.max_vars {
-            return Err(Error::Unsupported(format!(
-                "SDP-FO's dense steps are limited to {} variables; this problem has {vars}",
-                self.max_vars
-            )));
-        }
-        let start = Instant::now();
-        let r2 = proven_r2(net, set, pre);
-        let mut mult = match start_from {
-            Some(m) => {
-                m.check_shape(net, set)?;
-                m.clone()
-            }
-            None => Multipliers::initial(net, set, 1.0),
-        };
-        // Which entries are inequality multipliers (projected onto >= 0).
-        let template = flatten(&mult);
-        let n_ineq = template.len() - mult.relu.iter().map(Vec::len).sum::<usize>();
-        let mut theta = template;
-        let (mut m1, mut m2) = (vec![0.0; theta.len()], vec![0.0; theta.len()]);
-        let mut best: Option<(f64, Vec<f64>)> = None;
-        for it in 0..self.iterations {
-            if start.elapsed().as_secs_f64() > self.time_limit {
-                break;
-            }
-            mult = unflatten(&theta, &mult);
-            let (m, _) = lagrangian_matrix(net, set, label, target, &mult)?;
-            let Some((t, z0, x)) = schur_optimum(m.as_ref(), r2) else { break };
-            let value = z0 + r2 * t;
-            if best.as_ref().is_none_or(|b| value > b.0) {
-                best = Some((value, theta.clone()));
-            }
-            let g = flatten(&constraint_terms(net, set, &x));
-            let k = (it + 1) as i32;
-            for i in 0..theta.len() {
-                let gi = if g[i].is_finite() { g[i] } else { 0.0 };
-                m1[i] = 0.9 * m1[i] + 0.1 * gi;
-                m2[i] = 0.999 * m2[i] + 0.001 * gi * gi;
-                let mh = m1[i] / (1.0 - 0.9f64.powi(k));
-                let vh = m2[i] / (1.0 - 0.999f64.powi(k));
-                theta[i] += self.step * mh / (vh.sqrt() + 1e-12);
-                if i < n_ineq && theta[i] < 0.0 {
-                    theta[i] = 0.0;
-                }
-            }
-        }
-        let Some((_, theta)) = best else { return Ok(None) };
-        let mult = unflatten(&theta, &mult);
-        Ok(bound_from_multipliers(net, set, pre, label, target, &mult)?.map(|(c, _)| c))
-    }
-}
-
-impl Verifier for SdpFo {
-    fn name(&self) -> &'static str {
-        "sdp"
-    }
-    fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        super::per_target_report(network, set, label, targets, |pre, t| {
-            self.certify_target(network, set, pre, label, t).map(|c| c.map(|c| c.bound))
-        })
-    }
+/// The number of inequality multipliers in [`flatten`]'s layout.
+pub(crate) fn inequality_count(m: &Multipliers) -> usize {
+    flatten(m).len() - m.relu.iter().map(Vec::len).sum::<usize>()
 }
 
 /// S(y, z) = M(y, z) - z0 e0 e0^T as a matrix-free operator: the Lagrangian matrix is bordered
@@ -613,15 +705,15 @@ impl Verifier for SdpFo {
 /// product costs two products with each W_k (it never forms them densely).
 #[derive(Clone, Debug)]
 pub struct SlackOperator<'a> {
-    net: &'a Network,
+    pub(crate) net: &'a Network,
     /// Block offsets in v (as [`offsets`]).
-    off: Vec<usize>,
-    /// First row/column of M (m00 - z0 at index 0).
-    border: Vec<f64>,
-    /// Diagonal of M (excluding index 0).
-    diag: Vec<f64>,
+    pub(crate) off: Vec<usize>,
+    /// First row/column of M (index 0 unused).
+    pub(crate) border: Vec<f64>,
+    /// Diagonal of M (m00 - z0 at index 0).
+    pub(crate) diag: Vec<f64>,
     /// z per hidden layer.
-    relu: Vec<Vec<f64>>,
+    pub(crate) relu: Vec<Vec<f64>>,
 }
 
 impl<'a> SlackOperator<'a> {
@@ -630,6 +722,7 @@ impl<'a> SlackOperator<'a> {
     pub fn new(
         net: &'a Network,
         set: &InputSet,
+        boxes: &HiddenBoxes,
         label: usize,
         target: usize,
         mult: &Multipliers,
@@ -637,7 +730,7 @@ impl<'a> SlackOperator<'a> {
     ) -> Result<Self> {
         let n = 1 + set.dim() + net.hidden_neurons();
         let mut sink = BorderSink { border: vec![0.0; n], diag: vec![0.0; n] };
-        let off = assemble(net, set, label, target, mult, &mut sink)?;
+        let off = assemble(net, set, boxes, label, target, mult, &mut sink)?;
         let BorderSink { border, mut diag } = sink;
         diag[0] -= z0;
         Ok(SlackOperator { net, off, border, diag, relu: mult.relu.clone() })

@@ -17,8 +17,7 @@ use clarabel::algebra::CscMatrix;
 use clarabel::solver::{DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus, SupportedConeT};
 use faer::Mat;
 
-use super::sdp::{Multipliers, flatten, lagrangian_matrix, proven_r2, unflatten};
-use crate::bounds::PreActivationBounds;
+use super::sdp::{Multipliers, Relaxation, flatten, lagrangian_matrix, unflatten};
 use crate::error::{Error, Result};
 use crate::network::Network;
 use crate::spec::InputSet;
@@ -34,13 +33,11 @@ pub struct ReferenceSdp {
 
 fn flat_len(m: &Multipliers) -> (usize, usize) {
     let n_eq: usize = m.relu.iter().map(Vec::len).sum();
-    let total =
-        1 + m.coord.len() + m.lower.len() + m.upper.len() + 2 * m.nonneg.iter().map(Vec::len).sum::<usize>() + n_eq;
-    (total, n_eq)
+    (flatten(m).len(), n_eq)
 }
 
 /// A multiplier set with a single entry (in flatten order: ball, coord, lower, upper, nonneg,
-/// above, relu) set to 1.
+/// above, post, cut, relu) set to 1.
 fn one_hot(like: &Multipliers, index: usize) -> Multipliers {
     let mut v = vec![0.0; flatten(like).len()];
     v[index] = 1.0;
@@ -63,7 +60,7 @@ fn coefficients(g: &Mat<f64>) -> Vec<f64> {
 pub fn reference_sdp(
     net: &Network,
     set: &InputSet,
-    pre: &PreActivationBounds,
+    rel: &Relaxation,
     label: usize,
     target: usize,
 ) -> Result<ReferenceSdp> {
@@ -73,7 +70,7 @@ pub fn reference_sdp(
         m.coord.iter_mut().for_each(|v| *v = 0.0);
         m
     };
-    let (f, _) = lagrangian_matrix(net, set, label, target, &zero)?;
+    let (f, _) = lagrangian_matrix(net, set, &rel.boxes, label, target, &zero)?;
     let n = f.nrows();
     if n > 60 {
         return Err(Error::Unsupported(format!("the reference SDP is for small networks; this one has n = {n}")));
@@ -88,7 +85,7 @@ pub fn reference_sdp(
     e00[0] = 1.0;
     eq_rows.push((e00, 1.0));
     for i in 0..total {
-        let (m, _) = lagrangian_matrix(net, set, label, target, &one_hot(&zero, i))?;
+        let (m, _) = lagrangian_matrix(net, set, &rel.boxes, label, target, &one_hot(&zero, i))?;
         let g = Mat::from_fn(n, n, |a, b| m[(a, b)] - f[(a, b)]);
         let c = coefficients(&g);
         if c.iter().all(|v| *v == 0.0) {
@@ -102,7 +99,7 @@ pub fn reference_sdp(
         }
     }
     // tr(X) <= R^2.
-    let r2 = proven_r2(net, set, pre);
+    let r2 = rel.r2;
     let mut tr = vec![0.0; nv];
     let mut idx = 0;
     for col in 0..n {
