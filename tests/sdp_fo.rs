@@ -102,3 +102,44 @@ fn sdp_fo_starts_at_crown_and_stays_sound() {
     eprintln!("SDP-FO above CROWN by > 1e-3 on {improved} of {}", cases.len());
     assert!(improved >= 5, "SDP-FO improved on CROWN only {improved} times");
 }
+
+/// The triangle cut x <= s z + d of every unstable neuron holds at both ends of [l, u] for the
+/// stored floats (checked with a fused multiply-add, one rounding, which is monotone), also for
+/// extreme intervals; the box is [max(l, 0), max(u, 0)].
+#[test]
+fn hidden_cuts_are_valid_for_the_stored_floats() {
+    use nncert::bounds::{Interval, PreActivationBounds};
+    use nncert::verify::sdp::HiddenBoxes;
+    let mut rng = StdRng::seed_from_u64(5);
+    let net = common::random_network(1, &[3, 400, 2], nncert::Activation::Relu);
+    for round in 0..50 {
+        let mut lower = Vec::new();
+        let mut upper = Vec::new();
+        for j in 0..400 {
+            let scale = 10f64.powi(rng.random_range(-12..6));
+            let (a, b) = (rng.random::<f64>() - 0.5, rng.random::<f64>() - 0.5);
+            let (l, u) = if j % 50 == 0 { (-scale, scale * 1e-15) } else { ((a.min(b)) * scale, a.max(b) * scale) };
+            lower.push(l);
+            upper.push(u);
+        }
+        let pre = PreActivationBounds {
+            layers: vec![
+                Interval { lower: lower.clone(), upper: upper.clone() },
+                Interval { lower: vec![0.0; 2], upper: vec![1.0; 2] },
+            ],
+        };
+        let boxes = HiddenBoxes::new(&net, &pre).unwrap();
+        for j in 0..400 {
+            let (l, u, s, d) = (lower[j], upper[j], boxes.slope[0][j], boxes.offset[0][j]);
+            assert!(s.mul_add(l, d) >= 0.0, "round {round} neuron {j}: cut below 0 at l = {l}");
+            assert!(s.mul_add(u, d) >= u.max(0.0), "round {round} neuron {j}: cut below u = {u}");
+            assert_eq!(boxes.lo[0][j], l.max(0.0));
+            assert_eq!(boxes.hi[0][j], u.max(0.0));
+            if l < 0.0 && u > 0.0 {
+                // Not vacuous: the cut is the triangle's upper side up to rounding.
+                let exact_d = -u * l / (u - l);
+                assert!(d <= exact_d + 1e-12 * (exact_d.abs() + u), "neuron {j}: d {d} far above {exact_d}");
+            }
+        }
+    }
+}

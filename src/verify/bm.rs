@@ -470,6 +470,7 @@ impl Bm {
                 time_limit: (self.time_limit - start.elapsed().as_secs_f64()).max(1.0),
                 stop_when_positive: self.stop_when_positive,
                 bounds: self.bounds,
+                ..Default::default()
             };
             if let Some(c) = fo.run(net, set, rel, label, target, Some(&b.multipliers))?.certificate
                 && c.bound > b.bound

@@ -45,6 +45,7 @@ use super::sdp::{
     constraint_terms, flatten, inequality_count, unflatten,
 };
 use super::{BoundReport, Verifier};
+use crate::bounds::Propagation;
 use crate::error::Result;
 use crate::network::Network;
 use crate::spec::{InputSet, Norm};
@@ -241,11 +242,22 @@ pub struct SdpFo {
     pub stop_when_positive: bool,
     /// Where the hidden boxes come from (default CROWN ∩ IBP).
     pub bounds: BoundSource,
+    /// Quadratic box multipliers of the starting point, as a cost per box: each box's multiplier
+    /// is floor / r^2 (r its half-width, capped at 1), so the start is at most floor per box below
+    /// CROWN (default 1e-4).
+    pub box_floor: f64,
 }
 
 impl Default for SdpFo {
     fn default() -> Self {
-        Self { iterations: 400, step: 1e-3, time_limit: 20.0, stop_when_positive: true, bounds: BoundSource::CrownIbp }
+        Self {
+            iterations: 400,
+            step: 1e-3,
+            time_limit: 20.0,
+            stop_when_positive: true,
+            bounds: BoundSource::CrownIbp,
+            box_floor: 1e-4,
+        }
     }
 }
 
@@ -290,7 +302,7 @@ impl SdpFo {
         let clock = Instant::now();
         let mult0 = match start {
             Some(m) => m.clone(),
-            None => backward_multipliers(net, set, rel, label, target, 1e-4),
+            None => backward_multipliers(net, set, rel, label, target, self.box_floor),
         };
         let n_ineq = inequality_count(&mult0);
         // Variables: (tau, y, z); tau and y are bounded below by zero. Minimize -g.
@@ -351,7 +363,10 @@ impl Verifier for SdpFo {
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
         super::per_target_report(network, set, label, targets, self.bounds, |rel, t| {
-            self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound))
+            // CROWN on the same pre-activation bounds is also sound: report the better of the two.
+            let crown = crate::bounds::margin_lower_bounds(network, set, &rel.pre, Propagation::Crown, label, &[t])?[0];
+            let fo = self.certify_target(network, set, rel, label, t)?.map_or(f64::NEG_INFINITY, |c| c.bound);
+            Ok(Some(fo.max(crown)))
         })
     }
 }
