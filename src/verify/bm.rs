@@ -152,7 +152,7 @@ fn values(
         let b = layer.bias();
         nonneg.push((0..n_out).map(|j| u(q + j)).collect());
         above.push((0..n_out).map(|j| u(q + j) - wy[(j, 0)] - b[j]).collect());
-        let usable = |j: usize| boxes.hi[k][j].is_finite();
+        let usable = |j: usize| boxes.usable(k, j);
         post.push(
             (0..n_out)
                 .map(|j| {

@@ -251,7 +251,7 @@ impl HiddenBoxes {
     }
 
     /// Whether neuron j of hidden layer k has a usable (finite) box.
-    fn usable(&self, k: usize, j: usize) -> bool {
+    pub(crate) fn usable(&self, k: usize, j: usize) -> bool {
         self.hi[k][j].is_finite()
     }
 }
@@ -481,6 +481,7 @@ pub fn certified_bound(m: MatRef<'_, f64>, r2: f64, err: f64) -> Option<Spectral
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Certificate {
     /// Which pre-activation bounds define the hidden boxes and cuts (and R).
+    #[serde(default)]
     pub bounds: BoundSource,
     /// The label.
     pub label: usize,

@@ -155,7 +155,7 @@ pub fn backward_multipliers(
         let mut coef = vec![0.0; a.len()];
         for j in 0..a.len() {
             let (l, u, aj) = (iv.lower[j], iv.upper[j], a[j]);
-            let usable = rel.boxes.hi[k][j].is_finite();
+            let usable = rel.boxes.usable(k, j);
             if aj >= 0.0 {
                 let alpha = if l >= 0.0 {
                     1.0
