@@ -27,7 +27,7 @@ const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/models/di
 #[derive(Parser, Debug)]
 #[command(about = "Certify the robustness of a network on a set of images")]
 struct Args {
-    /// Model file (JSON model format). Default: the bundled digits ReLU model.
+    /// Model file: the JSON model format, or ONNX (by the .onnx extension). Default: the bundled digits ReLU model.
     #[arg(long)]
     model: Option<PathBuf>,
     /// IDX images (optionally .gz). Default: the bundled digits test split.
@@ -89,7 +89,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
     }
     let model_path = args.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
-    let net = nncert::io::load_model(&model_path)?;
+    let net = nncert::io::load_network(&model_path)?;
     let norm: Norm = args.norm.parse()?;
     if !args.eps.is_finite() || args.eps < 0.0 {
         return Err(Box::new(nncert::Error::InvalidRadius(args.eps)));

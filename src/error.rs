@@ -110,6 +110,19 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// An ONNX node the importer cannot translate (an unsupported operator or attribute, or a graph
+    /// that is not a chain).
+    #[error("ONNX node {index} ('{name}', {op_type}): {detail}")]
+    OnnxNode {
+        /// Position of the node in the graph.
+        index: usize,
+        /// The node's name (may be empty).
+        name: String,
+        /// The node's operator.
+        op_type: String,
+        /// What is not supported.
+        detail: String,
+    },
     /// A request the library understands but does not support (e.g. an activation a method cannot bound).
     #[error("unsupported: {0}")]
     Unsupported(String),

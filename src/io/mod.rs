@@ -1,10 +1,20 @@
-//! File formats: the JSON model format and IDX image/label files (docs/formats.md).
+//! File formats: the JSON model format, ONNX models, and IDX image/label files (docs/formats.md).
 
 pub mod idx;
 pub mod json;
+pub mod onnx;
+pub mod onnx_proto;
 
 pub use idx::{IdxArray, parse_idx, read_idx, read_idx_images, read_idx_labels};
 pub use json::{load_model, model_from_json, model_to_json, save_model};
+pub use onnx::{load_onnx, onnx_from_bytes};
+
+/// Loads a network by file extension: `.onnx` through [`load_onnx`], anything else as the JSON
+/// model format ([`load_model`]).
+pub fn load_network(path: impl AsRef<Path>) -> Result<crate::network::Network> {
+    let path = path.as_ref();
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) { load_onnx(path) } else { load_model(path) }
+}
 
 use std::path::Path;
 
