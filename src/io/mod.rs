@@ -1,13 +1,18 @@
-//! File formats: the JSON model format, ONNX models, and IDX image/label files (docs/formats.md).
+//! File formats: the JSON model format, ONNX models, ACAS Xu `.nnet` files, VNN-LIB properties, and
+//! IDX image/label files (docs/formats.md).
 
 pub mod idx;
 pub mod json;
+pub mod nnet;
 pub mod onnx;
 pub mod onnx_proto;
+pub mod vnnlib;
 
 pub use idx::{IdxArray, parse_idx, read_idx, read_idx_images, read_idx_labels};
 pub use json::{load_model, model_from_json, model_to_json, save_model};
+pub use nnet::{NnetModel, load_nnet, nnet_from_str};
 pub use onnx::{load_onnx, onnx_from_bytes};
+pub use vnnlib::{Property, load_vnnlib, vnnlib_from_str};
 
 /// Loads a network by file extension: `.onnx` through [`load_onnx`], anything else as the JSON
 /// model format ([`load_model`]).

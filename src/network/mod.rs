@@ -248,9 +248,36 @@ impl Network {
         h
     }
 
+    /// The value c^T f(x) of a linear function of the outputs and its input gradient.
+    pub fn spec_gradient(&self, x: &[f64], c: &[f64]) -> Result<(f64, Vec<f64>)> {
+        self.check_input(x)?;
+        if c.len() != self.num_classes() {
+            return Err(Error::InvalidArgument(format!(
+                "the output specification has {} coefficients, the network {} outputs",
+                c.len(),
+                self.num_classes()
+            )));
+        }
+        let xm = Mat::from_fn(x.len(), 1, |i, _| x[i]);
+        let cm = Mat::from_fn(c.len(), 1, |i, _| c[i]);
+        let (vals, grads) = self.spec_gradients_batch(xm.as_ref(), cm.as_ref());
+        Ok((vals[0], grads.col(0).iter().copied().collect()))
+    }
+
     /// For each column j of `x`, the margin f(x_j)\[l_j\] - f(x_j)\[t_j\] and its input gradient
     /// (column j of the returned matrix), where `pairs[j] = (l_j, t_j)`.
     pub(crate) fn margin_gradients_batch(&self, x: MatRef<'_, f64>, pairs: &[(usize, usize)]) -> (Vec<f64>, Mat<f64>) {
+        let mut c = Mat::<f64>::zeros(self.num_classes(), pairs.len());
+        for (j, &(l, t)) in pairs.iter().enumerate() {
+            c[(l, j)] += 1.0;
+            c[(t, j)] -= 1.0;
+        }
+        self.spec_gradients_batch(x, c.as_ref())
+    }
+
+    /// For each column j of `x` and of `c` (outputs x columns), c_j^T f(x_j) and its input gradient
+    /// (column j of the returned matrix), by backpropagation.
+    pub(crate) fn spec_gradients_batch(&self, x: MatRef<'_, f64>, c: MatRef<'_, f64>) -> (Vec<f64>, Mat<f64>) {
         // (pre-activation, post-activation) of every layer.
         let mut cache: Vec<(Mat<f64>, Mat<f64>)> = Vec::with_capacity(self.layers.len());
         let mut h = x.to_owned();
@@ -261,12 +288,8 @@ impl Network {
             h = a.clone();
             cache.push((z, a));
         }
-        let values = pairs.iter().enumerate().map(|(j, &(l, t))| h[(l, j)] - h[(t, j)]).collect();
-        let mut g = Mat::<f64>::zeros(self.num_classes(), pairs.len());
-        for (j, &(l, t)) in pairs.iter().enumerate() {
-            g[(l, j)] += 1.0;
-            g[(t, j)] -= 1.0;
-        }
+        let values = (0..c.ncols()).map(|j| (0..c.nrows()).map(|i| c[(i, j)] * h[(i, j)]).sum()).collect();
+        let mut g = c.to_owned();
         for (layer, (z, a)) in self.layers.iter().zip(&cache).rev() {
             if layer.activation != Activation::Identity {
                 for j in 0..g.ncols() {

@@ -24,25 +24,37 @@ pub fn margin_lp_bounds(
     targets: &[usize],
     settings: &LpSettings,
 ) -> (Vec<f64>, LpStats) {
+    let spec = linear::margin_spec(net.num_classes(), label, targets);
+    spec_lp_bounds(net, set, pre, spec.as_ref(), settings)
+}
+
+/// Lower bounds on lam\[:, s\]^T f(x) over the set for each column s of `lam` (outputs x specs)
+/// from the LP over the relaxation with bounds `pre`, with the solves' statistics.
+pub fn spec_lp_bounds(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    lam: faer::MatRef<'_, f64>,
+    settings: &LpSettings,
+) -> (Vec<f64>, LpStats) {
     let layers = net.layers();
     let k = layers.len();
     let last = &layers[k - 1];
-    // With an affine last layer the margin is linear in x_{K-1}: fold it (the C-matrix trick).
+    // With an affine last layer the specification is linear in x_{K-1}: fold it (the C-matrix trick).
     let depth = if last.activation() == Activation::Identity { k - 1 } else { k };
     let program = TriangleProgram::new(net, set, pre, depth, settings.prune_inactive);
-    let spec = linear::margin_spec(net.num_classes(), label, targets);
     let mut stats = LpStats::default();
     let mut solver = None;
-    let mut out = Vec::with_capacity(targets.len());
-    for s in 0..targets.len() {
-        let lam: Vec<f64> = spec.col(s).iter().copied().collect();
+    let mut out = Vec::with_capacity(lam.ncols());
+    for s in 0..lam.ncols() {
+        let col: Vec<f64> = lam.col(s).iter().copied().collect();
         let (w, constant) = if depth == k - 1 {
             let wt = last.weight_t();
-            let w: Vec<f64> = (0..wt.nrows()).map(|i| (0..wt.ncols()).map(|j| wt[(i, j)] * lam[j]).sum()).collect();
-            let c: f64 = lam.iter().zip(last.bias()).map(|(a, b)| a * b).sum();
+            let w: Vec<f64> = (0..wt.nrows()).map(|i| (0..wt.ncols()).map(|j| wt[(i, j)] * col[j]).sum()).collect();
+            let c: f64 = col.iter().zip(last.bias()).map(|(a, b)| a * b).sum();
             (w, c)
         } else {
-            (lam, 0.0)
+            (col, 0.0)
         };
         let q = program.objective(&w);
         let solver = solver.get_or_insert_with(|| program.solver(&q, settings));

@@ -20,6 +20,7 @@
 pub mod bm;
 pub mod exact;
 pub mod lp;
+pub mod property;
 pub mod sdp;
 pub mod sdp_fo;
 #[cfg(feature = "sdp-reference")]
