@@ -10,7 +10,7 @@
 //!
 //! Flags (stable names): --model --images --labels --norm --eps --domain --method --skip --count
 //! --only-correct --all-targets --threads --json, plus --pgd-steps --pgd-restarts --no-attack.
-//! Methods: ibp, fastlin, crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, pgd.
+//! Methods: ibp, fastlin, crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, crc (l2, smooth activations), pgd.
 //! The JSON output is documented in docs/formats.md.
 
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ struct Args {
     /// Valid input box "LO,HI", or "none".
     #[arg(long, default_value = "0,1", allow_hyphen_values = true)]
     domain: String,
-    /// ibp, fastlin, crown, lp, lp-full, exact, sdp, bm, bm-full, or pgd (attack only).
+    /// ibp, fastlin, crown, lp, lp-full, exact, sdp, bm, bm-full, crc, or pgd (attack only).
     #[arg(long, default_value = "crown")]
     method: String,
     /// First image index.

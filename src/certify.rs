@@ -81,6 +81,9 @@ pub struct ImageReport {
     pub counterexample: Option<Counterexample>,
     /// Wall-clock seconds for this input.
     pub seconds: f64,
+    /// The proven l2 radius within which the label wins (CRC only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certified_radius: Option<f64>,
 }
 
 /// Certifies one input: classify the center, attack every target, then bound the targets the
@@ -105,6 +108,7 @@ pub fn certify(
         upper_bounds: vec![None; classes],
         counterexample: None,
         seconds: 0.0,
+        certified_radius: None,
     };
     if predicted != label {
         report.verdict = Verdict::Misclassified;
@@ -136,10 +140,18 @@ pub fn certify(
         for (c, lb) in bounds.bounds {
             report.lower_bounds[c] = Some(lb);
         }
+        report.certified_radius = bounds.stats.certified_radius;
     }
+    // A certified l2 radius beyond eps proves the whole ball (so ball ∩ box) keeps the label, when
+    // it was computed against every target.
+    let by_radius = set.norm() == crate::spec::Norm::L2
+        && open.len() == targets.len()
+        && report.certified_radius.is_some_and(|r| r > set.eps());
     report.verdict = if broken {
         Verdict::NotRobust
-    } else if verifier.is_some() && targets.iter().all(|&c| report.lower_bounds[c].is_some_and(|b| b > 0.0)) {
+    } else if verifier.is_some()
+        && (by_radius || targets.iter().all(|&c| report.lower_bounds[c].is_some_and(|b| b > 0.0)))
+    {
         Verdict::Robust
     } else {
         Verdict::Unknown

@@ -101,7 +101,7 @@ fn model(nodes: Vec<NodeProto>, init: Vec<TensorProto>, input: ValueInfoProto, o
     .encode_to_vec()
 }
 
-/// x (1x2) -> Sub mean -> Div std -> Gemm(transB, alpha 2, beta 0.5) -> Relu -> MatMul -> Add -> Sigmoid
+/// x (1x2) -> Sub mean -> Div std -> Gemm(transB, alpha 2, beta 0.5) -> Relu -> Identity -> Dropout -> MatMul -> Add -> Sigmoid
 /// -> Mul 3 -> Tanh -> Flatten -> Gemm -> Softplus, compared with the same computation by hand.
 #[test]
 fn every_dense_operator_matches_a_hand_computation() {
@@ -114,7 +114,9 @@ fn every_dense_operator_matches_a_hand_computation() {
             "c",
             vec![int_attr("transB", 1), float_attr("alpha", 2.0), float_attr("beta", 0.5)],
         ),
-        node("Relu", &["c"], "d", vec![]),
+        node("Relu", &["c"], "d0", vec![]),
+        node("Identity", &["d0"], "d1", vec![]),
+        node("Dropout", &["d1"], "d", vec![]),
         node("MatMul", &["d", "w2"], "e", vec![]),
         node("Add", &["b2", "e"], "f", vec![]),
         node("Sigmoid", &["f"], "g", vec![]),

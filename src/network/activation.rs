@@ -91,6 +91,68 @@ impl Activation {
         }
     }
 
+    /// sigma''(z) (0 for ReLU away from its kink and for the identity).
+    #[inline]
+    pub fn second_derivative(self, z: f64) -> f64 {
+        match self {
+            Self::Relu | Self::Identity => 0.0,
+            Self::Sigmoid => {
+                let s = sigmoid(z);
+                s * (1.0 - s) * (1.0 - 2.0 * s)
+            }
+            Self::Tanh => {
+                let t = z.tanh();
+                -2.0 * t * (1.0 - t * t)
+            }
+            Self::Softplus => {
+                let s = sigmoid(z);
+                s * (1.0 - s)
+            }
+        }
+    }
+
+    /// The global constants of the curvature bounds (CRC paper, 003_695cd43508ad1041.txt, Theorem 3
+    /// and 4, Appendix E): sup |sigma'|, sup |sigma''|, inf sigma'' and sup sigma''. None for ReLU
+    /// (not twice differentiable). Computed, not typed in: sigma' and sigma'' are evaluated on a
+    /// grid of step 1e-3 over \[-40, 40\] (outside it every |sigma''| < 1e-17 and sigma' is monotone),
+    /// each extremum is refined by golden-section search, and the result is widened by a relative
+    /// 1e-9 plus 1e-15, which covers the refinement's error (the functions are smooth with bounded
+    /// third derivatives, so the error of a located maximum is quadratic in the location error).
+    pub fn curvature_constants(self) -> Option<CurvatureConstants> {
+        match self {
+            Self::Relu => None,
+            Self::Identity => Some(CurvatureConstants { g: 1.0, h: 0.0, h_lower: 0.0, h_upper: 0.0 }),
+            _ => {
+                let widen = |v: f64| v.abs() * (1.0 + 1e-9) + 1e-15;
+                let sup = |f: &dyn Fn(f64) -> f64| -> f64 {
+                    let (mut best, mut at) = (f64::NEG_INFINITY, 0.0);
+                    let mut z = -40.0;
+                    while z <= 40.0 {
+                        let v = f(z);
+                        if v > best {
+                            best = v;
+                            at = z;
+                        }
+                        z += 1e-3;
+                    }
+                    let (mut a, mut b) = (at - 2e-3, at + 2e-3);
+                    let r = 0.5 * (5f64.sqrt() - 1.0);
+                    for _ in 0..80 {
+                        let (c, d) = (b - r * (b - a), a + r * (b - a));
+                        if f(c) > f(d) { b = d } else { a = c }
+                    }
+                    best.max(f(0.5 * (a + b)))
+                };
+                let g = widen(sup(&|z| self.derivative(z).abs()));
+                let h_upper = sup(&|z| self.second_derivative(z));
+                let h_lower = -sup(&|z| -self.second_derivative(z));
+                let h_upper = if h_upper >= 0.0 { widen(h_upper) } else { h_upper };
+                let h_lower = if h_lower <= 0.0 { -widen(h_lower) } else { h_lower };
+                Some(CurvatureConstants { g, h: h_upper.abs().max(h_lower.abs()), h_lower, h_upper })
+            }
+        }
+    }
+
     /// The points of (lo, hi) where sigma'(z) = slope, i.e. the only interior candidates for the
     /// extrema of sigma(z) - slope * z on \[lo, hi\]. Used to compute exact offsets of linear bounds
     /// (see `bounds::linear`). Empty for ReLU and the identity, whose extrema are at the ends or
@@ -135,6 +197,20 @@ impl Activation {
         pts.retain(|&z| z > lo && z < hi && z.is_finite());
         pts
     }
+}
+
+/// Global bounds on an activation's derivatives: |sigma'| <= g, |sigma''| <= h and
+/// h_lower <= sigma'' <= h_upper everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CurvatureConstants {
+    /// sup |sigma'|.
+    pub g: f64,
+    /// sup |sigma''|.
+    pub h: f64,
+    /// inf sigma'' (<= 0 for the activations here).
+    pub h_lower: f64,
+    /// sup sigma'' (>= 0).
+    pub h_upper: f64,
 }
 
 /// Numerically stable logistic function.

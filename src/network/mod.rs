@@ -8,7 +8,7 @@
 mod activation;
 pub mod conv;
 
-pub use activation::{Activation, sigmoid, softplus};
+pub use activation::{Activation, CurvatureConstants, sigmoid, softplus};
 
 use faer::{Mat, MatRef};
 

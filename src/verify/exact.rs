@@ -200,6 +200,7 @@ impl Verifier for Exact {
                 seconds: start.elapsed().as_secs_f64(),
                 unstable_neurons: Some(pre.unstable_neurons()),
                 lp: Some(lp),
+                certified_radius: None,
             },
         })
     }

@@ -101,6 +101,7 @@ fn report(
             seconds: start.elapsed().as_secs_f64(),
             unstable_neurons: Some(pre.unstable_neurons()),
             lp: Some(stats),
+            certified_radius: None,
         },
     })
 }

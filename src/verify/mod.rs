@@ -10,6 +10,7 @@
 //! | `sdp` | [`sdp::SdpFo`]: Proposition 3.1 of the BM-r paper with multipliers optimized by SDP-FO (small nets) | l2, l_inf | ReLU |
 //! | `bm` | [`bm::Bm`]: BM-r (Burer-Monteiro, augmented Lagrangian + L-BFGS, rank lifting), bound by Proposition 3.1 | l2, l_inf | ReLU |
 //! | `bm-full` | [`bm::Bm::full`]: BM-r with LP-Full's pre-activation bounds as post-activation boxes (BM-Full) | l2, l_inf | ReLU |
+//! | `crc` | [`crc::Crc`]: curvature-based certificate (CRC), proven margin bound and certified radius | l2 | sigmoid, tanh, softplus |
 //! | `exact` | [`exact::Exact`]: branch and bound over activation patterns, exact phi (tiny ReLU nets) | l2, l_inf | ReLU |
 //!
 //! Every bound is sound for whatever the method computes: the propagation methods involve no
@@ -18,6 +19,7 @@
 //! yet accounted for by directed rounding; the LP dual bounds subtract an a-priori rounding bound.
 
 pub mod bm;
+pub mod crc;
 pub mod exact;
 pub mod lp;
 pub mod property;
@@ -45,6 +47,9 @@ pub struct Stats {
     pub unstable_neurons: Option<usize>,
     /// LP/SOCP solves, their iterations and failures (LP-based methods only).
     pub lp: Option<crate::bounds::lp::LpStats>,
+    /// The proven l2 radius around the center within which the label wins (CRC only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certified_radius: Option<f64>,
 }
 
 /// Lower bounds on phi\[c\] for the requested targets, in the order requested.
@@ -104,6 +109,7 @@ pub(crate) fn per_target_report(
             seconds: start.elapsed().as_secs_f64(),
             unstable_neurons: Some(pre.unstable_neurons()),
             lp: None,
+            certified_radius: None,
         },
     })
 }
@@ -125,6 +131,7 @@ fn propagate(
             seconds: start.elapsed().as_secs_f64(),
             unstable_neurons: Some(pre.unstable_neurons()),
             lp: None,
+            certified_radius: None,
         },
     })
 }
@@ -174,7 +181,7 @@ propagation_verifier!(
 );
 
 /// The names accepted by [`by_name`].
-pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact", "sdp", "bm", "bm-full"];
+pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact", "sdp", "bm", "bm-full", "crc"];
 
 /// The verifier with the given command-line name.
 pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
@@ -188,6 +195,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {
         "sdp" | "sdp-fo" => Ok(Box::new(sdp_fo::SdpFo::default())),
         "bm" => Ok(Box::new(bm::Bm::default())),
         "bm-full" => Ok(Box::new(bm::Bm::full())),
+        "crc" => Ok(Box::new(crc::Crc::default())),
         _ => Err(Error::InvalidArgument(format!("unknown method '{name}' (available: {}, pgd)", METHODS.join(", ")))),
     }
 }
