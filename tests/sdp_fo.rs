@@ -143,3 +143,35 @@ fn hidden_cuts_are_valid_for_the_stored_floats() {
         }
     }
 }
+
+/// The box-multiplier repair makes the quadratic part positive semidefinite from indefinite
+/// multipliers, and the bound it proves stays below the exact phi.
+#[test]
+fn repair_lifts_the_quadratic_part_and_stays_sound() {
+    use nncert::verify::exact::Exact;
+    use nncert::verify::sdp::bound_from_multipliers;
+    use nncert::verify::sdp_fo::repair_quadratic_part;
+    let mut lifted = 0;
+    for (ci, (net, set, label)) in common::small_relu_cases(20).iter().enumerate() {
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
+        let target = (label + 1) % 3;
+        let mut mult = random_multipliers(&Multipliers::initial(net, set, 0.0), 100 + ci as u64);
+        mult.post.iter_mut().flatten().for_each(|v| *v = 0.0);
+        mult.coord.iter_mut().for_each(|v| *v = 0.0);
+        mult.relu.iter_mut().flatten().for_each(|v| *v *= 4.0);
+        let before = SlackOperator::new(net, set, &rel.boxes, *label, target, &mult, 0.0).unwrap().quadratic_part();
+        let (lam0, _) = before.lambda_min(1e-10).unwrap();
+        let repaired = repair_quadratic_part(net, set, &rel, *label, target, &mult, 200).unwrap();
+        let after = SlackOperator::new(net, set, &rel.boxes, *label, target, &repaired, 0.0).unwrap().quadratic_part();
+        let (lam1, _) = after.lambda_min(1e-10).unwrap();
+        if lam0 < -1e-3 {
+            assert!(lam1 > lam0 && lam1 > -1e-3 * lam0.abs(), "case {ci}: lambda_min {lam0} -> {lam1}");
+            lifted += 1;
+        }
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        if let Some((c, _)) = bound_from_multipliers(net, set, &rel, *label, target, &repaired).unwrap() {
+            assert!(c.bound <= exact.lower + 1e-9, "case {ci}: {} > exact {}", c.bound, exact.lower);
+        }
+    }
+    assert!(lifted >= 10, "only {lifted} indefinite cases");
+}

@@ -55,7 +55,8 @@ pub struct Bm {
     pub feasibility: f64,
     /// Stop lifting when lambda_min(S) >= -this (default 1e-6).
     pub dual_tolerance: f64,
-    /// Wall-clock budget per target in seconds (default 60).
+    /// Wall-clock budget per target in seconds (default 60): half for the augmented Lagrangian, the
+    /// rest for repairing and polishing its multipliers.
     pub time_limit: f64,
     /// Seed of the random initial V (default 0).
     pub seed: u64,
@@ -339,7 +340,9 @@ impl Bm {
             return Err(Error::Unsupported("BM-r needs ReLU hidden layers and an affine last layer".into()));
         }
         let start = Instant::now();
-        let deadline = start + std::time::Duration::from_secs_f64(self.time_limit.max(0.0));
+        // Half of the budget for the augmented Lagrangian, the rest for repairing and polishing its
+        // multipliers (which is where the proven bound is won on MNIST-sized problems).
+        let deadline = start + std::time::Duration::from_secs_f64(0.5 * self.time_limit.max(0.0));
         // Start from the PGD point (u) and a small random V, as Appendix A.5 does.
         let attack = pgd(net, set, label, &[target], &PgdSettings { steps: 50, restarts: 2, ..Default::default() })?;
         let x0 = &attack[0].input;
@@ -458,22 +461,36 @@ impl Bm {
             y = lifted;
             rank_path.push(r + 1);
         }
-        // Polish the multipliers by SDP-FO's ascent: the ALM's multipliers converge more slowly
-        // than its primal point, and the ascent only ever keeps a better proven bound.
-        if let Some(b) = best.as_ref()
+        // Repair, then polish the multipliers: the ALM's multipliers converge more slowly than its
+        // primal point and leave the quadratic part slightly indefinite, which R^2 magnifies. The
+        // box multipliers lift it cheaply (repair_quadratic_part), then SDP-FO's ascent polishes;
+        // only a better proven bound is ever kept.
+        if let Some(b) = best.clone()
             && self.polish > 0
             && !(self.stop_when_positive && b.bound > 0.0)
         {
+            let repaired = super::sdp_fo::repair_quadratic_part(net, set, rel, label, target, &b.multipliers, 30)?;
+            if let Some((c, _)) = bound_from_multipliers(net, set, rel, label, target, &repaired)?
+                && best.as_ref().is_none_or(|b| c.bound > b.bound)
+            {
+                best = Some(c);
+            }
+            if std::env::var_os("NNCERT_BM_TRACE").is_some() {
+                eprintln!(
+                    "bm repaired bound {:?} t {:.1}s",
+                    best.as_ref().map(|c| c.bound),
+                    start.elapsed().as_secs_f64()
+                );
+            }
             let fo = super::sdp_fo::SdpFo {
                 iterations: self.polish,
-                step: 1e-3,
                 time_limit: (self.time_limit - start.elapsed().as_secs_f64()).max(1.0),
                 stop_when_positive: self.stop_when_positive,
                 bounds: self.bounds,
                 ..Default::default()
             };
-            if let Some(c) = fo.run(net, set, rel, label, target, Some(&b.multipliers))?.certificate
-                && c.bound > b.bound
+            if let Some(c) = fo.run(net, set, rel, label, target, Some(&repaired))?.certificate
+                && best.as_ref().is_none_or(|b| c.bound > b.bound)
             {
                 best = Some(c);
             }
@@ -492,7 +509,20 @@ impl Verifier for Bm {
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
         super::per_target_report(network, set, label, targets, self.bounds, |rel, t| {
-            self.solve_target(network, set, rel, label, t).map(|r| r.certificate.map(|c| c.bound))
+            // CROWN on the same pre-activation bounds is also sound: report the better of the two.
+            let crown = crate::bounds::margin_lower_bounds(
+                network,
+                set,
+                &rel.pre,
+                crate::bounds::Propagation::Crown,
+                label,
+                &[t],
+            )?[0];
+            if self.stop_when_positive && crown > 0.0 {
+                return Ok(Some(crown));
+            }
+            let bm = self.solve_target(network, set, rel, label, t)?.certificate.map_or(f64::NEG_INFINITY, |c| c.bound);
+            Ok(Some(bm.max(crown)))
         })
     }
 }

@@ -737,6 +737,15 @@ impl<'a> SlackOperator<'a> {
         Ok(SlackOperator { net, off, border, diag, relu: mult.relu.clone() })
     }
 
+    /// The operator of [[g, 0], [0, Q]]: the quadratic part Q alone, with the e0 entry set to the
+    /// Gershgorin bound g of the whole operator (so it never is the smallest eigenvalue).
+    pub fn quadratic_part(mut self) -> Self {
+        let g = self.gershgorin();
+        self.border.iter_mut().for_each(|v| *v = 0.0);
+        self.diag[0] = g.max(1.0);
+        self
+    }
+
     /// Dimension n + 1.
     pub fn dim(&self) -> usize {
         self.diag.len()

@@ -228,6 +228,51 @@ pub fn backward_multipliers(
     mult
 }
 
+/// Makes the Lagrangian's quadratic part Q(y, z) positive semidefinite at low cost by raising the
+/// quadratic box multipliers (the input coordinates' and the hidden neurons' post-activation
+/// boxes): while lambda_min(Q) = -l < 0 with eigenvector v, each box multiplier grows by
+/// 2 l v_i² / max_j v_j², which lifts the offending direction where v lives, at a cost of
+/// r_i² per unit (the box's squared half-width) instead of the R² per unit of Proposition 3.1's
+/// uniform shift. Used on BM-r's multipliers, whose Q is indefinite by about 0.1 on MNIST
+/// networks, before SDP-FO's ascent. Any multipliers stay valid: this only changes how tight.
+pub fn repair_quadratic_part(
+    net: &Network,
+    set: &InputSet,
+    rel: &Relaxation,
+    label: usize,
+    target: usize,
+    mult: &Multipliers,
+    iterations: usize,
+) -> Result<Multipliers> {
+    let mut m = mult.clone();
+    let n0 = set.dim();
+    for _ in 0..iterations {
+        let op = SlackOperator::new(net, set, &rel.boxes, label, target, &m, 0.0)?.quadratic_part();
+        let Some((lam, v)) = op.lambda_min(1e-6) else { break };
+        if lam > -1e-7 {
+            break;
+        }
+        let vmax = v[1..].iter().map(|x| x * x).fold(0.0f64, f64::max);
+        if vmax.is_nan() || vmax <= 0.0 {
+            break;
+        }
+        let step = |vi: f64| 2.0 * (-lam) * vi * vi / vmax;
+        for i in 0..n0 {
+            m.coord[i] = m.coord[i].max(0.0) + step(v[1 + i]);
+        }
+        let mut k = 1 + n0;
+        for (layer, post) in m.post.iter_mut().enumerate() {
+            for (j, p) in post.iter_mut().enumerate() {
+                if rel.boxes.usable(layer, j) {
+                    *p = p.max(0.0) + step(v[k]);
+                }
+                k += 1;
+            }
+        }
+    }
+    Ok(m)
+}
+
 /// SDP-FO: projected L-BFGS ascent on (y, z, tau) from the backward relaxation's multipliers, then the proven
 /// bound of Proposition 3.1 at the best multipliers found.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
