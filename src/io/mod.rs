@@ -38,3 +38,18 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         Ok(bytes)
     }
 }
+
+/// A whole text file (gzip allowed), as UTF-8.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let bytes = read_maybe_gz(path)?;
+    String::from_utf8(bytes)
+        .map_err(|e| Error::ModelFormat { path: Some(path.to_path_buf()), detail: format!("not UTF-8: {e}") })
+}
+
+/// Names the file in a format error raised while parsing its contents.
+pub(crate) fn with_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::ModelFormat { path: None, detail } => Error::ModelFormat { path: Some(path.to_path_buf()), detail },
+        other => other,
+    }
+}

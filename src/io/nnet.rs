@@ -37,13 +37,7 @@ pub struct NnetModel {
 /// Loads a `.nnet` file.
 pub fn load_nnet(path: impl AsRef<Path>) -> Result<NnetModel> {
     let path = path.as_ref();
-    let bytes = super::read_maybe_gz(path)?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| Error::ModelFormat { path: Some(path.to_path_buf()), detail: format!("not UTF-8: {e}") })?;
-    nnet_from_str(text).map_err(|e| match e {
-        Error::ModelFormat { path: None, detail } => Error::ModelFormat { path: Some(path.to_path_buf()), detail },
-        other => other,
-    })
+    nnet_from_str(&super::read_text(path)?).map_err(|e| super::with_path(e, path))
 }
 
 /// Parses the text of a `.nnet` file.

@@ -34,10 +34,7 @@ struct Tensor {
 pub fn load_onnx(path: impl AsRef<Path>) -> Result<Network> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    onnx_from_bytes(&bytes).map_err(|e| match e {
-        Error::ModelFormat { path: None, detail } => Error::ModelFormat { path: Some(path.to_path_buf()), detail },
-        other => other,
-    })
+    onnx_from_bytes(&bytes).map_err(|e| super::with_path(e, path))
 }
 
 /// Parses a network from the bytes of an ONNX ModelProto.

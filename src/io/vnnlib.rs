@@ -375,11 +375,5 @@ pub fn vnnlib_from_str(text: &str) -> Result<Property> {
 /// Reads a VNN-LIB property file.
 pub fn load_vnnlib(path: impl AsRef<Path>) -> Result<Property> {
     let path = path.as_ref();
-    let bytes = super::read_maybe_gz(path)?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| Error::ModelFormat { path: Some(path.to_path_buf()), detail: format!("not UTF-8: {e}") })?;
-    vnnlib_from_str(text).map_err(|e| match e {
-        Error::ModelFormat { path: None, detail } => Error::ModelFormat { path: Some(path.to_path_buf()), detail },
-        other => other,
-    })
+    vnnlib_from_str(&super::read_text(path)?).map_err(|e| super::with_path(e, path))
 }
