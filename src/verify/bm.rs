@@ -508,21 +508,12 @@ impl Verifier for Bm {
         }
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        super::per_target_report(network, set, label, targets, self.bounds, |rel, t| {
-            // CROWN on the same pre-activation bounds is also sound: report the better of the two.
-            let crown = crate::bounds::margin_lower_bounds(
-                network,
-                set,
-                &rel.pre,
-                crate::bounds::Propagation::Crown,
-                label,
-                &[t],
-            )?[0];
+        super::per_target_report(network, set, label, targets, self.bounds, |rel, t, crown| {
+            // A positive CROWN bound already settles the target's verdict.
             if self.stop_when_positive && crown > 0.0 {
-                return Ok(Some(crown));
+                return Ok(None);
             }
-            let bm = self.solve_target(network, set, rel, label, t)?.certificate.map_or(f64::NEG_INFINITY, |c| c.bound);
-            Ok(Some(bm.max(crown)))
+            self.solve_target(network, set, rel, label, t).map(|r| r.certificate.map(|c| c.bound))
         })
     }
 }

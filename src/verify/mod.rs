@@ -86,22 +86,25 @@ pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: 
 }
 
 /// A report for the verifiers that prove one target at a time on one [`sdp::Relaxation`]
-/// (SDP-FO, BM-r): `bound(relaxation, target)` returns the proven bound, if any (-inf otherwise).
+/// (SDP-FO, BM-r): `bound(relaxation, target, crown)` returns the proven bound, if any. CROWN on
+/// the relaxation's pre-activation bounds (`crown`, computed here for all targets at once) is
+/// sound too, so each reported bound is the better of the two.
 pub(crate) fn per_target_report(
     network: &Network,
     set: &InputSet,
     label: usize,
     targets: &[usize],
     source: sdp::BoundSource,
-    mut bound: impl FnMut(&sdp::Relaxation, usize) -> Result<Option<f64>>,
+    mut bound: impl FnMut(&sdp::Relaxation, usize, f64) -> Result<Option<f64>>,
 ) -> Result<BoundReport> {
     let start = Instant::now();
     check_query(network, set, label, targets)?;
     let rel = sdp::Relaxation::new(network, set, source)?;
     let pre = &rel.pre;
+    let crown = bounds::margin_lower_bounds(network, set, pre, Propagation::Crown, label, targets)?;
     let mut out = Vec::with_capacity(targets.len());
-    for &t in targets {
-        out.push((t, bound(&rel, t)?.unwrap_or(f64::NEG_INFINITY)));
+    for (&t, &c) in targets.iter().zip(&crown) {
+        out.push((t, bound(&rel, t, c)?.unwrap_or(f64::NEG_INFINITY).max(c)));
     }
     Ok(BoundReport {
         bounds: out,

@@ -45,7 +45,6 @@ use super::sdp::{
     constraint_terms, flatten, inequality_count, unflatten,
 };
 use super::{BoundReport, Verifier};
-use crate::bounds::Propagation;
 use crate::error::Result;
 use crate::network::Network;
 use crate::spec::{InputSet, Norm};
@@ -407,11 +406,8 @@ impl Verifier for SdpFo {
         "sdp"
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        super::per_target_report(network, set, label, targets, self.bounds, |rel, t| {
-            // CROWN on the same pre-activation bounds is also sound: report the better of the two.
-            let crown = crate::bounds::margin_lower_bounds(network, set, &rel.pre, Propagation::Crown, label, &[t])?[0];
-            let fo = self.certify_target(network, set, rel, label, t)?.map_or(f64::NEG_INFINITY, |c| c.bound);
-            Ok(Some(fo.max(crown)))
+        super::per_target_report(network, set, label, targets, self.bounds, |rel, t, _crown| {
+            self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound))
         })
     }
 }
