@@ -97,6 +97,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let domain = parse_domain(&args.domain)?;
     let verifier = match args.method.as_str() {
         "pgd" => None,
+        name if args.all_targets => Some(nncert::verify::by_name_all_targets(name)?),
         name => Some(nncert::verify::by_name(name)?),
     };
     if verifier.is_none() && args.no_attack {

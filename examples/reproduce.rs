@@ -57,6 +57,10 @@ struct Args {
     /// Only these models (comma-separated: ADV-MNIST, LPD-MNIST, NOR-MNIST).
     #[arg(long)]
     models: Option<String>,
+    /// Only these rows (comma-separated MODEL:EPS, e.g. ADV-MNIST:1.0,NOR-MNIST:0.3); the others are
+    /// reported from the cache.
+    #[arg(long)]
+    rows: Option<String>,
     /// Methods of the figures ("all", a list, or "none" to skip them); default: the tables' methods.
     #[arg(long)]
     figure_methods: Option<String>,
@@ -473,6 +477,19 @@ fn run(args: Args) -> Res<()> {
         }
     }
     let keep = |m: &str| wanted_models.as_ref().is_none_or(|w| w.iter().any(|x| x == m));
+    let mut wanted_rows: Option<Vec<(String, f64)>> = None;
+    if let Some(spec) = &args.rows {
+        let mut rows = Vec::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (m, e) = item.rsplit_once(':').ok_or(format!("--rows: expected MODEL:EPS, got '{item}'"))?;
+            let e: f64 = e.parse().map_err(|_| format!("--rows: bad radius in '{item}'"))?;
+            rows.push((m.to_string(), e));
+        }
+        wanted_rows = Some(rows);
+    }
+    let keep_row = |m: &str, eps: f64| {
+        keep(m) && wanted_rows.as_ref().is_none_or(|w| w.iter().any(|(x, e)| x == m && (e - eps).abs() < 1e-9))
+    };
     let compute = !args.report_only;
 
     // The tables.
@@ -496,7 +513,7 @@ fn run(args: Args) -> Res<()> {
                     method: m,
                     all_targets: false,
                 };
-                let entries = run_job(&job, &args, file, compute && keep(&row.model))?;
+                let entries = run_job(&job, &args, file, compute && keep_row(&row.model, row.eps))?;
                 ours.insert(m.clone(), cell(&entries));
                 per_method.insert(m.clone(), entries);
             }

@@ -43,11 +43,13 @@ use crate::spec::{InputSet, Norm};
 /// Settings of the BM-r verifier.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bm {
-    /// Initial rank r (columns of Y, including u) (default 2).
+    /// Initial rank r (columns of Y, including u) (default 4: on adv-mnist-mlp-2x100 at l2 1.0,
+    /// starting at rank 4 proves the same targets as starting at 2 and lifting, in a third of the
+    /// time).
     pub rank: usize,
     /// Maximum rank after lifting (default 10).
     pub max_rank: usize,
-    /// Outer (multiplier) iterations per rank (default 10).
+    /// Outer (multiplier) iterations per rank (default 6).
     pub outer: usize,
     /// L-BFGS iterations per outer iteration (default 200).
     pub inner: usize,
@@ -67,8 +69,9 @@ pub struct Bm {
     /// proven bound after rank lifting to 4 is 3.23 with 10 and -7.0 with 1e4, whose multipliers
     /// oscillate by about rho x infeasibility.
     pub rho_max: f64,
-    /// Stop as soon as a proven bound is positive (the target is certified; default true). Turn
-    /// it off to get the tightest bound rather than just the verdict.
+    /// Only the verdict matters (default true): stop a target as soon as a proven bound is
+    /// positive, run the targets hardest first and, once one ends <= 0, give the rest CROWN's
+    /// bound. Turn it off to get every target's tightest bound.
     pub stop_when_positive: bool,
     /// SDP-FO polishing steps on the final multipliers (default 300; 0 to disable).
     pub polish: usize,
@@ -80,9 +83,9 @@ pub struct Bm {
 impl Default for Bm {
     fn default() -> Self {
         Self {
-            rank: 2,
+            rank: 4,
             max_rank: 10,
-            outer: 10,
+            outer: 6,
             inner: 200,
             feasibility: 1e-6,
             dual_tolerance: 1e-6,
@@ -515,7 +518,7 @@ impl Verifier for Bm {
         }
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        super::per_target_report(network, set, label, targets, self.bounds, |rel, t, crown| {
+        super::per_target_report(network, set, label, targets, self.bounds, self.stop_when_positive, |rel, t, crown| {
             // A positive CROWN bound already settles the target's verdict.
             if self.stop_when_positive && crown > 0.0 {
                 return Ok(None);

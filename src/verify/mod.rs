@@ -89,12 +89,17 @@ pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: 
 /// (SDP-FO, BM-r): `bound(relaxation, target, crown)` returns the proven bound, if any. CROWN on
 /// the relaxation's pre-activation bounds (`crown`, computed here for all targets at once) is
 /// sound too, so each reported bound is the better of the two.
+///
+/// With `verdict_only`, the targets run hardest first (smallest CROWN bound) and once one ends
+/// with a bound <= 0 the input's verdict cannot be "robust": the remaining targets get CROWN's
+/// bound alone (sound, and cheap) instead of the method's.
 pub(crate) fn per_target_report(
     network: &Network,
     set: &InputSet,
     label: usize,
     targets: &[usize],
     source: sdp::BoundSource,
+    verdict_only: bool,
     mut bound: impl FnMut(&sdp::Relaxation, usize, f64) -> Result<Option<f64>>,
 ) -> Result<BoundReport> {
     let start = Instant::now();
@@ -102,9 +107,17 @@ pub(crate) fn per_target_report(
     let rel = sdp::Relaxation::new(network, set, source)?;
     let pre = &rel.pre;
     let crown = bounds::margin_lower_bounds(network, set, pre, Propagation::Crown, label, targets)?;
-    let mut out = Vec::with_capacity(targets.len());
-    for (&t, &c) in targets.iter().zip(&crown) {
-        out.push((t, bound(&rel, t, c)?.unwrap_or(f64::NEG_INFINITY).max(c)));
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    if verdict_only {
+        order.sort_by(|&a, &b| crown[a].total_cmp(&crown[b]));
+    }
+    let mut out: Vec<(usize, f64)> = targets.iter().copied().zip(crown.iter().copied()).collect();
+    for k in order {
+        let (t, c) = (targets[k], crown[k]);
+        out[k].1 = bound(&rel, t, c)?.unwrap_or(f64::NEG_INFINITY).max(c);
+        if verdict_only && out[k].1 <= 0.0 {
+            break;
+        }
     }
     Ok(BoundReport {
         bounds: out,
@@ -185,6 +198,18 @@ propagation_verifier!(
 
 /// The names accepted by [`by_name`].
 pub const METHODS: &[&str] = &["ibp", "fastlin", "crown", "lp", "lp-full", "exact", "sdp", "bm", "bm-full", "crc"];
+
+/// The verifier with the given command-line name, configured to compute every target's tightest
+/// bound: the iterative methods (`sdp`, `bm`, `bm-full`) neither stop at the first positive bound
+/// nor skip the targets after a failed one, as they do by default when only the verdict matters.
+pub fn by_name_all_targets(name: &str) -> Result<Box<dyn Verifier>> {
+    match name {
+        "sdp" | "sdp-fo" => Ok(Box::new(sdp_fo::SdpFo { stop_when_positive: false, ..Default::default() })),
+        "bm" => Ok(Box::new(bm::Bm { stop_when_positive: false, ..Default::default() })),
+        "bm-full" => Ok(Box::new(bm::Bm { stop_when_positive: false, ..bm::Bm::full() })),
+        _ => by_name(name),
+    }
+}
 
 /// The verifier with the given command-line name.
 pub fn by_name(name: &str) -> Result<Box<dyn Verifier>> {

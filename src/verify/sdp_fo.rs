@@ -282,7 +282,8 @@ pub struct SdpFo {
     pub step: f64,
     /// Wall-clock budget per target in seconds (default 20).
     pub time_limit: f64,
-    /// Stop at the first proven positive bound (the verdict is then settled; default true).
+    /// Only the verdict matters (default true): stop a target at the first proven positive bound,
+    /// and once a target ends <= 0 give the remaining ones CROWN's bound.
     pub stop_when_positive: bool,
     /// Where the hidden boxes come from (default CROWN ∩ IBP).
     pub bounds: BoundSource,
@@ -406,8 +407,14 @@ impl Verifier for SdpFo {
         "sdp"
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        super::per_target_report(network, set, label, targets, self.bounds, |rel, t, _crown| {
-            self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound))
-        })
+        super::per_target_report(
+            network,
+            set,
+            label,
+            targets,
+            self.bounds,
+            self.stop_when_positive,
+            |rel, t, _crown| self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound)),
+        )
     }
 }
