@@ -120,6 +120,11 @@ pub struct BmResult {
     pub rank_path: Vec<usize>,
     /// Total L-BFGS iterations.
     pub iterations: usize,
+    /// KKT stationarity residual of the final point and multipliers: the max-norm of
+    /// grad f + grad g y + grad h z = 2 M(y, z) Y_hat (rows of x), relative to 1 + max |F Y_hat|.
+    pub kkt_residual: f64,
+    /// Complementarity error: max over inequalities of |y_i g_i(Y)|.
+    pub complementarity: f64,
 }
 
 /// Constraint values at X = Y_hat Y_hat^T in the layout of [`Multipliers`]: g (>= 0 feasible) for
@@ -192,6 +197,45 @@ fn values(
     let f = (0..w.ncols()).map(|i| (w[(label, i)] - w[(target, i)]) * u(p + i)).sum::<f64>() + last.bias()[label]
         - last.bias()[target];
     (f, Multipliers { ball, coord, lower, upper, nonneg, above, post, cut, relu })
+}
+
+/// The KKT errors of (Y, multipliers) reported in [`BmResult`].
+#[allow(clippy::too_many_arguments)]
+fn kkt_errors(
+    net: &Network,
+    set: &InputSet,
+    rel: &Relaxation,
+    label: usize,
+    target: usize,
+    y: &Mat<f64>,
+    mult: &[f64],
+    like: &Multipliers,
+) -> Result<(f64, f64)> {
+    let n = y.nrows();
+    let apply = |m: &Multipliers| -> Result<f64> {
+        let op = SlackOperator::new(net, set, &rel.boxes, label, target, m, 0.0)?;
+        let (mut v, mut out) = (vec![0.0; n + 1], vec![0.0; n + 1]);
+        let mut worst = 0.0f64;
+        for k in 0..y.ncols() {
+            v[0] = if k == 0 { 1.0 } else { 0.0 };
+            for i in 0..n {
+                v[1 + i] = y[(i, k)];
+            }
+            op.apply_vec(&v, &mut out);
+            worst = out[1..].iter().fold(worst, |a, b| a.max(b.abs()));
+        }
+        Ok(worst)
+    };
+    let zero = unflatten(&vec![0.0; mult.len()], like);
+    let scale = 1.0 + 2.0 * apply(&zero)?;
+    let residual = 2.0 * apply(&unflatten(mult, like))? / scale;
+    let (_, vals) = values(net, set, &rel.boxes, label, target, y);
+    let g = flatten(&vals);
+    let n_ineq = super::sdp::inequality_count(like);
+    let skip_ball = set.norm() != Norm::L2;
+    let complementarity =
+        (0..n_ineq).filter(|&i| !(i == 0 && skip_ball)).map(|i| (mult[i] * g[i]).abs()).fold(0.0, f64::max);
+    Ok((residual, complementarity))
 }
 
 struct Alm<'a> {
@@ -506,7 +550,8 @@ impl Bm {
             }
         }
         let (primal, _) = values(net, set, &rel.boxes, label, target, &y);
-        Ok(BmResult { certificate: best, primal, infeasibility, rank_path, iterations })
+        let (kkt_residual, complementarity) = kkt_errors(net, set, rel, label, target, &y, &alm.mult, &like)?;
+        Ok(BmResult { certificate: best, primal, infeasibility, rank_path, iterations, kkt_residual, complementarity })
     }
 }
 
