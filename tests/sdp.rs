@@ -223,6 +223,19 @@ fn matrix_free_slack_operator_matches_the_dense_matrix() {
                 out[i]
             );
         }
+        // The block product (BM-r's gradient) agrees with the dense matrix column by column.
+        let block = faer::Mat::from_fn(n, 3, |i, c| ((i * 7 + c * 13) as f64 * 0.31).sin());
+        let out_block = op.apply_mat(block.as_ref());
+        for c in 0..3 {
+            for i in 0..n {
+                let dense: f64 = (0..n).map(|j| m[(i, j)] * block[(j, c)]).sum();
+                assert!(
+                    (dense - out_block[(i, c)]).abs() < 1e-12 * (1.0 + dense.abs()) * n as f64,
+                    "case {ci} column {c} row {i}: {dense} vs {}",
+                    out_block[(i, c)]
+                );
+            }
+        }
         let ev = m.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
         let g = op.gershgorin();
         assert!(g >= ev[0].abs() && g >= ev[n - 1].abs());

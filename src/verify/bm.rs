@@ -279,19 +279,9 @@ impl Alm<'_> {
         let op = SlackOperator::new(self.net, self.set, self.boxes, self.label, self.target, &eff_m, 0.0)?;
         let n = y.nrows();
         let r = y.ncols();
-        let mut grad = Mat::<f64>::zeros(n, r);
-        let mut v = vec![0.0; n + 1];
-        let mut out = vec![0.0; n + 1];
-        for k in 0..r {
-            v[0] = if k == 0 { 1.0 } else { 0.0 };
-            for i in 0..n {
-                v[1 + i] = y[(i, k)];
-            }
-            op.apply_vec(&v, &mut out);
-            for i in 0..n {
-                grad[(i, k)] = 2.0 * out[1 + i];
-            }
-        }
+        let v = Mat::from_fn(n + 1, r, |i, k| if i == 0 { if k == 0 { 1.0 } else { 0.0 } } else { y[(i - 1, k)] });
+        let out = op.apply_mat(v.as_ref());
+        let grad = Mat::from_fn(n, r, |i, k| 2.0 * out[(1 + i, k)]);
         Ok((phi, grad, g))
     }
 }

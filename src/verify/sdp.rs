@@ -152,6 +152,12 @@ pub(crate) fn check_network(net: &Network) -> Result<()> {
 /// assembly, so they cannot disagree.
 trait Sink {
     fn cross(&mut self, i: usize, j: usize, c: f64);
+    /// Whether the sink needs every product term of the hidden layers' weights separately (the
+    /// dense sink does, for its rounding bound); otherwise their border terms come summed, through
+    /// one product with W^T per layer.
+    fn per_term(&self) -> bool {
+        true
+    }
 }
 
 /// The dense matrix M and the matrix of summed absolute terms (for the rounding bound).
@@ -182,6 +188,9 @@ struct BorderSink {
 }
 
 impl Sink for BorderSink {
+    fn per_term(&self) -> bool {
+        false
+    }
     fn cross(&mut self, i: usize, j: usize, c: f64) {
         if i == j {
             self.diag[i] += c;
@@ -318,6 +327,8 @@ fn assemble(
         let (p, q) = (off[k], off[k + 1]);
         let w = layers[k].weight();
         let b = layers[k].bias();
+        let per_term = sink.per_term();
+        let mut summed = if per_term { Vec::new() } else { vec![0.0; w.nrows()] };
         for j in 0..w.nrows() {
             let (y1, y2, z) = (pos(mult.nonneg[k][j]), pos(mult.above[k][j]), mult.relu[k][j]);
             let (yp, yc) = if boxes.usable(k, j) { (pos(mult.post[k][j]), pos(mult.cut[k][j])) } else { (0.0, 0.0) };
@@ -339,6 +350,12 @@ fn assemble(
                 sink.cross(0, 0, -ycs * b[j]);
                 sink.cross(0, 0, -yc * d);
             }
+            if !per_term {
+                // The border terms (y2 - yc s) w_ji, summed over j below; the z terms are
+                // off the border and the diagonal.
+                summed[j] = y2 - ycs;
+                continue;
+            }
             for i in 0..w.ncols() {
                 let wji = w[(j, i)];
                 if wji != 0.0 {
@@ -352,6 +369,12 @@ fn assemble(
                         sink.cross(q + j, p + i, -z * wji);
                     }
                 }
+            }
+        }
+        if !per_term {
+            let t = crate::linalg::mat_vec(layers[k].weight_t(), &summed);
+            for (i, v) in t.into_iter().enumerate() {
+                sink.cross(0, p + i, v);
             }
         }
     }
@@ -775,6 +798,40 @@ impl<'a> SlackOperator<'a> {
                 out[p + i] -= 0.5 * wtz[i];
             }
         }
+    }
+
+    /// S V for a block of columns V ((n + 1) x r): the same as [`Self::apply_vec`] per column, with
+    /// the weight products done as matrix products.
+    pub fn apply_mat(&self, v: MatRef<'_, f64>) -> Mat<f64> {
+        let n = self.dim();
+        let r = v.ncols();
+        let mut out = Mat::<f64>::zeros(n, r);
+        for c in 0..r {
+            let mut top = self.diag[0] * v[(0, c)];
+            for i in 1..n {
+                top += self.border[i] * v[(i, c)];
+                out[(i, c)] = self.border[i] * v[(0, c)] + self.diag[i] * v[(i, c)];
+            }
+            out[(0, c)] = top;
+        }
+        let layers = self.net.layers();
+        for k in 0..layers.len() - 1 {
+            let (p, q) = (self.off[k], self.off[k + 1]);
+            let (n_in, n_out) = (layers[k].input_size(), layers[k].output_size());
+            let z = &self.relu[k];
+            let wv = crate::linalg::mul(layers[k].weight(), v.subrows(p, n_in));
+            let zv = Mat::from_fn(n_out, r, |j, c| z[j] * v[(q + j, c)]);
+            let wtz = crate::linalg::mul(layers[k].weight_t(), zv.as_ref());
+            for c in 0..r {
+                for j in 0..n_out {
+                    out[(q + j, c)] -= 0.5 * z[j] * wv[(j, c)];
+                }
+                for i in 0..n_in {
+                    out[(p + i, c)] -= 0.5 * wtz[(i, c)];
+                }
+            }
+        }
+        out
     }
 
     /// A Gershgorin bound: every eigenvalue of S lies in \[-g, g\].
