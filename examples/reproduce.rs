@@ -589,6 +589,8 @@ fn run(args: Args) -> Res<()> {
                     }
                 }
                 curves.push(Curve { method: "pgd (upper bound)".into(), values: pgd_curve });
+                // Methods not run for the figures (not cached) are left out rather than drawn empty.
+                curves.retain(|c| c.values.iter().any(Option::is_some));
                 panels.push(Panel {
                     model: model.clone(),
                     radii,
@@ -642,8 +644,9 @@ fn check_orderings(model: &str, norm: Norm, eps: f64, per: &BTreeMap<String, Vec
             let missing: Vec<usize> = w.iter().copied().filter(|i| both.contains(i) && !s.contains(i)).collect();
             if !missing.is_empty() {
                 out.push(format!(
-                    "{model} {} {eps}: {weak} certifies images {missing:?} that {strong} does not",
-                    norm.name()
+                    "{model} {} {}: {weak} certifies images {missing:?} that {strong} does not",
+                    norm.name(),
+                    fmt_eps(eps)
                 ));
             }
         }
@@ -658,8 +661,9 @@ fn check_orderings(model: &str, norm: Norm, eps: f64, per: &BTreeMap<String, Vec
                 .collect();
             if !bad.is_empty() {
                 out.push(format!(
-                    "{model} {} {eps}: {m} certifies images {bad:?} that PGD breaks (a soundness bug)",
-                    norm.name()
+                    "{model} {} {}: {m} certifies images {bad:?} that PGD breaks (a soundness bug)",
+                    norm.name(),
+                    fmt_eps(eps)
                 ));
             }
         }
@@ -771,15 +775,16 @@ fn markdown(report: &Report, methods: &[String]) -> String {
         if !limits.is_empty() {
             s.push_str(&format!("Time limit per target: {}.\n\n", limits.join("; ")));
         }
-        s.push_str("Ratio certified / PGD UB (ours; the paper's in parentheses):\n\n");
+        s.push_str("Ratio certified / PGD UB on the same images (ours; the paper's in parentheses):\n\n");
         for row in rows {
-            let ub = row.ours.get("pgd").map(|c| c.images - c.not_robust);
             let mut parts = Vec::new();
             for m in methods.iter().filter(|m| *m != "pgd") {
-                if let (Some(c), Some(ub)) = (row.ours.get(m), ub)
+                // Against PGD on the method's own images (every run attacks first, with the same seed).
+                if let Some(c) = row.ours.get(m)
                     && c.images > 0
-                    && ub > 0
+                    && c.images > c.not_robust
                 {
+                    let ub = c.images - c.not_robust;
                     let theirs = paper_column(m)
                         .and_then(|col| Some(row.paper.get(col)? / row.paper.get("pgd_ub")?))
                         .map_or(String::new(), |r| format!(" ({r:.2})"));
