@@ -419,6 +419,12 @@ impl Bm {
             }
         };
         let settled = |b: &Option<Certificate>| self.stop_when_positive && b.as_ref().is_some_and(|c| c.bound > 0.0);
+        // Lift the quadratic part of some multipliers (repair_quadratic_part), then prove their bound.
+        let repair_and_prove = |m: &Multipliers, steps: usize| -> Result<(Multipliers, Option<Certificate>)> {
+            let repaired = super::sdp_fo::repair_quadratic_part(net, set, rel, label, target, m, steps)?;
+            let proof = bound_from_multipliers(net, set, rel, label, target, &repaired)?.map(|(c, _)| c);
+            Ok((repaired, proof))
+        };
         loop {
             let mut prev = f64::INFINITY;
             for _ in 0..self.outer {
@@ -467,11 +473,9 @@ impl Bm {
             if self.stop_when_positive
                 && !settled(&best)
                 && let Some(c) = &cert
+                && let (_, Some(c)) = repair_and_prove(&c.multipliers, 10)?
             {
-                let repaired = super::sdp_fo::repair_quadratic_part(net, set, rel, label, target, &c.multipliers, 10)?;
-                if let Some((c, _)) = bound_from_multipliers(net, set, rel, label, target, &repaired)? {
-                    keep(&mut best, &c);
-                }
+                keep(&mut best, &c);
             }
             if trace {
                 eprintln!(
@@ -515,8 +519,8 @@ impl Bm {
             && self.polish > 0
             && !settled(&best)
         {
-            let repaired = super::sdp_fo::repair_quadratic_part(net, set, rel, label, target, &b.multipliers, 30)?;
-            if let Some((c, _)) = bound_from_multipliers(net, set, rel, label, target, &repaired)? {
+            let (repaired, proof) = repair_and_prove(&b.multipliers, 30)?;
+            if let Some(c) = proof {
                 keep(&mut best, &c);
             }
             if trace {
