@@ -426,7 +426,6 @@ struct Panel {
 struct Report {
     command: String,
     count: usize,
-    time_limit: f64,
     protocol: String,
     tables: BTreeMap<String, Vec<RowReport>>,
     figures: BTreeMap<String, Vec<Panel>>,
@@ -606,7 +605,6 @@ fn run(args: Args) -> Res<()> {
     let report = Report {
         command: format!("cargo run --release --example reproduce -- {command}").trim().to_string(),
         count: args.count,
-        time_limit: args.time_limit,
         protocol,
         tables: report_tables,
         figures,
