@@ -142,7 +142,14 @@ fn values(
     let (lo, hi) = set.bounding_box();
     let c = set.center();
     let u = |i: usize| y[(i, 0)];
-    let sq = |i: usize| (0..r).map(|k| y[(i, k)] * y[(i, k)]).sum::<f64>();
+    // Squared row norms of Y, summed column by column (contiguous).
+    let mut rowsq = vec![0.0; y.nrows()];
+    for k in 0..r {
+        for (s, v) in rowsq.iter_mut().zip(y.col(k).iter()) {
+            *s += v * v;
+        }
+    }
+    let sq = |i: usize| rowsq[i];
     let ball = if set.norm() == Norm::L2 {
         let quad: f64 = (0..n0).map(|i| sq(i) - 2.0 * c[i] * u(i) + c[i] * c[i]).sum();
         set.eps() * set.eps() - quad
@@ -184,11 +191,15 @@ fn values(
                 })
                 .collect(),
         );
-        relu.push(
-            (0..n_out)
-                .map(|j| (0..r).map(|k| y[(q + j, k)] * (y[(q + j, k)] - wy[(j, k)])).sum::<f64>() - b[j] * u(q + j))
-                .collect(),
-        );
+        // diag[(Y - W Y_prev) Y^T] row by row, accumulated column by column.
+        let mut cross = vec![0.0; n_out];
+        for k in 0..r {
+            let (yk, wk) = (y.col(k).subrows(q, n_out), wy.col(k));
+            for ((c, a), w) in cross.iter_mut().zip(yk.iter()).zip(wk.iter()) {
+                *c += a * w;
+            }
+        }
+        relu.push((0..n_out).map(|j| sq(q + j) - cross[j] - b[j] * u(q + j)).collect());
         p = q;
         q += n_out;
     }
@@ -287,13 +298,7 @@ impl Alm<'_> {
 }
 
 fn dot(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
-    let mut s = 0.0;
-    for k in 0..a.ncols() {
-        for i in 0..a.nrows() {
-            s += a[(i, k)] * b[(i, k)];
-        }
-    }
-    s
+    (0..a.ncols()).map(|k| a.col(k).transpose() * b.col(k)).sum()
 }
 
 /// L-BFGS (memory 8) with Armijo backtracking on Phi; returns iterations used.
@@ -497,7 +502,7 @@ impl Bm {
             }
             let z0 = cert.as_ref().map_or(0.0, |c| c.z0);
             let op = SlackOperator::new(net, set, &rel.boxes, label, target, &mult, z0)?;
-            let Some((lam, vec)) = op.lambda_min(1e-10) else { break };
+            let Some((lam, vec)) = op.lambda_min(1e-6) else { break };
             if lam >= -self.dual_tolerance {
                 break;
             }

@@ -860,6 +860,12 @@ impl<'a> SlackOperator<'a> {
     /// `partial_self_adjoint_eigen`) on the shifted operator g I - S, g the Gershgorin bound, whose
     /// largest eigenvalue is g - lambda_min(S).
     pub fn lambda_min(&self, tolerance: f64) -> Option<(f64, Vec<f64>)> {
+        self.lambda_min_from(tolerance, None)
+    }
+
+    /// [`Self::lambda_min`] started from `start` (e.g. the eigenvector of a nearby operator, which
+    /// cuts the Krylov iterations of a sequence of small updates; length [`Self::dim`]).
+    pub fn lambda_min_from(&self, tolerance: f64, start: Option<&[f64]>) -> Option<(f64, Vec<f64>)> {
         use faer::dyn_stack::{MemBuffer, MemStack};
         use faer::matrix_free::eigen::{
             PartialEigenParams, partial_self_adjoint_eigen, partial_self_adjoint_eigen_scratch,
@@ -883,7 +889,13 @@ impl<'a> SlackOperator<'a> {
             return Some((eig.S()[0], eig.U().col(0).iter().copied().collect()));
         }
         let op = Shifted { inner: self, shift: g };
-        let v0 = faer::Col::from_fn(n, |i| 1.0 + (i % 7) as f64 * 0.1);
+        let v0 = match start {
+            // A small generic component keeps the start from being orthogonal to the answer.
+            Some(s) if s.len() == n && s.iter().all(|v| v.is_finite()) => {
+                faer::Col::from_fn(n, |i| s[i] + 1e-3 * (1.0 + (i % 7) as f64 * 0.1) / (n as f64).sqrt())
+            }
+            _ => faer::Col::from_fn(n, |i| 1.0 + (i % 7) as f64 * 0.1),
+        };
         let mut vecs = Mat::<f64>::zeros(n, 1);
         let mut vals = vec![0.0; 1];
         let params = PartialEigenParams { min_dim: 20, max_dim: 60, max_restarts: 200, ..Default::default() };

@@ -245,9 +245,11 @@ pub fn repair_quadratic_part(
 ) -> Result<Multipliers> {
     let mut m = mult.clone();
     let n0 = set.dim();
+    let mut last: Option<Vec<f64>> = None;
     for _ in 0..iterations {
         let op = SlackOperator::new(net, set, &rel.boxes, label, target, &m, 0.0)?.quadratic_part();
-        let Some((lam, v)) = op.lambda_min(1e-6) else { break };
+        // Each step changes the operator a little: start Lanczos from the previous eigenvector.
+        let Some((lam, v)) = op.lambda_min_from(1e-6, last.as_deref()) else { break };
         if lam > -1e-7 {
             break;
         }
@@ -268,6 +270,7 @@ pub fn repair_quadratic_part(
                 k += 1;
             }
         }
+        last = Some(v);
     }
     Ok(m)
 }
