@@ -25,13 +25,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use clap::Parser;
 use nncert::attack::PgdSettings;
+use nncert::bounds::PreActivationBounds;
 use nncert::certify::{CertifyOptions, certify};
 use nncert::verify::bm::Bm;
+use nncert::verify::lp::LpFull;
+use nncert::verify::sdp::{BoundSource, Relaxation};
 use nncert::verify::sdp_fo::SdpFo;
 use nncert::{Domain, InputSet, Network, Norm, Verdict, Verifier};
 use rayon::prelude::*;
@@ -164,6 +167,61 @@ fn parse_methods(s: &str) -> Res<Vec<String>> {
     Ok(out)
 }
 
+/// LP-Full's pre-activation bounds per (model, norm, radius bits, image), with the seconds they
+/// took: LP-Full and BM-Full on one input share them, as they would in one program run. The
+/// entry's `seconds` for the method that reuses them still include that time, so each method's
+/// time is what it costs on its own.
+type BoundsMemo = Mutex<HashMap<(String, u64, usize), Arc<(PreActivationBounds, f64)>>>;
+
+fn bounds_memo() -> &'static BoundsMemo {
+    static MEMO: OnceLock<BoundsMemo> = OnceLock::new();
+    MEMO.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// LP-Full or BM-Full on shared LP-Full bounds ([`bounds_memo`]).
+struct SharedLpFull {
+    key: (String, u64, usize),
+    bm: Option<Bm>,
+    /// Seconds of bounds computed by an earlier method and reused here.
+    reused: Mutex<f64>,
+}
+
+impl Verifier for SharedLpFull {
+    fn name(&self) -> &'static str {
+        if self.bm.is_some() { "bm-full" } else { "lp-full" }
+    }
+    fn lower_bounds(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        targets: &[usize],
+    ) -> nncert::Result<nncert::verify::BoundReport> {
+        let memo = bounds_memo();
+        let known = memo.lock().unwrap().get(&self.key).cloned();
+        let shared = match known {
+            Some(b) => {
+                *self.reused.lock().unwrap() = b.1;
+                b
+            }
+            None => {
+                let t = Instant::now();
+                let pre = BoundSource::LpFull.compute(network, set)?;
+                let b = Arc::new((pre, t.elapsed().as_secs_f64()));
+                memo.lock().unwrap().insert(self.key.clone(), b.clone());
+                b
+            }
+        };
+        match &self.bm {
+            Some(bm) => {
+                let rel = Relaxation::from_bounds(network, set, BoundSource::LpFull, shared.0.clone())?;
+                bm.lower_bounds_with(network, set, label, targets, rel)
+            }
+            None => LpFull::default().lower_bounds_with(network, set, label, targets, &shared.0),
+        }
+    }
+}
+
 /// The verifier of a method (None for PGD alone). For the figures (`all_targets`), the iterative
 /// methods run to their limits instead of stopping at the first positive bound.
 fn make_verifier(method: &str, time_limit: f64, all_targets: bool) -> Res<Option<Box<dyn Verifier>>> {
@@ -273,6 +331,7 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
     let mut fresh = Vec::new();
     if compute && !missing.is_empty() {
         let verifier = make_verifier(job.method, args.time_limit, job.all_targets)?;
+        let shared = matches!(job.method, "lp-full" | "bm-full");
         let options = CertifyOptions { attack: Some(PgdSettings::default()), all_targets: job.all_targets };
         let total = job.images.len();
         let cached = total - missing.len();
@@ -289,14 +348,29 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
             .map(|(index, x, label)| -> Res<Entry> {
                 let domain = Domain::uniform(x.len(), 0.0, 1.0)?;
                 let set = InputSet::new(x.clone(), job.eps, job.norm, Some(domain))?;
-                let r = certify(job.net, &set, *label, verifier.as_deref(), &options)?;
+                let (r, reused) = if shared {
+                    let v = SharedLpFull {
+                        key: (format!("{model} {}", job.norm.name()), job.eps.to_bits(), *index),
+                        bm: (job.method == "bm-full").then(|| Bm {
+                            time_limit: args.time_limit,
+                            stop_when_positive: !job.all_targets,
+                            ..Bm::full()
+                        }),
+                        reused: Mutex::new(0.0),
+                    };
+                    let r = certify(job.net, &set, *label, Some(&v), &options)?;
+                    let reused = *v.reused.lock().unwrap();
+                    (r, reused)
+                } else {
+                    (certify(job.net, &set, *label, verifier.as_deref(), &options)?, 0.0)
+                };
                 let e = Entry {
                     image: *index,
                     label: *label,
                     verdict: r.verdict,
                     lower: r.lower_bounds.iter().map(|v| round(*v)).collect(),
                     upper: r.upper_bounds.iter().map(|v| round(*v)).collect(),
-                    seconds: (r.seconds * 1e4).round() / 1e4,
+                    seconds: ((r.seconds + reused) * 1e4).round() / 1e4,
                     time_limit: matches!(job.method, "sdp" | "bm" | "bm-full").then_some(args.time_limit),
                 };
                 cache.append(&e)?;

@@ -554,6 +554,41 @@ impl Bm {
     }
 }
 
+impl Bm {
+    /// [`Verifier::lower_bounds`] on a relaxation computed earlier for the same `set` (for
+    /// BM-Full, LP-Full's pre-activation bounds from [`crate::verify::lp::lp_full_bounds`], so LP-Full
+    /// and BM-Full on one input pay for those LPs once). Its bounds must be sound for `set`: the
+    /// proof uses them as given.
+    pub fn lower_bounds_with(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        targets: &[usize],
+        relaxation: Relaxation,
+    ) -> Result<BoundReport> {
+        self.report(network, set, label, targets, Some(relaxation))
+    }
+
+    fn report(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        targets: &[usize],
+        prebuilt: Option<Relaxation>,
+    ) -> Result<BoundReport> {
+        let verdict = self.stop_when_positive;
+        super::per_target_report(network, set, label, targets, self.bounds, prebuilt, verdict, |rel, t, crown| {
+            // A positive CROWN bound already settles the target's verdict.
+            if verdict && crown > 0.0 {
+                return Ok(None);
+            }
+            self.solve_target(network, set, rel, label, t).map(|r| r.certificate.map(|c| c.bound))
+        })
+    }
+}
+
 impl Verifier for Bm {
     fn name(&self) -> &'static str {
         match self.bounds {
@@ -562,12 +597,6 @@ impl Verifier for Bm {
         }
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        super::per_target_report(network, set, label, targets, self.bounds, self.stop_when_positive, |rel, t, crown| {
-            // A positive CROWN bound already settles the target's verdict.
-            if self.stop_when_positive && crown > 0.0 {
-                return Ok(None);
-            }
-            self.solve_target(network, set, rel, label, t).map(|r| r.certificate.map(|c| c.bound))
-        })
+        self.report(network, set, label, targets, None)
     }
 }

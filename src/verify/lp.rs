@@ -135,6 +135,26 @@ pub struct LpFull {
     pub settings: LpSettings,
 }
 
+impl LpFull {
+    /// [`Verifier::lower_bounds`] from pre-activation bounds computed earlier for the same `set` by
+    /// [`lp_full_bounds`] (one LP/SOCP per target on them), so LP-Full and BM-Full on one input pay
+    /// for the per-neuron LPs once. The bounds must be sound for `set`.
+    pub fn lower_bounds_with(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        targets: &[usize],
+        pre: &PreActivationBounds,
+    ) -> Result<BoundReport> {
+        let start = Instant::now();
+        super::check_query(network, set, label, targets)?;
+        let mut r = report(network, set, pre, label, targets, &self.settings, LpStats::default())?;
+        r.stats.seconds = start.elapsed().as_secs_f64();
+        Ok(r)
+    }
+}
+
 impl Verifier for LpFull {
     fn name(&self) -> &'static str {
         "lp-full"

@@ -93,18 +93,26 @@ pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: 
 /// With `verdict_only`, the targets run hardest first (smallest CROWN bound) and once one ends
 /// with a bound <= 0 the input's verdict cannot be "robust": the remaining targets get CROWN's
 /// bound alone (sound, and cheap) instead of the method's.
+///
+/// `prebuilt` is a relaxation of `set` computed earlier (e.g. LP-Full's bounds shared with
+/// LP-Full itself); otherwise it is built here from `source`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn per_target_report(
     network: &Network,
     set: &InputSet,
     label: usize,
     targets: &[usize],
     source: sdp::BoundSource,
+    prebuilt: Option<sdp::Relaxation>,
     verdict_only: bool,
     mut bound: impl FnMut(&sdp::Relaxation, usize, f64) -> Result<Option<f64>>,
 ) -> Result<BoundReport> {
     let start = Instant::now();
     check_query(network, set, label, targets)?;
-    let rel = sdp::Relaxation::new(network, set, source)?;
+    let rel = match prebuilt {
+        Some(rel) => rel,
+        None => sdp::Relaxation::new(network, set, source)?,
+    };
     let pre = &rel.pre;
     let crown = bounds::margin_lower_bounds(network, set, pre, Propagation::Crown, label, targets)?;
     let mut order: Vec<usize> = (0..targets.len()).collect();

@@ -416,6 +416,7 @@ impl Verifier for SdpFo {
             label,
             targets,
             self.bounds,
+            None,
             self.stop_when_positive,
             |rel, t, _crown| self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound)),
         )
