@@ -119,3 +119,31 @@ fn bm_is_tight_on_an_mnist_network() {
     assert!(cert.bound > lp + 1.0, "BM {} vs LP-Full {lp}", cert.bound);
     assert!(cert.bound > 0.9 * r.primal, "BM {} vs its primal {}", cert.bound, r.primal);
 }
+
+#[test]
+fn shared_lp_full_bounds_give_the_same_answers() {
+    use nncert::Verifier;
+    use nncert::bounds::lp::LpSettings;
+    use nncert::verify::lp::{LpFull, lp_full_bounds};
+    let bm_full = Bm { stop_when_positive: false, time_limit: 1e3, ..Bm::full() };
+    for (ci, (net, set, label)) in cases().iter().enumerate().take(8) {
+        let targets: Vec<usize> = (0..net.num_classes()).filter(|t| t != label).collect();
+        let exact: Vec<f64> =
+            targets.iter().map(|&t| Exact::default().phi(net, set, *label, t).unwrap().lower).collect();
+        // LP-Full from bounds computed once equals LP-Full computing them itself.
+        let (pre, _) = lp_full_bounds(net, set, &LpSettings::default()).unwrap();
+        let alone = LpFull::default().lower_bounds(net, set, *label, &targets).unwrap();
+        let shared = LpFull::default().lower_bounds_with(net, set, *label, &targets, &pre).unwrap();
+        // BM-Full on a relaxation built from BoundSource::LpFull equals BM-Full building it.
+        let rel = Relaxation::new(net, set, BoundSource::LpFull).unwrap();
+        let bm_alone = bm_full.lower_bounds(net, set, *label, &targets).unwrap();
+        let bm_shared = bm_full.lower_bounds_with(net, set, *label, &targets, rel).unwrap();
+        for (k, e) in exact.iter().enumerate() {
+            let (a, b) = (alone.bounds[k].1, shared.bounds[k].1);
+            assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "case {ci}: LP-Full {a} vs shared {b}");
+            let (a, b) = (bm_alone.bounds[k].1, bm_shared.bounds[k].1);
+            assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "case {ci}: BM-Full {a} vs shared {b}");
+            assert!(a <= e + 1e-9 && alone.bounds[k].1 <= e + 1e-9, "case {ci}: above exact {e}");
+        }
+    }
+}
