@@ -138,6 +138,11 @@ fn shared_lp_full_bounds_give_the_same_answers() {
         let rel = Relaxation::new(net, set, BoundSource::LpFull).unwrap();
         let bm_alone = bm_full.lower_bounds(net, set, *label, &targets).unwrap();
         let bm_shared = bm_full.lower_bounds_with(net, set, *label, &targets, rel).unwrap();
+        // Bounds of another shape are an error, not a panic.
+        let mut short = pre.clone();
+        short.layers.pop();
+        assert!(LpFull::default().lower_bounds_with(net, set, *label, &targets, &short).is_err());
+        assert!(Relaxation::from_bounds(net, set, BoundSource::LpFull, short).is_err());
         for (k, e) in exact.iter().enumerate() {
             let (a, b) = (alone.bounds[k].1, shared.bounds[k].1);
             assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "case {ci}: LP-Full {a} vs shared {b}");
