@@ -786,7 +786,9 @@ fn markdown(report: &Report, methods: &[String]) -> String {
         "- Machine: 2 cores (x86_64), 24 GiB. Seconds per image: mean wall-clock of one image (all targets, PGD \
          included) on one core; the machine runs two images (or two runs) at once. SDP-FO, BM and BM-Full run \
          in verdict mode (a target stops at its first positive proven bound; after a failed target the rest \
-         get CROWN's bound) with the time limit per target stated under each table.\n",
+         get CROWN's bound) with the time limit per target stated under each table. Targets CROWN already \
+         certifies are not re-run (the same in the library's verdict mode). LP-Full and BM-Full of one image share LP-Full's pre-activation bounds \
+         when they run in one invocation; the seconds of both include computing them.\n",
     );
     s.push_str(&format!("- The paper: {}\n", report.protocol));
     s.push_str(

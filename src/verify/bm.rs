@@ -69,8 +69,8 @@ pub struct Bm {
     /// proven bound after rank lifting to 4 is 3.23 with 10 and -7.0 with 1e4, whose multipliers
     /// oscillate by about rho x infeasibility.
     pub rho_max: f64,
-    /// Only the verdict matters (default true): stop a target as soon as a proven bound is
-    /// positive, run the targets hardest first and, once one ends <= 0, give the rest CROWN's
+    /// Only the verdict matters (default true): skip targets CROWN already proves, stop a target
+    /// as soon as a proven bound is positive, run the targets hardest first and, once one ends <= 0, give the rest CROWN's
     /// bound. Turn it off to get every target's tightest bound.
     pub stop_when_positive: bool,
     /// SDP-FO polishing steps on the final multipliers (default 300; 0 to disable).

@@ -285,8 +285,9 @@ pub struct SdpFo {
     pub step: f64,
     /// Wall-clock budget per target in seconds (default 20).
     pub time_limit: f64,
-    /// Only the verdict matters (default true): stop a target at the first proven positive bound,
-    /// and once a target ends <= 0 give the remaining ones CROWN's bound.
+    /// Only the verdict matters (default true): skip targets CROWN already proves, stop a target at
+    /// the first proven positive bound, and once a target ends <= 0 give the remaining ones CROWN's
+    /// bound.
     pub stop_when_positive: bool,
     /// Where the hidden boxes come from (default CROWN ∩ IBP).
     pub bounds: BoundSource,
@@ -418,7 +419,13 @@ impl Verifier for SdpFo {
             self.bounds,
             None,
             self.stop_when_positive,
-            |rel, t, _crown| self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound)),
+            |rel, t, crown| {
+                // A positive CROWN bound already settles the target's verdict.
+                if self.stop_when_positive && crown > 0.0 {
+                    return Ok(None);
+                }
+                self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound))
+            },
         )
     }
 }
