@@ -60,6 +60,19 @@ pub struct PreActivationBounds {
 }
 
 impl PreActivationBounds {
+    /// An error unless these bounds have one interval per layer of `net`, of the layer's width.
+    pub fn check_shape(&self, net: &crate::network::Network) -> crate::error::Result<()> {
+        let layers = net.layers();
+        if self.layers.len() != layers.len()
+            || self.layers.iter().zip(layers).any(|(iv, l)| iv.len() != l.output_size())
+        {
+            return Err(crate::error::Error::InvalidArgument(
+                "pre-activation bounds do not match the network's layer sizes".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Number of hidden ReLU neurons whose sign is not fixed by the bounds (lower < 0 < upper).
     pub fn unstable_neurons(&self) -> usize {
         let hidden = &self.layers[..self.layers.len().saturating_sub(1)];

@@ -149,13 +149,7 @@ impl LpFull {
     ) -> Result<BoundReport> {
         let start = Instant::now();
         super::check_query(network, set, label, targets)?;
-        let layers = network.layers();
-        if pre.layers.len() != layers.len() || pre.layers.iter().zip(layers).any(|(iv, l)| iv.len() != l.output_size())
-        {
-            return Err(crate::error::Error::InvalidArgument(
-                "pre-activation bounds do not match the network's layer sizes".into(),
-            ));
-        }
+        pre.check_shape(network)?;
         let mut r = report(network, set, pre, label, targets, &self.settings, LpStats::default())?;
         r.stats.seconds = start.elapsed().as_secs_f64();
         Ok(r)

@@ -224,11 +224,8 @@ pub struct HiddenBoxes {
 impl HiddenBoxes {
     /// The boxes and cuts of every hidden layer from pre-activation bounds of the same network.
     pub fn new(net: &Network, pre: &PreActivationBounds) -> Result<Self> {
+        pre.check_shape(net)?;
         let layers = net.layers();
-        if pre.layers.len() != layers.len() || pre.layers.iter().zip(layers).any(|(iv, l)| iv.len() != l.output_size())
-        {
-            return Err(Error::InvalidArgument("pre-activation bounds do not match the network's layer sizes".into()));
-        }
         let mut b = HiddenBoxes { lo: Vec::new(), hi: Vec::new(), slope: Vec::new(), offset: Vec::new() };
         for iv in &pre.layers[..layers.len() - 1] {
             let n = iv.len();
