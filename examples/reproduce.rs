@@ -222,14 +222,20 @@ impl Verifier for SharedLpFull {
     }
 }
 
+/// BM (`full`: BM-Full) with the run's time limit, in verdict mode unless for the figures.
+fn bm_settings(full: bool, time_limit: f64, all_targets: bool) -> Bm {
+    let base = if full { Bm::full() } else { Bm::default() };
+    Bm { time_limit, stop_when_positive: !all_targets, ..base }
+}
+
 /// The verifier of a method (None for PGD alone). For the figures (`all_targets`), the iterative
 /// methods run to their limits instead of stopping at the first positive bound.
 fn make_verifier(method: &str, time_limit: f64, all_targets: bool) -> Res<Option<Box<dyn Verifier>>> {
     Ok(match method {
         "pgd" => None,
         "sdp" => Some(Box::new(SdpFo { time_limit, stop_when_positive: !all_targets, ..SdpFo::default() })),
-        "bm" => Some(Box::new(Bm { time_limit, stop_when_positive: !all_targets, ..Bm::default() })),
-        "bm-full" => Some(Box::new(Bm { time_limit, stop_when_positive: !all_targets, ..Bm::full() })),
+        "bm" => Some(Box::new(bm_settings(false, time_limit, all_targets))),
+        "bm-full" => Some(Box::new(bm_settings(true, time_limit, all_targets))),
         other => Some(nncert::verify::by_name(other)?),
     })
 }
@@ -330,8 +336,9 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
         job.images.iter().filter(|(i, _, _)| !cache.entries.contains_key(i)).collect();
     let mut fresh = Vec::new();
     if compute && !missing.is_empty() {
-        let verifier = make_verifier(job.method, args.time_limit, job.all_targets)?;
+        // LP-Full and BM-Full run through SharedLpFull, built per image.
         let shared = matches!(job.method, "lp-full" | "bm-full");
+        let verifier = if shared { None } else { make_verifier(job.method, args.time_limit, job.all_targets)? };
         let options = CertifyOptions { attack: Some(PgdSettings::default()), all_targets: job.all_targets };
         let total = job.images.len();
         let cached = total - missing.len();
@@ -351,11 +358,7 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
                 let (r, reused) = if shared {
                     let v = SharedLpFull {
                         key: (format!("{model} {}", job.norm.name()), job.eps.to_bits(), *index),
-                        bm: (job.method == "bm-full").then(|| Bm {
-                            time_limit: args.time_limit,
-                            stop_when_positive: !job.all_targets,
-                            ..Bm::full()
-                        }),
+                        bm: (job.method == "bm-full").then(|| bm_settings(true, args.time_limit, job.all_targets)),
                         reused: Mutex::new(0.0),
                     };
                     let r = certify(job.net, &set, *label, Some(&v), &options)?;

@@ -70,8 +70,8 @@ pub struct Bm {
     /// oscillate by about rho x infeasibility.
     pub rho_max: f64,
     /// Only the verdict matters (default true): skip targets CROWN already proves, stop a target
-    /// as soon as a proven bound is positive, run the targets hardest first and, once one ends <= 0, give the rest CROWN's
-    /// bound. Turn it off to get every target's tightest bound.
+    /// as soon as a proven bound is positive, run the targets hardest first and, once one ends
+    /// <= 0, give the rest CROWN's bound. Turn it off to get every target's tightest bound.
     pub stop_when_positive: bool,
     /// SDP-FO polishing steps on the final multipliers (default 300; 0 to disable).
     pub polish: usize,
@@ -579,11 +579,7 @@ impl Bm {
         prebuilt: Option<Relaxation>,
     ) -> Result<BoundReport> {
         let verdict = self.stop_when_positive;
-        super::per_target_report(network, set, label, targets, self.bounds, prebuilt, verdict, |rel, t, crown| {
-            // A positive CROWN bound already settles the target's verdict.
-            if verdict && crown > 0.0 {
-                return Ok(None);
-            }
+        super::per_target_report(network, set, label, targets, self.bounds, prebuilt, verdict, |rel, t| {
             self.solve_target(network, set, rel, label, t).map(|r| r.certificate.map(|c| c.bound))
         })
     }

@@ -86,13 +86,14 @@ pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: 
 }
 
 /// A report for the verifiers that prove one target at a time on one [`sdp::Relaxation`]
-/// (SDP-FO, BM-r): `bound(relaxation, target, crown)` returns the proven bound, if any. CROWN on
-/// the relaxation's pre-activation bounds (`crown`, computed here for all targets at once) is
-/// sound too, so each reported bound is the better of the two.
+/// (SDP-FO, BM-r): `bound(relaxation, target)` returns the proven bound, if any. CROWN on the
+/// relaxation's pre-activation bounds (computed here for all targets at once) is sound too, so
+/// each reported bound is the better of the two.
 ///
-/// With `verdict_only`, the targets run hardest first (smallest CROWN bound) and once one ends
-/// with a bound <= 0 the input's verdict cannot be "robust": the remaining targets get CROWN's
-/// bound alone (sound, and cheap) instead of the method's.
+/// With `verdict_only`, targets CROWN already proves keep CROWN's bound, the others run hardest
+/// first (smallest CROWN bound), and once one ends with a bound <= 0 the input's verdict cannot be
+/// "robust": the remaining targets get CROWN's bound alone (sound, and cheap) instead of the
+/// method's.
 ///
 /// `prebuilt` is a relaxation of `set` computed earlier (e.g. LP-Full's bounds shared with
 /// LP-Full itself); otherwise it is built here from `source`.
@@ -105,7 +106,7 @@ pub(crate) fn per_target_report(
     source: sdp::BoundSource,
     prebuilt: Option<sdp::Relaxation>,
     verdict_only: bool,
-    mut bound: impl FnMut(&sdp::Relaxation, usize, f64) -> Result<Option<f64>>,
+    mut bound: impl FnMut(&sdp::Relaxation, usize) -> Result<Option<f64>>,
 ) -> Result<BoundReport> {
     let start = Instant::now();
     check_query(network, set, label, targets)?;
@@ -122,7 +123,11 @@ pub(crate) fn per_target_report(
     let mut out: Vec<(usize, f64)> = targets.iter().copied().zip(crown.iter().copied()).collect();
     for k in order {
         let (t, c) = (targets[k], crown[k]);
-        out[k].1 = bound(&rel, t, c)?.unwrap_or(f64::NEG_INFINITY).max(c);
+        // A positive CROWN bound already settles the target's verdict.
+        if verdict_only && c > 0.0 {
+            continue;
+        }
+        out[k].1 = bound(&rel, t)?.unwrap_or(f64::NEG_INFINITY).max(c);
         if verdict_only && out[k].1 <= 0.0 {
             break;
         }

@@ -411,21 +411,8 @@ impl Verifier for SdpFo {
         "sdp"
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
-        super::per_target_report(
-            network,
-            set,
-            label,
-            targets,
-            self.bounds,
-            None,
-            self.stop_when_positive,
-            |rel, t, crown| {
-                // A positive CROWN bound already settles the target's verdict.
-                if self.stop_when_positive && crown > 0.0 {
-                    return Ok(None);
-                }
-                self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound))
-            },
-        )
+        super::per_target_report(network, set, label, targets, self.bounds, None, self.stop_when_positive, |rel, t| {
+            self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound))
+        })
     }
 }
