@@ -70,9 +70,13 @@ struct Args {
     /// Images per figure point (the paper: 10).
     #[arg(long, default_value_t = 10)]
     figure_images: usize,
-    /// Seconds per target for sdp, bm and bm-full.
+    /// Seconds per target for sdp (its limit) and bm, bm-full (a wall-clock cap only: their
+    /// budget is --bm-iterations, so their verdicts do not depend on the machine's load).
     #[arg(long, default_value_t = 10.0)]
     time_limit: f64,
+    /// L-BFGS iterations per target for bm and bm-full (over all ranks).
+    #[arg(long, default_value_t = Bm::default().max_iterations)]
+    bm_iterations: usize,
     /// Drop the cached results of these methods (comma-separated or "all") before running.
     #[arg(long)]
     refresh: Option<String>,
@@ -111,9 +115,14 @@ struct Entry {
     lower: Vec<Option<f64>>,
     upper: Vec<Option<f64>>,
     seconds: f64,
-    /// The per-target time limit of SDP-FO, BM and BM-Full (None for the other methods).
+    /// The per-target time limit of SDP-FO, BM and BM-Full (None for the other methods); for BM
+    /// and BM-Full with an iteration budget, a cap only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     time_limit: Option<f64>,
+    /// BM's and BM-Full's L-BFGS iterations per target (None: entries from before the budget,
+    /// whose only limit was the clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iterations: Option<usize>,
 }
 
 /// Counts of one (row, method).
@@ -124,8 +133,9 @@ struct Cell {
     not_robust: usize,
     unknown: usize,
     seconds_per_image: f64,
-    /// The per-target time limits the entries ran with (SDP-FO, BM, BM-Full).
-    time_limits: Vec<f64>,
+    /// The per-target budgets the entries ran with (SDP-FO, BM, BM-Full), e.g. "10 s" or
+    /// "8400 iterations (cap 60 s)".
+    budgets: Vec<String>,
 }
 
 /// The papers' 2x100 networks by the tables' names.
@@ -222,20 +232,23 @@ impl Verifier for SharedLpFull {
     }
 }
 
-/// BM (`full`: BM-Full) with the run's time limit, in verdict mode unless for the figures.
-fn bm_settings(full: bool, time_limit: f64, all_targets: bool) -> Bm {
+/// BM (`full`: BM-Full) with the run's iteration budget and time cap, in verdict mode unless for
+/// the figures.
+fn bm_settings(full: bool, args: &Args, all_targets: bool) -> Bm {
     let base = if full { Bm::full() } else { Bm::default() };
-    Bm { time_limit, stop_when_positive: !all_targets, ..base }
+    Bm { max_iterations: args.bm_iterations, time_limit: args.time_limit, stop_when_positive: !all_targets, ..base }
 }
 
 /// The verifier of a method (None for PGD alone). For the figures (`all_targets`), the iterative
 /// methods run to their limits instead of stopping at the first positive bound.
-fn make_verifier(method: &str, time_limit: f64, all_targets: bool) -> Res<Option<Box<dyn Verifier>>> {
+fn make_verifier(method: &str, args: &Args, all_targets: bool) -> Res<Option<Box<dyn Verifier>>> {
     Ok(match method {
         "pgd" => None,
-        "sdp" => Some(Box::new(SdpFo { time_limit, stop_when_positive: !all_targets, ..SdpFo::default() })),
-        "bm" => Some(Box::new(bm_settings(false, time_limit, all_targets))),
-        "bm-full" => Some(Box::new(bm_settings(true, time_limit, all_targets))),
+        "sdp" => {
+            Some(Box::new(SdpFo { time_limit: args.time_limit, stop_when_positive: !all_targets, ..SdpFo::default() }))
+        }
+        "bm" => Some(Box::new(bm_settings(false, args, all_targets))),
+        "bm-full" => Some(Box::new(bm_settings(true, args, all_targets))),
         other => Some(nncert::verify::by_name(other)?),
     })
 }
@@ -338,7 +351,7 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
     if compute && !missing.is_empty() {
         // LP-Full and BM-Full run through SharedLpFull, built per image.
         let shared = matches!(job.method, "lp-full" | "bm-full");
-        let verifier = if shared { None } else { make_verifier(job.method, args.time_limit, job.all_targets)? };
+        let verifier = if shared { None } else { make_verifier(job.method, args, job.all_targets)? };
         let options = CertifyOptions { attack: Some(PgdSettings::default()), all_targets: job.all_targets };
         let total = job.images.len();
         let cached = total - missing.len();
@@ -358,7 +371,7 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
                 let (r, reused) = if shared {
                     let v = SharedLpFull {
                         key: (format!("{model} {}", job.norm.name()), job.eps.to_bits(), *index),
-                        bm: (job.method == "bm-full").then(|| bm_settings(true, args.time_limit, job.all_targets)),
+                        bm: (job.method == "bm-full").then(|| bm_settings(true, args, job.all_targets)),
                         reused: Mutex::new(0.0),
                     };
                     let r = certify(job.net, &set, *label, Some(&v), &options)?;
@@ -375,6 +388,7 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
                     upper: r.upper_bounds.iter().map(|v| round(*v)).collect(),
                     seconds: ((r.seconds + reused) * 1e4).round() / 1e4,
                     time_limit: matches!(job.method, "sdp" | "bm" | "bm-full").then_some(args.time_limit),
+                    iterations: matches!(job.method, "bm" | "bm-full").then_some(args.bm_iterations),
                 };
                 cache.append(&e)?;
                 let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -436,9 +450,16 @@ fn cell(entries: &[Entry]) -> Cell {
         not_robust: c[1],
         unknown: c[2],
         seconds_per_image: if n == 0 { 0.0 } else { entries.iter().map(|e| e.seconds).sum::<f64>() / n as f64 },
-        time_limits: {
-            let mut t: Vec<f64> = entries.iter().filter_map(|e| e.time_limit).collect();
-            t.sort_by(f64::total_cmp);
+        budgets: {
+            let mut t: Vec<String> = entries
+                .iter()
+                .filter_map(|e| match (e.iterations, e.time_limit) {
+                    (Some(i), Some(t)) => Some(format!("{i} iterations (cap {t} s)")),
+                    (None, Some(t)) => Some(format!("{t} s")),
+                    _ => None,
+                })
+                .collect();
+            t.sort();
             t.dedup();
             t
         },
@@ -522,6 +543,9 @@ fn run(args: Args) -> Res<()> {
     }
     if !(args.time_limit.is_finite() && args.time_limit > 0.0) {
         return Err(format!("--time-limit must be > 0, got {}", args.time_limit).into());
+    }
+    if args.bm_iterations == 0 {
+        return Err("--bm-iterations must be > 0".into());
     }
     let methods = parse_methods(&args.methods)?;
     let figure_methods = match &args.figure_methods {
@@ -789,7 +813,9 @@ fn markdown(report: &Report, methods: &[String]) -> String {
         "- Machine: 2 cores (x86_64), 24 GiB. Seconds per image: mean wall-clock of one image (all targets, PGD \
          included) on one core; the machine runs two images (or two runs) at once. SDP-FO, BM and BM-Full run \
          in verdict mode (a target stops at its first positive proven bound; after a failed target the rest \
-         get CROWN's bound) with the time limit per target stated under each table. Targets CROWN already \
+         get CROWN's bound) with the budget per target stated under each table: SDP-FO a time limit; BM and \
+         BM-Full an L-BFGS iteration budget with a wall-clock cap (rows run before the budget existed say only \
+         \"10 s\": there the clock was the budget, so their counts depend on the machine's load). Targets CROWN already \
          certifies are not re-run (the same in the library's verdict mode). LP-Full and BM-Full of one image share LP-Full's pre-activation bounds \
          when they run in one invocation; the seconds of both include computing them.\n",
     );
@@ -843,14 +869,13 @@ fn markdown(report: &Report, methods: &[String]) -> String {
         let mut limits = Vec::new();
         for row in rows {
             for (m, c) in &row.ours {
-                if !c.time_limits.is_empty() {
-                    let t: Vec<String> = c.time_limits.iter().map(|t| format!("{t} s")).collect();
-                    limits.push(format!("{} {} {}: {}", row.model, fmt_eps(row.eps), title(m), t.join(", ")));
+                if !c.budgets.is_empty() {
+                    limits.push(format!("{} {} {}: {}", row.model, fmt_eps(row.eps), title(m), c.budgets.join(", ")));
                 }
             }
         }
         if !limits.is_empty() {
-            s.push_str(&format!("Time limit per target: {}.\n\n", limits.join("; ")));
+            s.push_str(&format!("Budget per target: {}.\n\n", limits.join("; ")));
         }
         s.push_str("Ratio certified / PGD UB on the same images (ours; the paper's in parentheses):\n\n");
         for row in rows {

@@ -15,7 +15,8 @@ fn cases() -> Vec<(Network, InputSet, usize)> {
 
 #[test]
 fn bm_is_sound_and_tight_on_small_networks() {
-    let bm = Bm { feasibility: 1e-9, outer: 60, stop_when_positive: false, ..Bm::default() };
+    let bm =
+        Bm { feasibility: 1e-9, outer: 60, max_iterations: usize::MAX, stop_when_positive: false, ..Bm::default() };
     let mut gaps = Vec::new();
     for (ci, (net, set, label)) in cases().iter().enumerate() {
         let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
@@ -60,6 +61,27 @@ fn sabotaged_bm_stays_sound() {
                 assert!(c2.bound <= exact.lower + 1e-9);
             }
         }
+    }
+}
+
+/// The iteration budget ends a target (not the clock): 150 L-BFGS iterations in all, whatever
+/// the ranks and outer iterations would allow, and the bound is still <= the exact phi.
+#[test]
+fn the_iteration_budget_bounds_the_work_and_stays_sound() {
+    let budget = Bm { max_iterations: 150, time_limit: 1e3, stop_when_positive: false, ..Bm::default() };
+    for (ci, (net, set, label)) in cases().iter().enumerate().take(8) {
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        let r = budget.solve_target(net, set, &rel, *label, target).unwrap();
+        assert!(r.iterations <= 150, "case {ci}: {} iterations", r.iterations);
+        if let Some(c) = &r.certificate {
+            assert!(c.bound <= exact.lower + 1e-9, "case {ci}: budgeted BM {} > exact {}", c.bound, exact.lower);
+        }
+        // The same settings give the same bound twice: nothing depends on the clock.
+        let again = budget.solve_target(net, set, &rel, *label, target).unwrap();
+        assert_eq!(r.certificate.map(|c| c.bound), again.certificate.map(|c| c.bound), "case {ci}");
+        assert_eq!(r.iterations, again.iterations, "case {ci}");
     }
 }
 

@@ -257,7 +257,15 @@ fn bm_matches_the_reference_sdp() {
     use nncert::verify::sdp_reference::reference_sdp;
     // Solved to high accuracy (a large penalty and long inner solves: the defaults trade accuracy
     // for speed on MNIST-sized networks), BM reaches the convex SDP's value (Theorem 4.3).
-    let bm = Bm { feasibility: 1e-9, outer: 60, inner: 1000, rho_max: 1e4, stop_when_positive: false, ..Bm::default() };
+    let bm = Bm {
+        feasibility: 1e-9,
+        outer: 60,
+        inner: 1000,
+        max_iterations: usize::MAX,
+        rho_max: 1e4,
+        stop_when_positive: false,
+        ..Bm::default()
+    };
     let mut compared = 0;
     let mut within = 0;
     for (ci, (net, set, label)) in cases().iter().enumerate().take(16) {
