@@ -28,6 +28,8 @@ pub mod sdp_fo;
 #[cfg(feature = "sdp-reference")]
 pub mod sdp_reference;
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +99,12 @@ pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: 
 ///
 /// `prebuilt` is a relaxation of `set` computed earlier (e.g. LP-Full's bounds shared with
 /// LP-Full itself); otherwise it is built here from `source`.
+///
+/// The targets run in parallel on rayon's pool, each worker taking the next target in order (so
+/// hardest first in verdict mode). In verdict mode a target that has not started when another one
+/// ends <= 0 is skipped; those already running finish (their bounds are sound too). Which targets
+/// get the method's bound may then depend on timing, the verdict does not: it is "robust" only if
+/// every target's bound is > 0.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn per_target_report(
     network: &Network,
@@ -106,7 +114,7 @@ pub(crate) fn per_target_report(
     source: sdp::BoundSource,
     prebuilt: Option<sdp::Relaxation>,
     verdict_only: bool,
-    mut bound: impl FnMut(&sdp::Relaxation, usize) -> Result<Option<f64>>,
+    bound: impl Fn(&sdp::Relaxation, usize) -> Result<Option<f64>> + Sync,
 ) -> Result<BoundReport> {
     let start = Instant::now();
     check_query(network, set, label, targets)?;
@@ -120,17 +128,41 @@ pub(crate) fn per_target_report(
     if verdict_only {
         order.sort_by(|&a, &b| crown[a].total_cmp(&crown[b]));
     }
+    // A positive CROWN bound already settles the target's verdict.
+    order.retain(|&k| !(verdict_only && crown[k] > 0.0));
     let mut out: Vec<(usize, f64)> = targets.iter().copied().zip(crown.iter().copied()).collect();
-    for k in order {
-        let (t, c) = (targets[k], crown[k]);
-        // A positive CROWN bound already settles the target's verdict.
-        if verdict_only && c > 0.0 {
-            continue;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<(usize, Result<Option<f64>>)>> = Mutex::new(Vec::new());
+    let worker = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            if i >= order.len() || (verdict_only && failed.load(Ordering::SeqCst)) {
+                break;
+            }
+            let k = order[i];
+            let r = bound(&rel, targets[k]);
+            let settled_bad = r.as_ref().map_or(true, |b| b.unwrap_or(f64::NEG_INFINITY).max(crown[k]) <= 0.0);
+            if settled_bad {
+                failed.store(true, Ordering::SeqCst);
+            }
+            results.lock().unwrap_or_else(|e| e.into_inner()).push((k, r));
         }
-        out[k].1 = bound(&rel, t)?.unwrap_or(f64::NEG_INFINITY).max(c);
-        if verdict_only && out[k].1 <= 0.0 {
-            break;
-        }
+    };
+    let workers = rayon::current_num_threads().min(order.len());
+    if workers <= 1 {
+        worker();
+    } else {
+        rayon::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|_| worker());
+            }
+        });
+    }
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(k, _)| *k);
+    for (k, r) in results {
+        out[k].1 = r?.unwrap_or(f64::NEG_INFINITY).max(crown[k]);
     }
     Ok(BoundReport {
         bounds: out,
