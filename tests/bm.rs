@@ -16,7 +16,7 @@ fn cases() -> Vec<(Network, InputSet, usize)> {
 #[test]
 fn bm_is_sound_and_tight_on_small_networks() {
     let bm =
-        Bm { feasibility: 1e-9, outer: 60, max_iterations: usize::MAX, stop_when_positive: false, ..Bm::default() };
+        Bm { feasibility: 1e-9, outer: 60, max_iterations: 60 * 200 * 7, stop_when_positive: false, ..Bm::default() };
     let mut gaps = Vec::new();
     for (ci, (net, set, label)) in cases().iter().enumerate() {
         let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
@@ -43,7 +43,8 @@ fn bm_is_sound_and_tight_on_small_networks() {
 
 #[test]
 fn sabotaged_bm_stays_sound() {
-    let truncated = Bm { outer: 1, inner: 2, max_rank: 2, stop_when_positive: false, ..Bm::default() };
+    let truncated =
+        Bm { outer: 1, inner: 2, max_rank: 2, max_iterations: 2, stop_when_positive: false, ..Bm::default() };
     for (ci, (net, set, label)) in cases().iter().enumerate().take(10) {
         let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
         let target = (label + 1) % 3;
@@ -83,6 +84,32 @@ fn the_iteration_budget_bounds_the_work_and_stays_sound() {
         assert_eq!(r.certificate.map(|c| c.bound), again.certificate.map(|c| c.bound), "case {ci}");
         assert_eq!(r.iterations, again.iterations, "case {ci}");
     }
+}
+
+/// A budget beyond what the ranks allow is spent at the largest rank, in further rounds of outer
+/// iterations: never more than the budget, still sound.
+#[test]
+fn a_larger_budget_continues_at_the_largest_rank() {
+    let one_round =
+        Bm { rank: 3, max_rank: 3, outer: 1, inner: 5, max_iterations: 5, stop_when_positive: false, ..Bm::default() };
+    let longer = Bm { max_iterations: 60, ..one_round.clone() };
+    let mut continued = 0;
+    for (ci, (net, set, label)) in cases().iter().enumerate().take(8) {
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        let short = one_round.solve_target(net, set, &rel, *label, target).unwrap();
+        let r = longer.solve_target(net, set, &rel, *label, target).unwrap();
+        assert!(short.iterations <= 5 && r.iterations <= 60, "case {ci}: {} / {}", short.iterations, r.iterations);
+        assert_eq!(r.rank_path, vec![3], "case {ci}");
+        if r.iterations > short.iterations {
+            continued += 1;
+        }
+        if let Some(c) = &r.certificate {
+            assert!(c.bound <= exact.lower + 1e-9, "case {ci}: BM {} > exact {}", c.bound, exact.lower);
+        }
+    }
+    assert!(continued > 0, "no case used more than one round of 5 iterations");
 }
 
 /// Verdict mode (stop at the first positive bound, hardest target first, CROWN for the rest

@@ -261,7 +261,7 @@ fn bm_matches_the_reference_sdp() {
         feasibility: 1e-9,
         outer: 60,
         inner: 1000,
-        max_iterations: usize::MAX,
+        max_iterations: 60 * 1000 * 7,
         rho_max: 1e4,
         stop_when_positive: false,
         ..Bm::default()

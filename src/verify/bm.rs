@@ -58,8 +58,10 @@ pub struct Bm {
     /// Stop lifting when lambda_min(S) >= -this (default 1e-6).
     pub dual_tolerance: f64,
     /// L-BFGS iterations per target over all ranks (default 8400, what `outer` x `inner` allows
-    /// on the 7 ranks from 4 to 10). This budget, not the clock, is what normally ends a target, so
-    /// the verdict does not depend on the machine's load.
+    /// on the 7 ranks from 4 to 10). A larger budget goes to further rounds of `outer` iterations
+    /// at `max_rank`. This budget, not the clock, is what normally ends a target, so the verdict
+    /// does not depend on the machine's load; in verdict mode it is spent in full only on targets
+    /// that are not proven.
     pub max_iterations: usize,
     /// Wall-clock cap per target in seconds (default 30): three quarters for the augmented
     /// Lagrangian and rank lifting, the rest for repairing and polishing its multipliers. A cap
@@ -438,6 +440,7 @@ impl Bm {
         };
         loop {
             let mut prev = f64::INFINITY;
+            let round_start = iterations;
             for _ in 0..self.outer {
                 let left = self.max_iterations.saturating_sub(iterations);
                 if left == 0 || Instant::now() > deadline {
@@ -502,11 +505,20 @@ impl Bm {
             if settled(&best) {
                 break;
             }
-            // Rank lifting when the dual slack matrix is not PSD.
             let r = y.ncols();
-            if r >= self.max_rank || iterations >= self.max_iterations || Instant::now() > deadline {
+            if iterations >= self.max_iterations || Instant::now() > deadline {
                 break;
             }
+            if r >= self.max_rank {
+                // At the largest rank the rest of the budget goes to more rounds of outer
+                // iterations, unless this round used less than half of its iterations (L-BFGS
+                // converged or stalled) or the point is feasible.
+                if 2 * (iterations - round_start) < self.outer * self.inner || infeasibility < self.feasibility {
+                    break;
+                }
+                continue;
+            }
+            // Rank lifting when the dual slack matrix is not PSD.
             let z0 = cert.as_ref().map_or(0.0, |c| c.z0);
             let op = SlackOperator::new(net, set, &rel.boxes, label, target, &mult, z0)?;
             let Some((lam, vec)) = op.lambda_min(1e-6) else { break };
