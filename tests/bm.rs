@@ -170,6 +170,58 @@ fn bm_is_tight_on_an_mnist_network() {
     assert!(cert.bound > 0.9 * r.primal, "BM {} vs its primal {}", cert.bound, r.primal);
 }
 
+/// The input constraints' scaling (default: 0.5 for l_inf, off for l2) changes how fast the multipliers converge, never whether the
+/// bound holds: any exponent in [0, 2] stays <= the exact phi; others are an error.
+#[test]
+fn input_scaling_is_sound_for_any_exponent_and_checked() {
+    for (ci, (net, set, label)) in cases().iter().enumerate().take(8) {
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        for p in [0.0, 1.0, 2.0] {
+            let bm = Bm { input_scaling: Some(p), max_iterations: 1000, stop_when_positive: false, ..Bm::default() };
+            let cert = bm.solve_target(net, set, &rel, *label, target).unwrap().certificate.expect("a bound");
+            assert!(cert.bound <= exact.lower + 1e-9, "case {ci}, p {p}: BM {} > exact {}", cert.bound, exact.lower);
+            assert!(cert.check(net, set).is_ok());
+        }
+        for p in [-0.1, 2.5, f64::NAN, f64::INFINITY] {
+            let bm = Bm { input_scaling: Some(p), ..Bm::default() };
+            assert!(bm.solve_target(net, set, &rel, *label, target).is_err(), "p {p} accepted");
+        }
+    }
+}
+
+/// On nor-mnist-mlp-2x100 at l_inf 0.03 (image 0, target 3, the hardest by CROWN), the default
+/// budget proves the target with the input constraints scaled and not without: one penalty for
+/// an l_inf box of half-width 0.03 and for ReLU equalities of order 100 leaves the box loose.
+#[test]
+fn input_scaling_proves_a_hard_l_inf_target() {
+    let Some(dir) = common::shared_data() else { return };
+    let (images, labels) = common::mnist(&dir);
+    let net = nncert::io::load_model(dir.join("models/nor-mnist-mlp-2x100.json")).unwrap();
+    let (label, target) = (labels[0], 3);
+    let set = InputSet::new(
+        images[0].clone(),
+        0.03,
+        nncert::Norm::Linf,
+        Some(nncert::Domain::uniform(784, 0.0, 1.0).unwrap()),
+    )
+    .unwrap();
+    let rel = Relaxation::new(&net, &set, BoundSource::CrownIbp).unwrap();
+    let bound = |p: f64| {
+        let bm = Bm { input_scaling: Some(p), stop_when_positive: false, time_limit: 1e3, ..Bm::default() };
+        let cert = bm.solve_target(&net, &set, &rel, label, target).unwrap().certificate.expect("a bound");
+        assert!(cert.check(&net, &set).is_ok());
+        cert.bound
+    };
+    let (scaled, plain) = (bound(0.5), bound(0.0));
+    let attack = pgd(&net, &set, label, &[target], &PgdSettings::default()).unwrap();
+    eprintln!("scaled {scaled:.4} plain {plain:.4} PGD {:.4}", attack[0].margin);
+    assert!(scaled <= attack[0].margin);
+    assert!(scaled > 0.0, "scaled {scaled}");
+    assert!(scaled > plain + 1.0, "scaled {scaled} vs plain {plain}");
+}
+
 #[test]
 fn shared_lp_full_bounds_give_the_same_answers() {
     use nncert::Verifier;
