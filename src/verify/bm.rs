@@ -15,7 +15,10 @@
 //!
 //! and its gradient is 2 [M(y_hat, z_hat) Y_hat] (rows of x) with y_hat = max(0, y - rho g),
 //! z_hat = z + rho h: one product with the matrix-free slack operator per evaluation, never an
-//! n x n matrix. After each inner solve, (y, z) <- (y_hat, z_hat). When -lambda_min(S(y, z)) is
+//! n x n matrix. After each inner solve, (y, z) <- (y_hat, z_hat). The input constraints enter
+//! divided by a power of their size ([`Bm::input_scaling`]), so that an l_inf box 1e5 times
+//! smaller than the ReLU equalities is enforced as firmly; the certificate gets the multipliers of
+//! the unscaled constraints. When -lambda_min(S(y, z)) is
 //! not small, the eigenvector is appended as a new column of V (rank lifting, Algorithm 2 step 4).
 //! The reported number is always the proven bound of Proposition 3.1 at the final multipliers:
 //! the solver's quality decides how tight it is, never whether it is valid.
@@ -138,7 +141,8 @@ pub struct BmResult {
     pub certificate: Option<Certificate>,
     /// The objective <F, X> at the final point (not a bound).
     pub primal: f64,
-    /// Max constraint violation at the final point.
+    /// Max constraint violation at the final point, of the constraints as the augmented Lagrangian
+    /// sees them (the input constraints divided by their scale, [`Bm::input_scaling`]).
     pub infeasibility: f64,
     /// Ranks visited.
     pub rank_path: Vec<usize>,
