@@ -80,6 +80,10 @@ struct Args {
     /// more targets and costs time only on the targets not proven.
     #[arg(long)]
     bm_iterations: Option<usize>,
+    /// Exponent of bm's and bm-full's input-constraint scaling in [0, 2] (default: 0.5 for l_inf,
+    /// 0 for l2; see `Bm::input_scaling`). It changes how fast they converge, never soundness.
+    #[arg(long)]
+    bm_input_scaling: Option<f64>,
 }
 
 fn main() {
@@ -100,16 +104,31 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(Box::new(nncert::Error::InvalidRadius(args.eps)));
     }
     let domain = parse_domain(&args.domain)?;
-    let verifier: Option<Box<dyn nncert::Verifier>> = match (args.method.as_str(), args.bm_iterations) {
-        (_, Some(0)) => return Err("--bm-iterations must be > 0".into()),
-        ("pgd", _) => None,
-        (name @ ("bm" | "bm-full"), Some(budget)) => {
+    if args.bm_iterations == Some(0) {
+        return Err("--bm-iterations must be > 0".into());
+    }
+    if let Some(p) = args.bm_input_scaling
+        && !(p.is_finite() && (0.0..=2.0).contains(&p))
+    {
+        return Err(format!("--bm-input-scaling must be in [0, 2], got {p}").into());
+    }
+    let bm_flags = args.bm_iterations.is_some() || args.bm_input_scaling.is_some();
+    let verifier: Option<Box<dyn nncert::Verifier>> = match args.method.as_str() {
+        name @ ("bm" | "bm-full") if bm_flags => {
             let base = if name == "bm" { Bm::default() } else { Bm::full() };
-            Some(Box::new(Bm { max_iterations: budget, stop_when_positive: !args.all_targets, ..base }))
+            Some(Box::new(Bm {
+                max_iterations: args.bm_iterations.unwrap_or(base.max_iterations),
+                input_scaling: args.bm_input_scaling.or(base.input_scaling),
+                stop_when_positive: !args.all_targets,
+                ..base
+            }))
         }
-        (_, Some(_)) => return Err("--bm-iterations applies to --method bm or bm-full only".into()),
-        (name, None) if args.all_targets => Some(nncert::verify::by_name_all_targets(name)?),
-        (name, None) => Some(nncert::verify::by_name(name)?),
+        _ if bm_flags => {
+            return Err("--bm-iterations and --bm-input-scaling apply to --method bm or bm-full only".into());
+        }
+        "pgd" => None,
+        name if args.all_targets => Some(nncert::verify::by_name_all_targets(name)?),
+        name => Some(nncert::verify::by_name(name)?),
     };
     if verifier.is_none() && args.no_attack {
         return Err("--method pgd with --no-attack computes nothing".into());
