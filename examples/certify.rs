@@ -107,21 +107,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.bm_iterations == Some(0) {
         return Err("--bm-iterations must be > 0".into());
     }
-    if let Some(p) = args.bm_input_scaling
-        && !(p.is_finite() && (0.0..=2.0).contains(&p))
-    {
-        return Err(format!("--bm-input-scaling must be in [0, 2], got {p}").into());
-    }
     let bm_flags = args.bm_iterations.is_some() || args.bm_input_scaling.is_some();
     let verifier: Option<Box<dyn nncert::Verifier>> = match args.method.as_str() {
         name @ ("bm" | "bm-full") if bm_flags => {
             let base = if name == "bm" { Bm::default() } else { Bm::full() };
-            Some(Box::new(Bm {
+            let bm = Bm {
                 max_iterations: args.bm_iterations.unwrap_or(base.max_iterations),
                 input_scaling: args.bm_input_scaling.or(base.input_scaling),
                 stop_when_positive: !args.all_targets,
                 ..base
-            }))
+            };
+            bm.input_scaling_for(norm)?;
+            Some(Box::new(bm))
         }
         _ if bm_flags => {
             return Err("--bm-iterations and --bm-input-scaling apply to --method bm or bm-full only".into());

@@ -394,7 +394,8 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
                     time_limit: matches!(job.method, "sdp" | "bm" | "bm-full").then_some(args.time_limit),
                     iterations: matches!(job.method, "bm" | "bm-full").then_some(args.bm_iterations),
                     input_scaling: matches!(job.method, "bm" | "bm-full")
-                        .then(|| Bm::default().input_scaling_for(job.norm)),
+                        .then(|| Bm::default().input_scaling_for(job.norm))
+                        .transpose()?,
                 };
                 cache.append(&e)?;
                 let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;

@@ -170,8 +170,9 @@ fn bm_is_tight_on_an_mnist_network() {
     assert!(cert.bound > 0.9 * r.primal, "BM {} vs its primal {}", cert.bound, r.primal);
 }
 
-/// The input constraints' scaling (default: 0.5 for l_inf, off for l2) changes how fast the multipliers converge, never whether the
-/// bound holds: any exponent in [0, 2] stays <= the exact phi; others are an error.
+/// The input constraints' scaling (default: 0.5 for l_inf, off for l2) changes how fast the
+/// multipliers converge, never whether the bound holds: any exponent in [0, 2] stays <= the exact
+/// phi; others are an error.
 #[test]
 fn input_scaling_is_sound_for_any_exponent_and_checked() {
     for (ci, (net, set, label)) in cases().iter().enumerate().take(8) {

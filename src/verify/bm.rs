@@ -123,9 +123,14 @@ impl Default for Bm {
 }
 
 impl Bm {
-    /// The input scaling exponent used for sets of this norm ([`Bm::input_scaling`]).
-    pub fn input_scaling_for(&self, norm: Norm) -> f64 {
-        self.input_scaling.unwrap_or(if norm == Norm::Linf { 0.5 } else { 0.0 })
+    /// The input scaling exponent used for sets of this norm ([`Bm::input_scaling`]), or an error
+    /// unless it is in [0, 2].
+    pub fn input_scaling_for(&self, norm: Norm) -> Result<f64> {
+        let power = self.input_scaling.unwrap_or(if norm == Norm::Linf { 0.5 } else { 0.0 });
+        if !(power.is_finite() && (0.0..=2.0).contains(&power)) {
+            return Err(Error::InvalidArgument(format!("BM's input_scaling must be in [0, 2], got {power}")));
+        }
+        Ok(power)
     }
 
     /// BM-Full: BM-r with the hidden boxes and cuts from LP-Full's pre-activation bounds.
@@ -289,10 +294,8 @@ fn constraint_scales(net: &Network, set: &InputSet, power: f64) -> Multipliers {
     let lin = |w: f64| w.max(1e-3).powf(power);
     let quad = |w: f64| (w * w).max(1e-6).powf(power);
     let half: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
-    let mut m = Multipliers::initial(net, set, 1.0);
-    for part in [&mut m.nonneg, &mut m.above, &mut m.post, &mut m.cut] {
-        part.iter_mut().flatten().for_each(|v| *v = 1.0);
-    }
+    let like = Multipliers::initial(net, set, 0.0);
+    let mut m = unflatten(&vec![1.0; flatten(&like).len()], &like);
     m.ball = if set.norm() == Norm::L2 { quad(set.eps()) } else { 1.0 };
     m.coord = half.iter().map(|&r| quad(r)).collect();
     m.lower = half.iter().map(|&r| lin(2.0 * r)).collect();
@@ -316,14 +319,18 @@ struct Alm<'a> {
 }
 
 impl Alm<'_> {
-    /// Phi and its gradient (n x r, flattened column-major) at Y.
+    /// Phi, its gradient (n x r, flattened column-major) and the scaled constraint values g_i / s_i
+    /// at Y.
     fn eval(&self, y: &Mat<f64>) -> Result<(f64, Mat<f64>, Vec<f64>)> {
         let (f, vals) = values(self.net, self.set, self.boxes, self.label, self.target, y);
-        let g = flatten(&vals);
+        let mut g = flatten(&vals);
+        for (v, s) in g.iter_mut().zip(&self.scale) {
+            *v /= s;
+        }
         let mut phi = f;
         let mut eff = vec![0.0; g.len()];
         for i in 0..g.len() {
-            let (m, v, s) = (self.mult[i], g[i] / self.scale[i], self.scale[i]);
+            let (m, v, s) = (self.mult[i], g[i], self.scale[i]);
             if i < self.n_ineq {
                 if i == 0 && self.set.norm() != Norm::L2 {
                     continue;
@@ -461,11 +468,7 @@ impl Bm {
         let like = Multipliers::initial(net, set, 0.0);
         let zero: Vec<f64> = flatten(&like).iter().map(|_| 0.0).collect();
         let n_ineq = zero.len() - like.relu.iter().map(Vec::len).sum::<usize>();
-        let power = self.input_scaling_for(set.norm());
-        if !(power.is_finite() && (0.0..=2.0).contains(&power)) {
-            return Err(Error::InvalidArgument(format!("BM's input_scaling must be in [0, 2], got {power}")));
-        }
-        let scale = flatten(&constraint_scales(net, set, power));
+        let scale = flatten(&constraint_scales(net, set, self.input_scaling_for(set.norm())?));
         let mut alm =
             Alm { net, set, boxes: &rel.boxes, label, target, mult: zero, n_ineq, rho: 1.0, like: like.clone(), scale };
         // The multipliers of the original constraints g_i (`alm.mult` is for g_i / s_i).
@@ -499,10 +502,7 @@ impl Bm {
                     break;
                 }
                 iterations += lbfgs(&alm, &mut y, self.inner.min(left), deadline)?;
-                let (_, _, mut g) = alm.eval(&y)?;
-                for (v, s) in g.iter_mut().zip(&alm.scale) {
-                    *v /= s;
-                }
+                let (_, _, g) = alm.eval(&y)?;
                 infeasibility = 0.0;
                 for i in 0..g.len() {
                     if i < n_ineq {
