@@ -534,18 +534,23 @@ impl Bm {
                 prev = infeasibility;
             }
             let mult = unflatten(&original(&alm), &like);
-            let cert = bound_from_multipliers(net, set, rel, label, target, &mult)?.map(|(c, _)| c);
+            // For a verdict, a cheap repair of this rank's multipliers often proves the target at
+            // once (their own bound is then negative: R^2 magnifies a slightly indefinite
+            // quadratic part); try it first, so a proven rank pays for one proof of Proposition
+            // 3.1 (a dense eigendecomposition) instead of two.
+            if self.stop_when_positive
+                && let (_, Some(c)) = repair_and_prove(&mult, 10)?
+            {
+                keep(&mut best, &c);
+            }
+            let cert = if settled(&best) {
+                None
+            } else {
+                bound_from_multipliers(net, set, rel, label, target, &mult)?.map(|(c, _)| c)
+            };
             if let Some(c) = &cert {
                 keep(&mut best, c);
                 keep(&mut best_alm, c);
-            }
-            // For a verdict, a cheap repair of this rank's multipliers often already proves it.
-            if self.stop_when_positive
-                && !settled(&best)
-                && let Some(c) = &cert
-                && let (_, Some(c)) = repair_and_prove(&c.multipliers, 10)?
-            {
-                keep(&mut best, &c);
             }
             if trace {
                 eprintln!(
