@@ -553,11 +553,15 @@ impl Bm {
                 keep(&mut best_alm, c);
             }
             if trace {
+                // The plain bound is skipped when the repaired multipliers already settled the target.
+                let plain = match &cert {
+                    Some(c) => format!("{:.6} (t {:.3e})", c.bound, c.t),
+                    None if settled(&best) => "skipped".to_string(),
+                    None => "none proven".to_string(),
+                };
                 eprintln!(
-                    "bm rank {} bound {:?} t {:?} best {:?} at {:.1}s",
+                    "bm rank {} plain bound {plain}, best {:?} at {:.1}s",
                     y.ncols(),
-                    cert.as_ref().map(|c| c.bound),
-                    cert.as_ref().map(|c| c.t),
                     best.as_ref().map(|c| c.bound),
                     start.elapsed().as_secs_f64()
                 );
