@@ -84,6 +84,10 @@ struct Args {
     /// 0 for l2; see `Bm::input_scaling`). It changes how fast they converge, never soundness.
     #[arg(long)]
     bm_input_scaling: Option<f64>,
+    /// bm-full only: first tighten the pre-activation bounds of this many of the last hidden
+    /// layer's unstable neurons with BM-r itself (`Bm::tighten`; default 0, as in the paper).
+    #[arg(long)]
+    bm_tighten: Option<usize>,
 }
 
 fn main() {
@@ -107,13 +111,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.bm_iterations == Some(0) {
         return Err("--bm-iterations must be > 0".into());
     }
-    let bm_flags = args.bm_iterations.is_some() || args.bm_input_scaling.is_some();
+    if args.bm_tighten.is_some() && args.method != "bm-full" {
+        return Err("--bm-tighten applies to --method bm-full only".into());
+    }
+    let bm_flags = args.bm_iterations.is_some() || args.bm_input_scaling.is_some() || args.bm_tighten.is_some();
     let verifier: Option<Box<dyn nncert::Verifier>> = match args.method.as_str() {
         name @ ("bm" | "bm-full") if bm_flags => {
             let base = if name == "bm" { Bm::default() } else { Bm::full() };
             let bm = Bm {
                 max_iterations: args.bm_iterations.unwrap_or(base.max_iterations),
                 input_scaling: args.bm_input_scaling.or(base.input_scaling),
+                tighten: args.bm_tighten.unwrap_or(base.tighten),
                 stop_when_positive: !args.all_targets,
                 ..base
             };

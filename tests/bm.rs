@@ -255,3 +255,60 @@ fn shared_lp_full_bounds_give_the_same_answers() {
         }
     }
 }
+
+/// The truncated network whose margin (label 0, target 1) is +-(pre-activation of neuron j of
+/// hidden layer k), built here independently of `bm_bounds`.
+fn neuron_as_margin(net: &Network, k: usize, j: usize, upper: bool) -> Network {
+    use nncert::network::{Activation, Layer};
+    let w: Vec<f64> = net.layers()[k].weight().row(j).iter().copied().collect();
+    let b = net.layers()[k].bias()[j];
+    let zero = vec![0.0; w.len()];
+    let (rows, bias) = if upper { (vec![zero, w], vec![0.0, b]) } else { (vec![w, zero], vec![b, 0.0]) };
+    let mut layers = net.layers()[..k].to_vec();
+    layers.push(Layer::from_rows(&rows, bias, Activation::Identity).unwrap());
+    Network::new(net.input_shape().to_vec(), layers).unwrap()
+}
+
+#[test]
+fn bm_neuron_bounds_contain_the_exact_range_and_can_beat_lp_full() {
+    use nncert::bounds::lp::LpSettings;
+    use nncert::verify::bm_bounds::{costly_neurons, neuron_bounds, tighten_last_hidden};
+    let bm = Bm { stop_when_positive: false, max_iterations: 2400, ..Bm::full() };
+    let (mut checked, mut tightened) = (0, 0);
+    for (ci, (net, set, label)) in
+        common::small_relu_cases(60).iter().enumerate().filter(|(_, c)| c.0.layers().len() >= 3)
+    {
+        let (pre, _) = nncert::verify::lp::lp_full_bounds(net, set, &LpSettings::default()).unwrap();
+        let k = net.layers().len() - 2;
+        let picks = costly_neurons(net, &pre, *label, 3);
+        for &j in &picks {
+            assert!(pre.layers[k].lower[j] < 0.0 && pre.layers[k].upper[j] > 0.0, "case {ci}: neuron {j} is stable");
+            let (l, u) = neuron_bounds(net, set, &pre, k, j, &bm).unwrap();
+            let min = Exact::default().phi(&neuron_as_margin(net, k, j, false), set, 0, 1).unwrap();
+            let neg_max = Exact::default().phi(&neuron_as_margin(net, k, j, true), set, 0, 1).unwrap();
+            assert!(l <= min.lower + 1e-9, "case {ci} neuron {j}: BM lower {l} > exact min {}", min.lower);
+            assert!(u >= -neg_max.lower - 1e-9, "case {ci} neuron {j}: BM upper {u} < exact max {}", -neg_max.lower);
+            checked += 1;
+            if l > pre.layers[k].lower[j] + 1e-6 || u < pre.layers[k].upper[j] - 1e-6 {
+                tightened += 1;
+            }
+        }
+        // Tightening only ever intersects.
+        let t = tighten_last_hidden(net, set, &pre, *label, 3, &bm).unwrap();
+        for (a, b) in t.layers.iter().zip(&pre.layers) {
+            assert!(
+                a.lower.iter().zip(&b.lower).all(|(x, y)| x >= y) && a.upper.iter().zip(&b.upper).all(|(x, y)| x <= y)
+            );
+        }
+        // And BM-Full on the tightened bounds stays below the exact phi.
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        let rel = Relaxation::from_bounds(net, set, BoundSource::LpFull, t).unwrap();
+        if let Some(c) = bm.solve_target(net, set, &rel, *label, target).unwrap().certificate {
+            assert!(c.bound <= exact.lower + 1e-9, "case {ci}: tightened BM-Full {} > exact {}", c.bound, exact.lower);
+        }
+    }
+    eprintln!("{checked} neuron bounds checked, {tightened} tighter than LP-Full");
+    assert!(checked >= 15, "only {checked} unstable neurons checked");
+    assert!(tightened >= 1, "BM never tightened an LP-Full bound");
+}

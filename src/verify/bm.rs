@@ -98,6 +98,11 @@ pub struct Bm {
     /// in [0, 2] gives a sound bound: it only changes how fast the multipliers converge.
     #[serde(default)]
     pub input_scaling: Option<f64>,
+    /// BM-Full only: tighten the pre-activation bounds of this many of the last hidden layer's
+    /// unstable neurons with BM-r itself before the targets ([`super::bm_bounds`]; default 0 = off,
+    /// as in the paper). Two extra BM-r solves per neuron, each with a quarter of the budget.
+    #[serde(default)]
+    pub tighten: usize,
 }
 
 impl Default for Bm {
@@ -118,6 +123,7 @@ impl Default for Bm {
             stop_when_positive: true,
             bounds: BoundSource::CrownIbp,
             input_scaling: None,
+            tighten: 0,
         }
     }
 }
@@ -662,6 +668,24 @@ impl Bm {
         prebuilt: Option<Relaxation>,
     ) -> Result<BoundReport> {
         let verdict = self.stop_when_positive;
+        let prebuilt = if self.tighten > 0 && self.bounds == BoundSource::LpFull && network.layers().len() >= 3 {
+            super::check_query(network, set, label, targets)?;
+            let rel = match prebuilt {
+                Some(rel) => rel,
+                None => Relaxation::new(network, set, self.bounds)?,
+            };
+            let neuron_bm = Bm {
+                stop_when_positive: false,
+                tighten: 0,
+                max_iterations: self.max_iterations / 4,
+                time_limit: self.time_limit / 4.0,
+                ..self.clone()
+            };
+            let pre = super::bm_bounds::tighten_last_hidden(network, set, &rel.pre, label, self.tighten, &neuron_bm)?;
+            Some(Relaxation::from_bounds(network, set, self.bounds, pre)?)
+        } else {
+            prebuilt
+        };
         super::per_target_report(network, set, label, targets, self.bounds, prebuilt, verdict, |rel, t| {
             self.solve_target(network, set, rel, label, t).map(|r| r.certificate.map(|c| c.bound))
         })

@@ -19,6 +19,7 @@
 //! yet accounted for by directed rounding; the LP dual bounds subtract an a-priori rounding bound.
 
 pub mod bm;
+pub mod bm_bounds;
 pub mod crc;
 pub mod exact;
 pub mod lp;
