@@ -1,5 +1,7 @@
-//! BM-r on hidden neurons: tighter pre-activation bounds for BM-Full (the BM-r paper, section 6,
-//! leaves "using BM to tighten the pre-activation bounds" as future work; issue #5, item 6).
+//! BM-r on hidden neurons: tighter pre-activation bounds for BM-Full (issue #5, item 6). The BM-r
+//! paper (discussion of its Figure 3, 000_2ff65a8857911c41.txt) suggests recursively applying
+//! BM-Full to each neuron's upper and lower bound, notes that it can be expensive, and leaves it
+//! to future work; this module does it for the neurons of the last hidden layer that matter most.
 //!
 //! The pre-activation W_k\[j\] x_k + b_k\[j\] of neuron j of hidden layer k is the margin of a
 //! truncated network: layers 0..k as they are, then an affine output layer with rows
@@ -8,6 +10,9 @@
 //! negated pre-activation, which gives an upper bound. Each is a certified bound of Proposition
 //! 3.1 over boxes that are themselves sound (the layers before k keep the bounds they were given),
 //! so intersecting them with the given bounds keeps every bound sound and can only tighten it.
+//! (A [`super::sdp::Certificate`] made on tightened bounds may fail
+//! [`super::sdp::Certificate::check`], which recomputes the boxes from LP-Full alone and accepts
+//! only what it proves from that data: a safe refusal, never a wrong acceptance.)
 //!
 //! Which neurons: on the last hidden layer, those whose triangle relaxation costs the margins
 //! most, scored by max over targets |W_L\[label, j\] - W_L\[t, j\]| (the neuron's weight in the
