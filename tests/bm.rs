@@ -312,3 +312,25 @@ fn bm_neuron_bounds_contain_the_exact_range_and_can_beat_lp_full() {
     assert!(checked >= 15, "only {checked} unstable neurons checked");
     assert!(tightened >= 1, "BM never tightened an LP-Full bound");
 }
+
+#[test]
+fn bm_neuron_bounds_reject_bad_input_without_panicking() {
+    use nncert::bounds::lp::LpSettings;
+    use nncert::verify::bm_bounds::{costly_neurons, neuron_bounds, tighten_last_hidden};
+    let (net, set, label) = common::small_relu_cases(2).pop().unwrap();
+    assert_eq!(net.layers().len(), 3);
+    let (pre, _) = nncert::verify::lp::lp_full_bounds(&net, &set, &LpSettings::default()).unwrap();
+    let bm = Bm { stop_when_positive: false, ..Bm::full() };
+    // A label out of range: no neurons, and an error from the tightening.
+    assert!(costly_neurons(&net, &pre, 3, 5).is_empty());
+    assert!(tighten_last_hidden(&net, &set, &pre, 3, 5, &bm).is_err());
+    // Bounds of another shape.
+    let mut short = pre.clone();
+    short.layers.pop();
+    assert!(costly_neurons(&net, &short, label, 5).is_empty());
+    assert!(tighten_last_hidden(&net, &set, &short, label, 5, &bm).is_err());
+    // Not a hidden neuron after the first layer.
+    assert!(neuron_bounds(&net, &set, &pre, 0, 0, &bm).is_err());
+    assert!(neuron_bounds(&net, &set, &pre, 1, 99, &bm).is_err());
+    assert!(neuron_bounds(&net, &set, &pre, 2, 0, &bm).is_err());
+}

@@ -49,10 +49,11 @@ use crate::spec::InputSet;
 use crate::verify::sdp::{BoundSource, Relaxation};
 
 /// The unstable neurons (l < 0 < u) of the last hidden layer, most costly first (see the module
-/// docs), at most `count`.
+/// docs), at most `count`. None for a network without hidden layers, bounds of another shape or
+/// a label out of range.
 pub fn costly_neurons(net: &Network, pre: &PreActivationBounds, label: usize, count: usize) -> Vec<usize> {
     let layers = net.layers();
-    if layers.len() < 2 {
+    if layers.len() < 2 || pre.check_shape(net).is_err() || net.check_label(label).is_err() {
         return Vec::new();
     }
     let k = layers.len() - 2;
@@ -127,6 +128,8 @@ pub fn tighten_last_hidden(
     count: usize,
     bm: &Bm,
 ) -> Result<PreActivationBounds> {
+    pre.check_shape(net)?;
+    net.check_label(label)?;
     let mut out = pre.clone();
     let layers = net.layers();
     if layers.len() < 3 || count == 0 {
