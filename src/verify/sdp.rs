@@ -537,11 +537,10 @@ fn schur_optimum_newton(m: MatRef<'_, f64>, r2: f64) -> Option<(f64, f64, Vec<f6
         (s.iter().all(|v| v.is_finite()) && nw2.is_finite()).then_some((s, nw2))
     };
     let norm2 = |s: &[f64]| s.iter().map(|v| v * v).sum::<f64>();
-    let value = |t: f64, s: &[f64]| c + delta2 * t - g.iter().zip(s).map(|(a, b)| a * b).sum::<f64>();
-    let finish = |t: f64, s: &[f64]| -> (f64, f64, Vec<f64>) {
-        let quad: f64 = g.iter().zip(s).map(|(a, b)| a * b).sum();
-        (t, c - t - quad, s.iter().map(|v| -v).collect())
-    };
+    // m^T (Q - tI)^{-1} m = g^T s; f(t) = z0(t) + R^2 t.
+    let quad = |s: &[f64]| g.iter().zip(s).map(|(a, b)| a * b).sum::<f64>();
+    let value = |t: f64, s: &[f64]| c + delta2 * t - quad(s);
+    let finish = |t: f64, s: &[f64]| (t, c - t - quad(s), s.iter().map(|v| -v).collect::<Vec<f64>>());
     // t = 0 when Q ≻ 0 and the unconstrained minimizer is inside the ball.
     let mut t_up = 0.0f64.min(min_diag);
     if min_diag > 0.0
