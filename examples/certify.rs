@@ -10,7 +10,7 @@
 //!
 //! Flags (stable names): --model --images --labels --norm --eps --domain --method --skip --count
 //! --only-correct --all-targets --threads --json, plus --pgd-steps --pgd-restarts --no-attack.
-//! Methods: ibp, fastlin, crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, crc (l2, smooth activations), pgd.
+//! Methods: ibp, fastlin, crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, bm-full-lp, crc (l2, smooth activations), pgd.
 //! The JSON output is documented in docs/formats.md.
 
 use std::path::PathBuf;
@@ -46,7 +46,7 @@ struct Args {
     /// Valid input box "LO,HI", or "none".
     #[arg(long, default_value = "0,1", allow_hyphen_values = true)]
     domain: String,
-    /// ibp, fastlin, crown, lp, lp-full, exact, sdp, bm, bm-full, crc, or pgd (attack only).
+    /// ibp, fastlin, crown, lp, lp-full, exact, sdp, bm, bm-full, bm-full-lp, crc, or pgd (attack only).
     #[arg(long, default_value = "crown")]
     method: String,
     /// First image index.
@@ -84,7 +84,7 @@ struct Args {
     /// 0 for l2; see `Bm::input_scaling`). It changes how fast they converge, never soundness.
     #[arg(long)]
     bm_input_scaling: Option<f64>,
-    /// bm-full only: first tighten the pre-activation bounds of this many of the last hidden
+    /// bm-full and bm-full-lp only: first tighten the pre-activation bounds of this many of the last hidden
     /// layer's unstable neurons with BM-r itself (`Bm::tighten`; default 0, as in the paper).
     #[arg(long)]
     bm_tighten: Option<usize>,
@@ -111,13 +111,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.bm_iterations == Some(0) {
         return Err("--bm-iterations must be > 0".into());
     }
-    if args.bm_tighten.is_some() && args.method != "bm-full" {
-        return Err("--bm-tighten applies to --method bm-full only".into());
+    if args.bm_tighten.is_some() && !matches!(args.method.as_str(), "bm-full" | "bm-full-lp") {
+        return Err("--bm-tighten applies to --method bm-full or bm-full-lp only".into());
     }
     let bm_flags = args.bm_iterations.is_some() || args.bm_input_scaling.is_some() || args.bm_tighten.is_some();
     let verifier: Option<Box<dyn nncert::Verifier>> = match args.method.as_str() {
-        name @ ("bm" | "bm-full") if bm_flags => {
-            let base = if name == "bm" { Bm::default() } else { Bm::full() };
+        name @ ("bm" | "bm-full" | "bm-full-lp") if bm_flags => {
+            let base = match name {
+                "bm" => Bm::default(),
+                "bm-full" => Bm::full(),
+                _ => Bm::full_lp(),
+            };
             let bm = Bm {
                 max_iterations: args.bm_iterations.unwrap_or(base.max_iterations),
                 input_scaling: args.bm_input_scaling.or(base.input_scaling),
@@ -129,7 +133,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Some(Box::new(bm))
         }
         _ if bm_flags => {
-            return Err("--bm-iterations and --bm-input-scaling apply to --method bm or bm-full only".into());
+            return Err(
+                "--bm-iterations and --bm-input-scaling apply to --method bm, bm-full or bm-full-lp only".into()
+            );
         }
         "pgd" => None,
         name if args.all_targets => Some(nncert::verify::by_name_all_targets(name)?),

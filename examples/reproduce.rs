@@ -25,16 +25,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Parser;
 use nncert::attack::PgdSettings;
-use nncert::bounds::PreActivationBounds;
 use nncert::certify::{CertifyOptions, certify};
 use nncert::verify::bm::Bm;
-use nncert::verify::lp::LpFull;
-use nncert::verify::sdp::{BoundSource, Relaxation};
 use nncert::verify::sdp_fo::SdpFo;
 use nncert::{Domain, InputSet, Network, Norm, Verdict, Verifier};
 use rayon::prelude::*;
@@ -70,6 +67,11 @@ struct Args {
     /// Images per figure point (the paper: 10).
     #[arg(long, default_value_t = 10)]
     figure_images: usize,
+    /// Compute the figures only at these of the eight radii (comma-separated steps 1..=8, e.g.
+    /// "2,4,6,8"; default all): the costly methods' curves can be drawn through fewer points. The
+    /// other radii are still read from the cache.
+    #[arg(long)]
+    figure_steps: Option<String>,
     /// Seconds per target for sdp (its limit) and bm, bm-full (a wall-clock cap only: their
     /// budget is --bm-iterations, so their verdicts do not depend on the machine's load).
     #[arg(long, default_value_t = 10.0)]
@@ -127,6 +129,10 @@ struct Entry {
     /// it existed, which ran without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     input_scaling: Option<f64>,
+    /// BM-Full's pre-activation bounds: "optimized" (CROWN with optimized slopes, `Bm::full`);
+    /// None: entries from before, which used LP-Full's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bounds: Option<String>,
 }
 
 /// Counts of one (row, method).
@@ -179,61 +185,6 @@ fn parse_methods(s: &str) -> Res<Vec<String>> {
     out.sort_by_key(|m| ALL_METHODS.iter().position(|a| a == m));
     out.dedup();
     Ok(out)
-}
-
-/// LP-Full's pre-activation bounds per (model, norm, radius bits, image), with the seconds they
-/// took: LP-Full and BM-Full on one input share them, as they would in one program run. The
-/// entry's `seconds` for the method that reuses them still include that time, so each method's
-/// time is what it costs on its own.
-type BoundsMemo = Mutex<HashMap<(String, u64, usize), Arc<(PreActivationBounds, f64)>>>;
-
-fn bounds_memo() -> &'static BoundsMemo {
-    static MEMO: OnceLock<BoundsMemo> = OnceLock::new();
-    MEMO.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-/// LP-Full or BM-Full on shared LP-Full bounds ([`bounds_memo`]).
-struct SharedLpFull {
-    key: (String, u64, usize),
-    bm: Option<Bm>,
-    /// Seconds of bounds computed by an earlier method and reused here.
-    reused: Mutex<f64>,
-}
-
-impl Verifier for SharedLpFull {
-    fn name(&self) -> &'static str {
-        if self.bm.is_some() { "bm-full" } else { "lp-full" }
-    }
-    fn lower_bounds(
-        &self,
-        network: &Network,
-        set: &InputSet,
-        label: usize,
-        targets: &[usize],
-    ) -> nncert::Result<nncert::verify::BoundReport> {
-        let memo = bounds_memo();
-        let known = memo.lock().unwrap().get(&self.key).cloned();
-        let shared = match known {
-            Some(b) => {
-                *self.reused.lock().unwrap() = b.1;
-                b
-            }
-            None => {
-                let t = Instant::now();
-                let pre = BoundSource::LpFull.compute(network, set)?;
-                let b = Arc::new((pre, t.elapsed().as_secs_f64()));
-                memo.lock().unwrap().insert(self.key.clone(), b.clone());
-                b
-            }
-        };
-        match &self.bm {
-            Some(bm) => {
-                let rel = Relaxation::from_bounds(network, set, BoundSource::LpFull, shared.0.clone())?;
-                bm.lower_bounds_with(network, set, label, targets, rel)
-            }
-            None => LpFull::default().lower_bounds_with(network, set, label, targets, &shared.0),
-        }
-    }
 }
 
 /// BM (`full`: BM-Full) with the run's iteration budget and time cap, in verdict mode unless for
@@ -353,9 +304,7 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
         job.images.iter().filter(|(i, _, _)| !cache.entries.contains_key(i)).collect();
     let mut fresh = Vec::new();
     if compute && !missing.is_empty() {
-        // LP-Full and BM-Full run through SharedLpFull, built per image.
-        let shared = matches!(job.method, "lp-full" | "bm-full");
-        let verifier = if shared { None } else { make_verifier(job.method, args, job.all_targets)? };
+        let verifier = make_verifier(job.method, args, job.all_targets)?;
         let options = CertifyOptions { attack: Some(PgdSettings::default()), all_targets: job.all_targets };
         let total = job.images.len();
         let cached = total - missing.len();
@@ -372,30 +321,20 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
             .map(|(index, x, label)| -> Res<Entry> {
                 let domain = Domain::uniform(x.len(), 0.0, 1.0)?;
                 let set = InputSet::new(x.clone(), job.eps, job.norm, Some(domain))?;
-                let (r, reused) = if shared {
-                    let v = SharedLpFull {
-                        key: (format!("{model} {}", job.norm.name()), job.eps.to_bits(), *index),
-                        bm: (job.method == "bm-full").then(|| bm_settings(true, args, job.all_targets)),
-                        reused: Mutex::new(0.0),
-                    };
-                    let r = certify(job.net, &set, *label, Some(&v), &options)?;
-                    let reused = *v.reused.lock().unwrap();
-                    (r, reused)
-                } else {
-                    (certify(job.net, &set, *label, verifier.as_deref(), &options)?, 0.0)
-                };
+                let r = certify(job.net, &set, *label, verifier.as_deref(), &options)?;
                 let e = Entry {
                     image: *index,
                     label: *label,
                     verdict: r.verdict,
                     lower: r.lower_bounds.iter().map(|v| round(*v)).collect(),
                     upper: r.upper_bounds.iter().map(|v| round(*v)).collect(),
-                    seconds: ((r.seconds + reused) * 1e4).round() / 1e4,
+                    seconds: (r.seconds * 1e4).round() / 1e4,
                     time_limit: matches!(job.method, "sdp" | "bm" | "bm-full").then_some(args.time_limit),
                     iterations: matches!(job.method, "bm" | "bm-full").then_some(args.bm_iterations),
                     input_scaling: matches!(job.method, "bm" | "bm-full")
                         .then(|| Bm::default().input_scaling_for(job.norm))
                         .transpose()?,
+                    bounds: (job.method == "bm-full").then(|| "optimized".to_string()),
                 };
                 cache.append(&e)?;
                 let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -445,7 +384,7 @@ fn tally(c: &mut [usize; 3], v: Verdict) {
     }
 }
 
-fn cell(entries: &[Entry], norm: Norm) -> Cell {
+fn cell(entries: &[Entry], norm: Norm, method: &str) -> Cell {
     let mut c = [0usize; 3];
     for e in entries {
         tally(&mut c, e.verdict);
@@ -460,14 +399,23 @@ fn cell(entries: &[Entry], norm: Norm) -> Cell {
         budgets: {
             let mut t: Vec<String> = entries
                 .iter()
-                .filter_map(|e| match (e.iterations, e.time_limit) {
-                    (Some(i), Some(t)) => Some(match (e.input_scaling, norm) {
-                        (Some(p), _) if p > 0.0 => format!("{i} iterations (cap {t} s), input scaling {p}"),
-                        (None, Norm::Linf) => format!("{i} iterations (cap {t} s), unscaled input constraints"),
-                        _ => format!("{i} iterations (cap {t} s)"),
-                    }),
-                    (None, Some(t)) => Some(format!("{t} s")),
-                    _ => None,
+                .filter_map(|e| {
+                    // BM-Full's pre-activation bounds: LP-Full's before optimized slopes replaced them.
+                    let source = match (method, e.bounds.as_deref()) {
+                        ("bm-full", Some(b)) => format!(", {b}-slope bounds"),
+                        ("bm-full", None) => ", LP-Full bounds".to_string(),
+                        _ => String::new(),
+                    };
+                    let budget = match (e.iterations, e.time_limit) {
+                        (Some(i), Some(t)) => match (e.input_scaling, norm) {
+                            (Some(p), _) if p > 0.0 => format!("{i} iterations (cap {t} s), input scaling {p}"),
+                            (None, Norm::Linf) => format!("{i} iterations (cap {t} s), unscaled input constraints"),
+                            _ => format!("{i} iterations (cap {t} s)"),
+                        },
+                        (None, Some(t)) => format!("{t} s"),
+                        _ => return None,
+                    };
+                    Some(budget + &source)
                 })
                 .collect();
             t.sort();
@@ -647,7 +595,7 @@ fn run(args: Args) -> Res<()> {
                     all_targets: false,
                 };
                 let entries = run_job(&job, &args, file, compute && keep_row(&row.model, row.eps))?;
-                ours.insert(m.clone(), cell(&entries, norm));
+                ours.insert(m.clone(), cell(&entries, norm, m));
                 per_method.insert(m.clone(), entries);
             }
             findings.extend(check_orderings(&row.model, norm, row.eps, &per_method));
@@ -657,6 +605,17 @@ fn run(args: Args) -> Res<()> {
     }
 
     // The figures: all targets of the first few correct images, over a range of radii.
+    let figure_steps: Option<Vec<usize>> = match &args.figure_steps {
+        None => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|t| match t.trim().parse::<usize>() {
+                    Ok(k) if (1..=8).contains(&k) => Ok(k),
+                    _ => Err(format!("--figure-steps: '{t}' is not a step 1..=8")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
     let mut figures = BTreeMap::new();
     if !figure_methods.is_empty() {
         for &norm in &tables {
@@ -679,7 +638,8 @@ fn run(args: Args) -> Res<()> {
                             method: m,
                             all_targets: true,
                         };
-                        let entries = run_job(&job, &args, file, compute && keep(model))?;
+                        let wanted = figure_steps.as_ref().is_none_or(|s| s.contains(&(k + 1)));
+                        let entries = run_job(&job, &args, file, compute && keep(model) && wanted)?;
                         if entries.len() < imgs.len() || entries.is_empty() {
                             continue;
                         }

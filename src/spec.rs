@@ -325,6 +325,52 @@ impl InputSet {
             .collect()
     }
 
+    /// A point of X where a^T x is (nearly) minimal: the primal side of [`InputSet::min_linear`].
+    ///
+    /// Used only as a search direction (the gradient of a bound with respect to relaxation
+    /// slopes), never as a bound: l_inf takes the corner of the bounding box, l2 without a box
+    /// x_hat - eps a / ||a||, l2 with a box clip(x_hat - t a) at the time t the ray leaves the ball.
+    pub fn argmin_linear(&self, a: &[f64]) -> Vec<f64> {
+        debug_assert_eq!(a.len(), self.dim());
+        let c = &self.center;
+        let corner = |lo: &[f64], hi: &[f64]| -> Vec<f64> {
+            a.iter()
+                .enumerate()
+                .map(|(i, &ai)| {
+                    if ai > 0.0 {
+                        lo[i]
+                    } else if ai < 0.0 {
+                        hi[i]
+                    } else {
+                        c[i].clamp(lo[i], hi[i])
+                    }
+                })
+                .collect()
+        };
+        match (self.norm, &self.domain) {
+            _ if self.eps == 0.0 => c.clone(),
+            (Norm::Linf, _) => {
+                let (lo, hi) = self.bounding_box();
+                corner(&lo, &hi)
+            }
+            (Norm::L2, None) => {
+                let n = norm2(a);
+                if n == 0.0 { c.clone() } else { c.iter().zip(a).map(|(ci, ai)| ci - self.eps * ai / n).collect() }
+            }
+            (Norm::L2, Some(d)) => {
+                let neg_a: Vec<f64> = a.iter().map(|v| -v).collect();
+                let t = ray_exit_time(c, &neg_a, &d.lo, &d.hi, self.eps);
+                if t.is_infinite() {
+                    corner(&d.lo, &d.hi)
+                } else if t <= 0.0 || t.is_nan() {
+                    c.clone()
+                } else {
+                    (0..c.len()).map(|i| (c[i] - t * a[i]).clamp(d.lo[i], d.hi[i])).collect()
+                }
+            }
+        }
+    }
+
     fn min_linear_l2_box(&self, a: &[f64], d: &Domain) -> f64 {
         let c = &self.center;
         let eps2 = self.eps * self.eps;
@@ -493,6 +539,14 @@ mod tests {
                         assert!(lb <= best + 1e-12, "{norm:?} {with_box} {eps}: {lb} > {best}");
                         assert!(lb <= pgd + 1e-12, "{norm:?} {with_box} {eps}: {lb} > {pgd}");
                         assert!(pgd - lb < 1e-6, "{norm:?} {with_box} {eps}: gap {}", pgd - lb);
+                        // The primal point: inside X, and a^T x* matches the bound.
+                        let xs = s.argmin_linear(&a);
+                        assert!(s.contains(&xs, 1e-9), "{norm:?} {with_box} {eps}: argmin outside X");
+                        assert!(
+                            (dot(&a, &xs) - lb).abs() < 1e-6,
+                            "{norm:?} {with_box} {eps}: argmin {}",
+                            dot(&a, &xs) - lb
+                        );
                     }
                 }
             }

@@ -228,7 +228,7 @@ fn shared_lp_full_bounds_give_the_same_answers() {
     use nncert::Verifier;
     use nncert::bounds::lp::LpSettings;
     use nncert::verify::lp::{LpFull, lp_full_bounds};
-    let bm_full = Bm { stop_when_positive: false, time_limit: 1e3, ..Bm::full() };
+    let bm_full = Bm { stop_when_positive: false, time_limit: 1e3, ..Bm::full_lp() };
     for (ci, (net, set, label)) in cases().iter().enumerate().take(8) {
         let targets: Vec<usize> = (0..net.num_classes()).filter(|t| t != label).collect();
         let exact: Vec<f64> =
@@ -256,19 +256,6 @@ fn shared_lp_full_bounds_give_the_same_answers() {
     }
 }
 
-/// The truncated network whose margin (label 0, target 1) is +-(pre-activation of neuron j of
-/// hidden layer k), built here independently of `bm_bounds`.
-fn neuron_as_margin(net: &Network, k: usize, j: usize, upper: bool) -> Network {
-    use nncert::network::{Activation, Layer};
-    let w: Vec<f64> = net.layers()[k].weight().row(j).iter().copied().collect();
-    let b = net.layers()[k].bias()[j];
-    let zero = vec![0.0; w.len()];
-    let (rows, bias) = if upper { (vec![zero, w], vec![0.0, b]) } else { (vec![w, zero], vec![b, 0.0]) };
-    let mut layers = net.layers()[..k].to_vec();
-    layers.push(Layer::from_rows(&rows, bias, Activation::Identity).unwrap());
-    Network::new(net.input_shape().to_vec(), layers).unwrap()
-}
-
 #[test]
 fn bm_neuron_bounds_contain_the_exact_range_and_can_beat_lp_full() {
     use nncert::bounds::lp::LpSettings;
@@ -284,8 +271,8 @@ fn bm_neuron_bounds_contain_the_exact_range_and_can_beat_lp_full() {
         for &j in &picks {
             assert!(pre.layers[k].lower[j] < 0.0 && pre.layers[k].upper[j] > 0.0, "case {ci}: neuron {j} is stable");
             let (l, u) = neuron_bounds(net, set, &pre, k, j, &bm).unwrap();
-            let min = Exact::default().phi(&neuron_as_margin(net, k, j, false), set, 0, 1).unwrap();
-            let neg_max = Exact::default().phi(&neuron_as_margin(net, k, j, true), set, 0, 1).unwrap();
+            let min = Exact::default().phi(&common::neuron_as_margin(net, k, j, false), set, 0, 1).unwrap();
+            let neg_max = Exact::default().phi(&common::neuron_as_margin(net, k, j, true), set, 0, 1).unwrap();
             assert!(l <= min.lower + 1e-9, "case {ci} neuron {j}: BM lower {l} > exact min {}", min.lower);
             assert!(u >= -neg_max.lower - 1e-9, "case {ci} neuron {j}: BM upper {u} < exact max {}", -neg_max.lower);
             checked += 1;

@@ -6,6 +6,8 @@
 //!   section 4, "Greedily solving the dual with linear bounds", eq. (7)-(10)); the choice of the
 //!   lower slope of each unstable ReLU gives Fast-Lin / Wong-Kolter (slope u/(u-l)) or CROWN
 //!   (adaptive slope 0 or 1). Smooth activations get linear bounds with exact offsets.
+//! * [`optimized`]: the same backward relaxation with the ReLU slopes optimized per neuron bound
+//!   (alpha-CROWN), which approaches LP-Full's pre-activation bounds without an LP solver.
 //! * [`dual`]: the Wong-Kolter dual objective J(x, nu) evaluated from its dual variables
 //!   (004_79c7a41c77cceb0d.txt), an independent code path used to test the Fast-Lin bound.
 //!
@@ -16,6 +18,7 @@ pub mod dual;
 pub mod interval;
 pub mod linear;
 pub mod lp;
+pub mod optimized;
 
 use serde::{Deserialize, Serialize};
 

@@ -46,7 +46,7 @@ use crate::bounds::{Interval, PreActivationBounds};
 use crate::error::{Error, Result};
 use crate::network::{Activation, Layer, Network};
 use crate::spec::InputSet;
-use crate::verify::sdp::{BoundSource, Relaxation};
+use crate::verify::sdp::Relaxation;
 
 /// The unstable neurons (l < 0 < u) of the last hidden layer, most costly first (see the module
 /// docs), at most `count`. None for a network without hidden layers, bounds of another shape or
@@ -109,7 +109,7 @@ pub fn neuron_bounds(
             lower: vec![iv.lower[neuron].min(0.0), iv.lower[neuron].min(0.0)],
             upper: vec![iv.upper[neuron].max(0.0), iv.upper[neuron].max(0.0)],
         });
-        let rel = Relaxation::from_bounds(&trunc, set, BoundSource::LpFull, trunc_pre)?;
+        let rel = Relaxation::from_bounds(&trunc, set, bm.bounds, trunc_pre)?;
         Ok(bm.solve_target(&trunc, set, &rel, 0, 1)?.certificate.map(|c| c.bound))
     };
     let lower = side([&w, &zero], [b, 0.0])?.unwrap_or(f64::NEG_INFINITY);

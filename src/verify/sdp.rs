@@ -692,6 +692,10 @@ pub enum BoundSource {
     /// LP-Full's bounds ([`super::lp::lp_full_bounds`], default settings): what the paper's
     /// BM-Full uses; one LP per unstable neuron.
     LpFull,
+    /// CROWN's bounds with the slopes optimized per neuron bound
+    /// ([`bounds::optimized::optimized_bounds`], default settings): close to LP-Full's on networks
+    /// with two hidden layers, without an LP solver.
+    Optimized,
 }
 
 impl BoundSource {
@@ -705,6 +709,9 @@ impl BoundSource {
                     a.intersect(b);
                 }
                 Ok(pre)
+            }
+            BoundSource::Optimized => {
+                bounds::optimized::optimized_bounds(net, set, &bounds::optimized::SlopeSettings::default())
             }
         }
     }

@@ -59,3 +59,16 @@ pub fn small_relu_cases(count: u64) -> Vec<(Network, InputSet, usize)> {
         })
         .collect()
 }
+
+/// The truncated network whose margin (label 0, target 1) is +-(pre-activation of neuron j of
+/// hidden layer k), built here independently of the library's truncations (`bm_bounds`).
+pub fn neuron_as_margin(net: &Network, k: usize, j: usize, upper: bool) -> Network {
+    use nncert::network::{Activation, Layer};
+    let w: Vec<f64> = net.layers()[k].weight().row(j).iter().copied().collect();
+    let b = net.layers()[k].bias()[j];
+    let zero = vec![0.0; w.len()];
+    let (rows, bias) = if upper { (vec![zero, w], vec![0.0, b]) } else { (vec![w, zero], vec![b, 0.0]) };
+    let mut layers = net.layers()[..k].to_vec();
+    layers.push(Layer::from_rows(&rows, bias, Activation::Identity).unwrap());
+    Network::new(net.input_shape().to_vec(), layers).unwrap()
+}

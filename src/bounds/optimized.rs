@@ -1,0 +1,269 @@
+//! Pre-activation bounds from the backward relaxation with optimized ReLU slopes ("alpha-CROWN").
+//!
+//! Salman et al. 2019 (001_b3d5e3f2d36bac59.txt), section 4: for an unstable ReLU with bounds
+//! l < 0 < u, every lower line a z with a in \[0, 1\] is valid, and the greedy backward bound of
+//! [`super::linear`] (eq. 7-10) is valid for *any* choice, made separately for every
+//! specification (every column of lam). Here each neuron bound of a hidden layer gets its own
+//! slopes, raised by projected gradient ascent (Adam) on the bound itself. Every iterate is a
+//! sound bound, so the best one per neuron is kept and an early stop only loosens it.
+//!
+//! How tight: the bound as a function of the slopes is concave (a minimum over X of functions
+//! affine in the slopes), and its maximum over \[0, 1\] is, by the minimax theorem, the value of
+//! min over X of the relaxed network with each unstable ReLU replaced by max(0, z) from below and
+//! its chord from above, which is the triangle LP of LP-Full ([`crate::verify::lp`]) whenever the
+//! bounds of the relaxed layers are implied by X, as on the first hidden layer (its bounds are
+//! the exact support function). So on networks with two hidden layers, the layer whose bounds
+//! BM-Full needs, the optimum equals LP-Full's bound; deeper, LP-Full can also use the
+//! intermediate intervals as constraints, and can be tighter. The ascent stops after a fixed
+//! number of steps, so the bounds come close to LP-Full's rather than reach them (measured in
+//! docs/experiments.md); [`crate::verify::sdp::BoundSource::Optimized`] uses them for BM-Full.
+//!
+//! The gradient needs no automatic differentiation: the derivative of the bound with respect to
+//! the slope of neuron i of layer k in column s is lam_{k+1}\[i, s\] z_k\[i\](x*), where x* is the
+//! minimizer of the support function at the input ([`InputSet::argmin_linear`]) and z_k(x*) the
+//! pre-activation reached by the *relaxed* network (each neuron following the line its column
+//! chose) on x*: one forward pass per step, the same cost as the backward pass.
+
+use faer::Mat;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{Interval, PreActivationBounds};
+use crate::error::{Error, Result};
+use crate::linalg;
+use crate::network::{Activation, Network};
+use crate::spec::InputSet;
+
+/// Settings of the slope ascent.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlopeSettings {
+    /// Gradient steps per hidden layer (0: CROWN's slopes, evaluated per neuron).
+    pub iterations: usize,
+    /// Adam's step size on the slopes (which live in \[0, 1\]).
+    pub learning_rate: f64,
+}
+
+impl Default for SlopeSettings {
+    fn default() -> Self {
+        Self { iterations: 100, learning_rate: 0.1 }
+    }
+}
+
+/// CROWN's bounds (intersected with IBP's), then every hidden layer from the second on tightened
+/// neuron by neuron with optimized slopes, layer by layer (each layer relaxes the ones before it
+/// with their tightened bounds). ReLU hidden layers only.
+///
+/// ```
+/// use nncert::bounds::{crown_and_ibp, optimized::{optimized_bounds, SlopeSettings}};
+/// use nncert::{Activation, InputSet, Layer, Network, Norm};
+///
+/// // 2 inputs, two hidden ReLU layers of 2, 2 outputs.
+/// let l1 = Layer::from_rows(&[vec![1.0, -1.0], vec![1.0, 1.0]], vec![0.0, -0.5], Activation::Relu)?;
+/// let l2 = Layer::from_rows(&[vec![1.0, -2.0], vec![-1.0, 1.0]], vec![0.1, 0.2], Activation::Relu)?;
+/// let out = Layer::from_rows(&[vec![1.0, 0.0], vec![0.0, 1.0]], vec![0.0, 0.0], Activation::Identity)?;
+/// let net = Network::new(vec![2], vec![l1, l2, out])?;
+/// let set = InputSet::new(vec![0.5, 0.5], 0.5, Norm::L2, None)?;
+///
+/// let crown = crown_and_ibp(&net, &set)?;
+/// let opt = optimized_bounds(&net, &set, &SlopeSettings::default())?;
+/// // Never looser than CROWN's; here strictly tighter on the second hidden layer.
+/// let (c, o) = (&crown.layers[1], &opt.layers[1]);
+/// assert!(o.lower.iter().zip(&c.lower).all(|(o, c)| o >= c));
+/// assert!(o.upper.iter().zip(&c.upper).all(|(o, c)| o <= c));
+/// let width = |iv: &nncert::bounds::Interval| iv.upper.iter().zip(&iv.lower).map(|(u, l)| u - l).sum::<f64>();
+/// assert!(width(o) < width(c) - 1e-3);
+/// # Ok::<(), nncert::Error>(())
+/// ```
+pub fn optimized_bounds(net: &Network, set: &InputSet, settings: &SlopeSettings) -> Result<PreActivationBounds> {
+    let layers = net.layers();
+    if layers[..layers.len() - 1].iter().any(|l| l.activation() != Activation::Relu) {
+        return Err(Error::Unsupported("optimized slopes need ReLU hidden layers".into()));
+    }
+    if !settings.learning_rate.is_finite() || settings.learning_rate < 0.0 {
+        return Err(Error::InvalidArgument(format!(
+            "slope learning rate must be finite and >= 0, got {}",
+            settings.learning_rate
+        )));
+    }
+    let mut pre = super::crown_and_ibp(net, set)?;
+    for j in 1..layers.len().saturating_sub(1) {
+        let iv = tighten_layer(net, set, &pre, j, settings);
+        pre.layers[j].intersect(&iv);
+    }
+    Ok(pre)
+}
+
+/// The ReLU relaxation of one neuron with bounds \[l, u\].
+#[derive(Clone, Copy)]
+enum Neuron {
+    Active,
+    Inactive,
+    /// Chord slope u / (u - l) and offset -l u / (u - l).
+    Unstable {
+        slope: f64,
+        offset: f64,
+    },
+}
+
+fn neurons(iv: &Interval) -> Vec<Neuron> {
+    iv.lower
+        .iter()
+        .zip(&iv.upper)
+        .map(|(&l, &u)| {
+            if l >= 0.0 {
+                Neuron::Active
+            } else if u <= 0.0 {
+                Neuron::Inactive
+            } else {
+                let s = u / (u - l);
+                Neuron::Unstable { slope: s, offset: -s * l }
+            }
+        })
+        .collect()
+}
+
+/// Bounds of the unstable neurons of hidden layer `depth` (the others keep `pre`'s).
+fn tighten_layer(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    depth: usize,
+    settings: &SlopeSettings,
+) -> Interval {
+    let mut iv = pre.layers[depth].clone();
+    let unstable: Vec<usize> = (0..iv.len()).filter(|&i| iv.lower[i] < 0.0 && iv.upper[i] > 0.0).collect();
+    if unstable.is_empty() {
+        return iv;
+    }
+    // Columns (neuron, sign): +1 bounds z_i from below, -1 bounds -z_i from below.
+    let jobs: Vec<(usize, f64)> = unstable.iter().flat_map(|&i| [(i, 1.0), (i, -1.0)]).collect();
+    let relaxed: Vec<Vec<Neuron>> = (0..depth).map(|k| neurons(&pre.layers[k])).collect();
+    // Columns are independent; fixed chunks (not one per thread) keep the result the same on any
+    // number of threads, so that a certificate's check recomputes exactly these bounds.
+    let values: Vec<f64> =
+        jobs.par_chunks(32).flat_map_iter(|part| ascend(net, set, &relaxed, depth, part, settings)).collect();
+    for (&(i, sign), v) in jobs.iter().zip(values) {
+        if sign > 0.0 {
+            iv.lower[i] = iv.lower[i].max(v);
+        } else {
+            iv.upper[i] = iv.upper[i].min(-v);
+        }
+    }
+    iv
+}
+
+/// The best bound found for each column (neuron, sign) of layer `depth`.
+fn ascend(
+    net: &Network,
+    set: &InputSet,
+    relaxed: &[Vec<Neuron>],
+    depth: usize,
+    jobs: &[(usize, f64)],
+    settings: &SlopeSettings,
+) -> Vec<f64> {
+    let layers = net.layers();
+    let cols = jobs.len();
+    // lam on x_depth (the input of layer `depth`): sign * row i of W, constant sign * b_i.
+    let wt = layers[depth].weight_t();
+    let lam_top = Mat::<f64>::from_fn(wt.nrows(), cols, |r, s| jobs[s].1 * wt[(r, jobs[s].0)]);
+    let const_top: Vec<f64> = jobs.iter().map(|&(i, sign)| sign * layers[depth].bias()[i]).collect();
+    // Slopes, started at CROWN-Ada's (1 if u > -l else 0), and Adam's moments.
+    let mut alpha: Vec<Mat<f64>> = relaxed
+        .iter()
+        .map(|ns| {
+            Mat::from_fn(ns.len(), cols, |i, _| match ns[i] {
+                Neuron::Unstable { slope, .. } if slope > 0.5 => 1.0,
+                _ => 0.0,
+            })
+        })
+        .collect();
+    let mut m1: Vec<Mat<f64>> = alpha.iter().map(|a| Mat::zeros(a.nrows(), cols)).collect();
+    let mut m2: Vec<Mat<f64>> = m1.clone();
+    let (beta1, beta2) = (0.9, 0.999);
+    let mut best = vec![f64::NEG_INFINITY; cols];
+    let mut saved: Vec<Mat<f64>> = alpha.iter().map(|a| Mat::zeros(a.nrows(), cols)).collect();
+    for step in 0..=settings.iterations {
+        // The backward pass of super::linear with per-column slopes; lam on x_{k+1} is kept for
+        // the gradient.
+        let mut lam = lam_top.clone();
+        let mut consts = const_top.clone();
+        for k in (0..depth).rev() {
+            saved[k].copy_from(&lam);
+            for s in 0..cols {
+                let mut c = 0.0;
+                for (i, n) in relaxed[k].iter().enumerate() {
+                    let x = lam[(i, s)];
+                    lam[(i, s)] = match *n {
+                        Neuron::Active => x,
+                        Neuron::Inactive => 0.0,
+                        Neuron::Unstable { slope, offset } => {
+                            if x >= 0.0 {
+                                x * alpha[k][(i, s)]
+                            } else {
+                                c += x * offset;
+                                x * slope
+                            }
+                        }
+                    };
+                }
+                consts[s] += c + (0..lam.nrows()).map(|i| lam[(i, s)] * layers[k].bias()[i]).sum::<f64>();
+            }
+            lam = linalg::mul(layers[k].weight_t(), lam.as_ref());
+        }
+        let support = set.min_linear_columns(lam.as_ref());
+        for s in 0..cols {
+            let v = support[s] + consts[s];
+            if v > best[s] {
+                best[s] = v;
+            }
+        }
+        if step == settings.iterations {
+            break;
+        }
+        // The gradient: the relaxed network's forward pass from the support function's minimizers.
+        let mut col = vec![0.0; lam.nrows()];
+        let mut x = Mat::<f64>::zeros(lam.nrows(), cols);
+        for s in 0..cols {
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = lam[(i, s)];
+            }
+            let xs = set.argmin_linear(&col);
+            for (i, v) in xs.into_iter().enumerate() {
+                x[(i, s)] = v;
+            }
+        }
+        let t = (step + 1) as i32;
+        for k in 0..depth {
+            let mut z = linalg::mul(layers[k].weight(), x.as_ref());
+            for s in 0..cols {
+                for (i, n) in relaxed[k].iter().enumerate() {
+                    let zi = z[(i, s)] + layers[k].bias()[i];
+                    let l = saved[k][(i, s)];
+                    z[(i, s)] = match *n {
+                        Neuron::Active => zi,
+                        Neuron::Inactive => 0.0,
+                        Neuron::Unstable { slope, offset } => {
+                            if l >= 0.0 {
+                                // Adam ascent on this slope: d bound / d alpha = lam * z.
+                                let g = l * zi;
+                                let a = &mut alpha[k][(i, s)];
+                                let (mm, vv) = (&mut m1[k][(i, s)], &mut m2[k][(i, s)]);
+                                *mm = beta1 * *mm + (1.0 - beta1) * g;
+                                *vv = beta2 * *vv + (1.0 - beta2) * g * g;
+                                let mhat = *mm / (1.0 - beta1.powi(t));
+                                let vhat = *vv / (1.0 - beta2.powi(t));
+                                let out = *a * zi;
+                                *a = (*a + settings.learning_rate * mhat / (vhat.sqrt() + 1e-12)).clamp(0.0, 1.0);
+                                out
+                            } else {
+                                slope * zi + offset
+                            }
+                        }
+                    };
+                }
+            }
+            x = z;
+        }
+    }
+    best
+}
