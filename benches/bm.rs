@@ -1,5 +1,6 @@
 //! BM-r and BM-Full per image at MNIST scale, in verdict mode (the `certify --method bm` setting):
 //! all 9 targets of one image of adv-mnist-mlp-2x100 at l2 1.0 with the [0, 1] box, after PGD.
+//! `bm-full` takes its pre-activation bounds from optimized slopes, `bm-full-lp` from LP-Full.
 //! Image 0 is robust (every target must be proven); image 2 needs BM on all 9 targets. Skipped
 //! when ../shared/data is absent.
 
@@ -21,7 +22,7 @@ fn bench(c: &mut Criterion) {
     let net = nncert::io::load_model(data.join("models/adv-mnist-mlp-2x100.json")).unwrap();
     let mut group = c.benchmark_group("bm");
     group.sample_size(10);
-    for (name, verifier) in [("bm", Bm::default()), ("bm-full", Bm::full())] {
+    for (name, verifier) in [("bm", Bm::default()), ("bm-full", Bm::full()), ("bm-full-lp", Bm::full_lp())] {
         for image in [0usize, 2] {
             let set =
                 InputSet::new(images[image].clone(), 1.0, Norm::L2, Some(Domain::uniform(784, 0.0, 1.0).unwrap()))

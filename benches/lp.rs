@@ -1,12 +1,15 @@
 //! LP-Last and LP-Full per image (all 9 targets) on adv-mnist-mlp-2x100, l_inf 0.1 with the [0,1]
-//! box and l2 1.0 with the box, on the first correctly classified test image. Skipped when
-//! ../shared/data is absent.
+//! box and l2 1.0 with the box, on the first correctly classified test image; and LP-Full's
+//! pre-activation bounds alone against the same bounds from optimized slopes
+//! (`bounds::optimized`, what BM-Full uses). Skipped when ../shared/data is absent.
 
 use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use nncert::bounds::lp::LpSettings;
+use nncert::bounds::optimized::{SlopeSettings, optimized_bounds};
 use nncert::verify::Verifier;
-use nncert::verify::lp::{Lp, LpFull};
+use nncert::verify::lp::{Lp, LpFull, lp_full_bounds};
 use nncert::{Domain, InputSet, Norm};
 
 fn bench(c: &mut Criterion) {
@@ -30,6 +33,12 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function(format!("lp-full/{name}/per-image"), |b| {
             b.iter(|| LpFull::default().lower_bounds(&net, &set, y, &targets).unwrap())
+        });
+        group.bench_function(format!("bounds-lp-full/{name}/per-image"), |b| {
+            b.iter(|| lp_full_bounds(&net, &set, &LpSettings::default()).unwrap())
+        });
+        group.bench_function(format!("bounds-optimized/{name}/per-image"), |b| {
+            b.iter(|| optimized_bounds(&net, &set, &SlopeSettings::default()).unwrap())
         });
     }
     group.finish();
