@@ -114,3 +114,38 @@ fn optimized_bounds_reject_what_they_cannot_handle() {
     let wrong = InputSet::new(vec![0.5; 3], 0.1, Norm::L2, None).unwrap();
     assert!(optimized_bounds(&relu, &wrong, &SlopeSettings::default()).is_err());
 }
+
+#[test]
+fn bm_full_on_optimized_bounds_is_sound_and_its_certificates_check() {
+    use nncert::verify::bm::Bm;
+    use nncert::verify::sdp::{BoundSource, Relaxation};
+    let bm = Bm { stop_when_positive: false, ..Bm::full() };
+    assert_eq!(bm.bounds, BoundSource::Optimized);
+    let mut proven = 0;
+    for (ci, (net, set, label)) in common::small_relu_cases(16).iter().enumerate() {
+        let target = (label + 1) % 3;
+        let exact = Exact::default().phi(net, set, *label, target).unwrap();
+        let rel = Relaxation::new(net, set, BoundSource::Optimized).unwrap();
+        if let Some(c) = bm.solve_target(net, set, &rel, *label, target).unwrap().certificate {
+            assert!(c.bound <= exact.lower + 1e-9, "case {ci}: BM-Full {} > exact {}", c.bound, exact.lower);
+            // The check recomputes the optimized bounds from scratch and must accept.
+            let checked = c.check(net, set).unwrap();
+            assert!(checked >= c.bound, "case {ci}");
+            proven += 1;
+        }
+    }
+    assert!(proven >= 12, "only {proven} of 16 proven");
+}
+
+#[test]
+fn optimized_bounds_do_not_depend_on_the_number_of_threads() {
+    // Wide enough for several chunks of columns.
+    let net = common::random_network(77, &[6, 30, 40, 3], Activation::Relu);
+    let set = InputSet::new(vec![0.4; 6], 0.3, Norm::L2, Some(Domain::uniform(6, 0.0, 1.0).unwrap())).unwrap();
+    let crown = bounds::crown_and_ibp(&net, &set).unwrap();
+    assert!(unstable(&crown, 1).len() >= 20, "too few unstable neurons for several chunks");
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let a = one.install(|| optimized_bounds(&net, &set, &SlopeSettings::default()).unwrap());
+    let b = optimized_bounds(&net, &set, &SlopeSettings::default()).unwrap();
+    assert_eq!(a, b);
+}
