@@ -653,8 +653,8 @@ impl Bm {
 }
 
 impl Bm {
-    /// [`Verifier::lower_bounds`] on a relaxation computed earlier for the same `set` (for
-    /// BM-Full, LP-Full's pre-activation bounds from [`crate::verify::lp::lp_full_bounds`], so LP-Full
+    /// [`Verifier::lower_bounds`] on a relaxation computed earlier for the same `set` (e.g. for
+    /// BM-Full with LP-Full's bounds, those of [`crate::verify::lp::lp_full_bounds`], so that LP-Full
     /// and BM-Full on one input pay for those LPs once). Its bounds must be sound for `set`: the
     /// proof uses them as given.
     pub fn lower_bounds_with(
