@@ -905,6 +905,11 @@ fn markdown(report: &Report, methods: &[String]) -> String {
         s.push_str(&format!(
             "## {name}: average lower bound on phi over the 9 targets of the first {n} correct images\n\n![{name}](figures/{file})\n\n"
         ));
+        s.push_str(
+            "Every method computes all 9 targets to its limits here (no verdict-mode shortcuts). The costly \
+             methods (SDP-FO, BM, BM-Full) may be computed at only some of the radii (`--figure-steps`): their \
+             curves join the radii computed (the markers), and \"-\" marks the others in the tables below.\n\n",
+        );
         for p in panels {
             s.push_str(&format!("{} (images {:?}):\n\n| radius |", p.model, p.images));
             for c in &p.curves {
