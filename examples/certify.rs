@@ -84,6 +84,10 @@ struct Args {
     /// 0 for l2; see `Bm::input_scaling`). It changes how fast they converge, never soundness.
     #[arg(long)]
     bm_input_scaling: Option<f64>,
+    /// bm, bm-full and bm-full-lp: extra solves from other random starts for a target that ends
+    /// just below zero (`Bm::restarts`; default 2; verdict mode only).
+    #[arg(long)]
+    bm_restarts: Option<usize>,
     /// bm-full and bm-full-lp only: first tighten the pre-activation bounds of this many of the last hidden
     /// layer's unstable neurons with BM-r itself (`Bm::tighten`; default 0, as in the paper).
     #[arg(long)]
@@ -114,7 +118,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.bm_tighten.is_some() && !matches!(args.method.as_str(), "bm-full" | "bm-full-lp") {
         return Err("--bm-tighten applies to --method bm-full or bm-full-lp only".into());
     }
-    let bm_flags = args.bm_iterations.is_some() || args.bm_input_scaling.is_some() || args.bm_tighten.is_some();
+    let bm_flags = args.bm_iterations.is_some()
+        || args.bm_input_scaling.is_some()
+        || args.bm_tighten.is_some()
+        || args.bm_restarts.is_some();
     let verifier: Option<Box<dyn nncert::Verifier>> = match args.method.as_str() {
         name @ ("bm" | "bm-full" | "bm-full-lp") if bm_flags => {
             let base = match name {
@@ -126,6 +133,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 max_iterations: args.bm_iterations.unwrap_or(base.max_iterations),
                 input_scaling: args.bm_input_scaling.or(base.input_scaling),
                 tighten: args.bm_tighten.unwrap_or(base.tighten),
+                restarts: args.bm_restarts.unwrap_or(base.restarts),
                 stop_when_positive: !args.all_targets,
                 ..base
             };
@@ -134,7 +142,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         _ if bm_flags => {
             return Err(
-                "--bm-iterations and --bm-input-scaling apply to --method bm, bm-full or bm-full-lp only".into()
+                "--bm-iterations, --bm-input-scaling and --bm-restarts apply to --method bm, bm-full or bm-full-lp only".into()
             );
         }
         "pgd" => None,
