@@ -189,7 +189,8 @@ pub struct BmResult {
     /// PGD's margin for the target (an upper bound on phi), from the attack that starts the solve.
     #[serde(default)]
     pub attack_margin: f64,
-    /// Solves run: 1, plus the near-miss restarts ([`Bm::restarts`]).
+    /// Solves run: 1, plus the near-miss restarts ([`Bm::restarts`]). The other fields describe
+    /// the solve whose certificate is kept.
     #[serde(default)]
     pub solves: usize,
 }
