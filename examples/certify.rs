@@ -10,7 +10,7 @@
 //!
 //! Flags (stable names): --model --images --labels --norm --eps --domain --method --skip --count
 //! --only-correct --all-targets --threads --json, plus --pgd-steps --pgd-restarts --no-attack.
-//! Methods: ibp, fastlin, crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, bm-full-lp, crc (l2, smooth activations), pgd.
+//! Methods: ibp, fastlin, crown, alpha-crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, bm-full-lp, crc (l2, smooth activations), pgd.
 //! The JSON output is documented in docs/formats.md.
 
 use std::path::PathBuf;
@@ -46,7 +46,7 @@ struct Args {
     /// Valid input box "LO,HI", or "none".
     #[arg(long, default_value = "0,1", allow_hyphen_values = true)]
     domain: String,
-    /// ibp, fastlin, crown, lp, lp-full, exact, sdp, bm, bm-full, bm-full-lp, crc, or pgd (attack only).
+    /// ibp, fastlin, crown, alpha-crown, lp, lp-full, exact, sdp, bm, bm-full, bm-full-lp, crc, or pgd (attack only).
     #[arg(long, default_value = "crown")]
     method: String,
     /// First image index.

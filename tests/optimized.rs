@@ -108,6 +108,16 @@ fn optimized_bounds_reject_what_they_cannot_handle() {
     let set = InputSet::new(vec![0.5, 0.5], 0.1, Norm::L2, None).unwrap();
     let sigmoid = common::random_network(1, &[2, 4, 4, 3], Activation::Sigmoid);
     assert!(matches!(optimized_bounds(&sigmoid, &set, &SlopeSettings::default()), Err(Error::Unsupported(_))));
+    let sigmoid_pre = bounds::crown_and_ibp(&sigmoid, &set).unwrap();
+    let margins = nncert::bounds::optimized::optimized_margin_bounds(
+        &sigmoid,
+        &set,
+        &sigmoid_pre,
+        0,
+        &[1],
+        &SlopeSettings::default(),
+    );
+    assert!(matches!(margins, Err(Error::Unsupported(_))));
     let relu = common::random_network(1, &[2, 4, 4, 3], Activation::Relu);
     let bad = SlopeSettings { learning_rate: f64::NAN, ..SlopeSettings::default() };
     assert!(matches!(optimized_bounds(&relu, &set, &bad), Err(Error::InvalidArgument(_))));
@@ -148,4 +158,42 @@ fn optimized_bounds_do_not_depend_on_the_number_of_threads() {
     let a = one.install(|| optimized_bounds(&net, &set, &SlopeSettings::default()).unwrap());
     let b = optimized_bounds(&net, &set, &SlopeSettings::default()).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn alpha_crown_margins_lie_between_crown_and_the_exact_phi_and_reach_lp_full() {
+    use nncert::Verifier;
+    use nncert::verify::AlphaCrown;
+    use nncert::verify::lp::margin_lp_bounds;
+    let lp = LpSettings { tolerance: 1e-10, max_iter: 200, ..LpSettings::default() };
+    let (mut compared, mut gain, mut worst) = (0, 0, 0.0f64);
+    for (ci, (net, set)) in cases().iter().enumerate() {
+        let label = net.predict(set.center()).unwrap();
+        let targets: Vec<usize> = (0..3).filter(|&t| t != label).collect();
+        let alpha = AlphaCrown::default().lower_bounds(net, set, label, &targets).unwrap();
+        let crown_pre = bounds::crown_and_ibp(net, set).unwrap();
+        let crown =
+            bounds::margin_lower_bounds(net, set, &crown_pre, bounds::Propagation::Crown, label, &targets).unwrap();
+        let (full_pre, _) = lp_full_bounds(net, set, &lp).unwrap();
+        let (lp_full, _) = margin_lp_bounds(net, set, &full_pre, label, &targets, &lp);
+        for (k, &t) in targets.iter().enumerate() {
+            let a = alpha.bounds[k].1;
+            let exact = Exact::default().phi(net, set, label, t).unwrap();
+            assert!(a <= exact.lower + 1e-9, "case {ci} target {t}: alpha-CROWN {a} > exact {}", exact.lower);
+            assert!(a >= crown[k] - 1e-9 * (1.0 + crown[k].abs()), "case {ci} target {t}: {a} < CROWN {}", crown[k]);
+            // LP-Full also constrains the last hidden layer by its intervals: at least as tight.
+            assert!(a <= lp_full[k] + 1e-4 * (1.0 + lp_full[k].abs()), "case {ci}: {a} > LP-Full {}", lp_full[k]);
+            worst = worst.max((lp_full[k] - a) / (1.0 + lp_full[k].abs()));
+            compared += 1;
+            gain += usize::from(a > crown[k] + 1e-3 * (1.0 + crown[k].abs()));
+        }
+    }
+    eprintln!(
+        "{compared} margins: {gain} tighter than CROWN by 1e-3 or more, largest relative gap to LP-Full {worst:.2e}"
+    );
+    assert!(gain >= 20, "alpha-CROWN beat CROWN on only {gain} of {compared} margins");
+    // Bad queries are errors.
+    let (net, set) = &cases()[0];
+    assert!(AlphaCrown::default().lower_bounds(net, set, 3, &[0]).is_err());
+    assert!(AlphaCrown::default().lower_bounds(net, set, 0, &[7]).is_err());
 }

@@ -75,6 +75,47 @@ impl Default for SlopeSettings {
 /// # Ok::<(), nncert::Error>(())
 /// ```
 pub fn optimized_bounds(net: &Network, set: &InputSet, settings: &SlopeSettings) -> Result<PreActivationBounds> {
+    check_supported(net, settings)?;
+    let layers = net.layers();
+    let mut pre = super::crown_and_ibp(net, set)?;
+    for j in 1..layers.len().saturating_sub(1) {
+        let iv = tighten_layer(net, set, &pre, j, settings);
+        pre.layers[j].intersect(&iv);
+    }
+    Ok(pre)
+}
+
+/// Lower bounds on the margins f(x)\[label\] - f(x)\[t\] for each t in `targets`, from the backward
+/// relaxation over `pre` (pre-activation bounds valid for `set`, e.g. [`optimized_bounds`]) with
+/// the slopes optimized per target. Never below CROWN's bound on the same `pre` (the ascent starts
+/// at CROWN's slopes and keeps its best step) beyond rounding. ReLU hidden layers only.
+pub fn optimized_margin_bounds(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    label: usize,
+    targets: &[usize],
+    settings: &SlopeSettings,
+) -> Result<Vec<f64>> {
+    check_supported(net, settings)?;
+    let layers = net.layers();
+    net.check_input(set.center())?;
+    net.check_label(label)?;
+    for &t in targets {
+        net.check_label(t)?;
+    }
+    pre.check_shape(net)?;
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let depth = layers.len() - 1;
+    let relaxed: Vec<Vec<Neuron>> = (0..depth).map(|k| neurons(&pre.layers[k])).collect();
+    let spec = super::linear::margin_spec(net.num_classes(), label, targets);
+    Ok(ascend(net, set, &relaxed, depth, &spec, settings))
+}
+
+/// An error unless the hidden layers are ReLU and the step size is finite and >= 0.
+fn check_supported(net: &Network, settings: &SlopeSettings) -> Result<()> {
     let layers = net.layers();
     if layers[..layers.len() - 1].iter().any(|l| l.activation() != Activation::Relu) {
         return Err(Error::Unsupported("optimized slopes need ReLU hidden layers".into()));
@@ -85,12 +126,7 @@ pub fn optimized_bounds(net: &Network, set: &InputSet, settings: &SlopeSettings)
             settings.learning_rate
         )));
     }
-    let mut pre = super::crown_and_ibp(net, set)?;
-    for j in 1..layers.len().saturating_sub(1) {
-        let iv = tighten_layer(net, set, &pre, j, settings);
-        pre.layers[j].intersect(&iv);
-    }
-    Ok(pre)
+    Ok(())
 }
 
 /// The ReLU relaxation of one neuron with bounds \[l, u\].
@@ -140,8 +176,14 @@ fn tighten_layer(
     let relaxed: Vec<Vec<Neuron>> = (0..depth).map(|k| neurons(&pre.layers[k])).collect();
     // Columns are independent; fixed chunks (not one per thread) keep the result the same on any
     // number of threads, so that a certificate's check recomputes exactly these bounds.
-    let values: Vec<f64> =
-        jobs.par_chunks(32).flat_map_iter(|part| ascend(net, set, &relaxed, depth, part, settings)).collect();
+    let n_out = iv.len();
+    let values: Vec<f64> = jobs
+        .par_chunks(32)
+        .flat_map_iter(|part| {
+            let spec = Mat::<f64>::from_fn(n_out, part.len(), |i, s| if part[s].0 == i { part[s].1 } else { 0.0 });
+            ascend(net, set, &relaxed, depth, &spec, settings)
+        })
+        .collect();
     for (&(i, sign), v) in jobs.iter().zip(values) {
         if sign > 0.0 {
             iv.lower[i] = iv.lower[i].max(v);
@@ -152,21 +194,22 @@ fn tighten_layer(
     iv
 }
 
-/// The best bound found for each column (neuron, sign) of layer `depth`.
+/// The best lower bound found on spec\[:, s\]^T z_depth for each column s, relaxing the activations
+/// of the layers before `depth` (`relaxed`).
 fn ascend(
     net: &Network,
     set: &InputSet,
     relaxed: &[Vec<Neuron>],
     depth: usize,
-    jobs: &[(usize, f64)],
+    spec: &Mat<f64>,
     settings: &SlopeSettings,
 ) -> Vec<f64> {
     let layers = net.layers();
-    let cols = jobs.len();
-    // lam on x_depth (the input of layer `depth`): sign * row i of W, constant sign * b_i.
-    let wt = layers[depth].weight_t();
-    let lam_top = Mat::<f64>::from_fn(wt.nrows(), cols, |r, s| jobs[s].1 * wt[(r, jobs[s].0)]);
-    let const_top: Vec<f64> = jobs.iter().map(|&(i, sign)| sign * layers[depth].bias()[i]).collect();
+    let cols = spec.ncols();
+    // lam on x_depth (the input of layer `depth`): W^T spec, constant spec^T b.
+    let lam_top = linalg::mul(layers[depth].weight_t(), spec.as_ref());
+    let const_top: Vec<f64> =
+        (0..cols).map(|s| (0..spec.nrows()).map(|i| spec[(i, s)] * layers[depth].bias()[i]).sum()).collect();
     // Slopes, started at CROWN-Ada's (1 if u > -l else 0), and Adam's moments.
     let mut alpha: Vec<Mat<f64>> = relaxed
         .iter()
