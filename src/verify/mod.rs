@@ -199,7 +199,17 @@ fn propagate(
     check_query(network, set, label, targets)?;
     let pre = bounds::pre_activation_bounds(network, set, method)?;
     let lbs = bounds::margin_lower_bounds(network, set, &pre, method, label, targets)?;
-    Ok(BoundReport {
+    Ok(propagation_report(targets, lbs, &pre, start))
+}
+
+/// The report of a propagation method: its margin bounds, and the time since `start`.
+fn propagation_report(
+    targets: &[usize],
+    lbs: Vec<f64>,
+    pre: &bounds::PreActivationBounds,
+    start: Instant,
+) -> BoundReport {
+    BoundReport {
         bounds: targets.iter().copied().zip(lbs).collect(),
         stats: Stats {
             seconds: start.elapsed().as_secs_f64(),
@@ -207,7 +217,7 @@ fn propagate(
             lp: None,
             certified_radius: None,
         },
-    })
+    }
 }
 
 macro_rules! propagation_verifier {
@@ -273,15 +283,7 @@ impl Verifier for AlphaCrown {
         check_query(network, set, label, targets)?;
         let pre = bounds::optimized::optimized_bounds(network, set, &self.settings)?;
         let lbs = bounds::optimized::optimized_margin_bounds(network, set, &pre, label, targets, &self.settings)?;
-        Ok(BoundReport {
-            bounds: targets.iter().copied().zip(lbs).collect(),
-            stats: Stats {
-                seconds: start.elapsed().as_secs_f64(),
-                unstable_neurons: Some(pre.unstable_neurons()),
-                lp: None,
-                certified_radius: None,
-            },
-        })
+        Ok(propagation_report(targets, lbs, &pre, start))
     }
 }
 
