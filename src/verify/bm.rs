@@ -474,26 +474,24 @@ impl Bm {
         target: usize,
     ) -> Result<BmResult> {
         let mut result = self.solve_once(net, set, rel, label, target, self.seed)?;
-        result.solves = 1;
         if !self.stop_when_positive {
             return Ok(result);
         }
         // Near-miss restarts (Bm::restarts): a fresh start, keeping the best proven bound.
+        let bound = |r: &BmResult| r.certificate.as_ref().map(|c| c.bound);
+        let mut solves = 1;
         for k in 1..=self.restarts {
             let q = result.attack_margin;
-            let near =
-                |c: &Option<Certificate>| c.as_ref().is_some_and(|c| c.bound <= 0.0 && q > 0.0 && c.bound >= -0.25 * q);
-            if !near(&result.certificate) {
+            if !bound(&result).is_some_and(|b| b <= 0.0 && q > 0.0 && b >= -0.25 * q) {
                 break;
             }
             let again = self.solve_once(net, set, rel, label, target, self.seed.wrapping_add(k as u64))?;
-            let solves = result.solves + 1;
-            let better = again.certificate.as_ref().map(|c| c.bound) > result.certificate.as_ref().map(|c| c.bound);
-            if better {
+            solves += 1;
+            if bound(&again) > bound(&result) {
                 result = again;
             }
-            result.solves = solves;
         }
+        result.solves = solves;
         Ok(result)
     }
 
