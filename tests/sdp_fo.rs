@@ -26,16 +26,19 @@ fn random_multipliers(like: &Multipliers, seed: u64) -> Multipliers {
     for layer in m.relu.iter_mut() {
         layer.iter_mut().for_each(|v| *v = rng.random::<f64>() - 0.5);
     }
+    m.products.iter_mut().for_each(|v| *v = rng.random::<f64>() * 0.2);
     m
 }
 
+/// Also with the input-box products, whose input block is dense (`products` on every other case).
 #[test]
 fn block_dual_value_matches_the_dense_schur_complement() {
-    let mut checked = 0;
+    let (mut checked, mut with_products) = (0, 0);
     for (ci, (net, set, label)) in common::small_relu_cases(30).iter().enumerate() {
         let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
         let target = (label + 1) % 3;
-        let mult = random_multipliers(&Multipliers::initial(net, set, 0.0), ci as u64);
+        let like = Multipliers::initial(net, set, 0.0).with_products(net, set, ci % 2 == 1);
+        let mult = random_multipliers(&like, ci as u64);
         let tau = 0.3;
         let op = SlackOperator::new(net, set, &rel.boxes, *label, target, &mult, 0.0).unwrap();
         let (m, _) = lagrangian_matrix(net, set, &rel.boxes, *label, target, &mult).unwrap();
@@ -57,8 +60,9 @@ fn block_dual_value_matches_the_dense_schur_complement() {
             assert!((p.x[i] - x[(i, 0)]).abs() <= 1e-8 * (1.0 + x[(i, 0)].abs()));
         }
         checked += 1;
+        with_products += usize::from(!mult.products.is_empty());
     }
-    assert!(checked >= 20, "only {checked} PD cases");
+    assert!(checked >= 20 && with_products >= 8, "only {checked} PD cases, {with_products} with products");
 }
 
 /// The starting point is CROWN's bound on the relaxation's pre-activation bounds, less the cost of

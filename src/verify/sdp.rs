@@ -16,7 +16,19 @@
 //!      x_{k+1} ⊙ (x_{k+1} - W_k x_k - b_k) = 0     (z, free)
 //!      (x_{k+1} - lo_{k+1})(hi_{k+1} - x_{k+1}) >= 0    (y_post: BM-Full's bound constraints)
 //!      s_{k+1} ⊙ (W_k x_k + b_k) + d_{k+1} - x_{k+1} >= 0  (y_cut: the triangle's upper side)
+//!      (x_0i - lo_i) x_1j >= 0, (hi_i - x_0i) x_1j >= 0,
+//!      (x_0i - lo_i)(x_1j - w_j^T x_0 - b_j) >= 0, (hi_i - x_0i)(x_1j - w_j^T x_0 - b_j) >= 0
+//!                                         (y_products: optional, see below)
 //! ```
+//!
+//! The products (optional: [`Multipliers::products`] empty leaves them out) are the
+//! reformulation-linearization (RLT) cuts of the input box with the first hidden layer's two
+//! linear ReLU constraints: products of two nonnegative quantities, so valid on the whole feasible
+//! set, and linear in X = v v^T. The plain SDP only has the box's diagonal constraints
+//! (x_0i - lo_i)(hi_i - x_0i) >= 0, which leave the correlations of the inputs with the neurons
+//! free; for l_inf sets that is where most of its gap lies (on adv-mnist-mlp-2x100 at l_inf 0.1,
+//! image 87, target 5: BM's primal value -0.027 without the products, +0.111 with them, the exact
+//! phi 0.118; docs/experiments.md).
 //!
 //! The last two rows come from pre-activation bounds l <= W_k x_k + b_k <= u of any sound method
 //! ([`HiddenBoxes`]): lo = max(l, 0), hi = max(u, 0) are the post-activation bounds of Appendix
@@ -76,6 +88,12 @@ pub struct Multipliers {
     pub cut: Vec<Vec<f64>>,
     /// Per hidden layer and neuron (free): x_{k+1} (x_{k+1} - W_k x_k - b_k) = 0.
     pub relu: Vec<Vec<f64>>,
+    /// The input-box products (RLT cuts) with the first hidden layer, or empty (not used): four
+    /// blocks of n0 x n1 entries, each column-major (entry i + n0 j of a block is input i, neuron
+    /// j; lo, hi the bounding box of X, s_j = x_1j - w_j^T x_0 - b_j): (x_0i - lo_i) x_1j >= 0,
+    /// (hi_i - x_0i) x_1j >= 0, (x_0i - lo_i) s_j >= 0, (hi_i - x_0i) s_j >= 0.
+    #[serde(default)]
+    pub products: Vec<f64>,
 }
 
 impl Multipliers {
@@ -93,13 +111,25 @@ impl Multipliers {
             post: hidden.iter().map(|&n| vec![0.0; n]).collect(),
             cut: hidden.iter().map(|&n| vec![0.0; n]).collect(),
             relu: hidden.iter().map(|&n| vec![relu; n]).collect(),
+            products: Vec::new(),
         }
+    }
+
+    /// The same multipliers with the input-box products ([`Multipliers::products`]) switched on
+    /// (all zero) or off.
+    pub fn with_products(mut self, net: &Network, set: &InputSet, on: bool) -> Self {
+        let n1 = net.layers()[0].output_size();
+        self.products = if on && net.layers().len() >= 2 { vec![0.0; 4 * set.dim() * n1] } else { Vec::new() };
+        self
     }
 
     fn check_shape(&self, net: &Network, set: &InputSet) -> Result<()> {
         let n0 = set.dim();
         let hidden: Vec<usize> = net.layers()[..net.layers().len() - 1].iter().map(|l| l.output_size()).collect();
-        let ok = self.coord.len() == n0
+        let n1 = net.layers()[0].output_size();
+        let products_ok = self.products.is_empty() || (self.products.len() == 4 * n0 * n1 && net.layers().len() >= 2);
+        let ok = products_ok
+            && self.coord.len() == n0
             && self.lower.len() == n0
             && self.upper.len() == n0
             && [&self.nonneg, &self.above, &self.post, &self.cut, &self.relu]
@@ -114,6 +144,7 @@ impl Multipliers {
             .chain(self.post.iter().flatten().copied())
             .chain(self.cut.iter().flatten().copied())
             .chain(self.relu.iter().flatten().copied())
+            .chain(self.products.iter().copied())
             .all(f64::is_finite);
         if !ok {
             return Err(Error::InvalidArgument("multipliers do not match the network's layer sizes".into()));
@@ -151,7 +182,12 @@ pub(crate) fn check_network(net: &Network) -> Result<()> {
 /// i == j, c v_i^2). The dense matrix and the matrix-free operator are two sinks of the same
 /// assembly, so they cannot disagree.
 trait Sink {
-    fn cross(&mut self, i: usize, j: usize, c: f64);
+    fn cross(&mut self, i: usize, j: usize, c: f64) {
+        self.term(i, j, c, c.abs(), 0);
+    }
+    /// Adds c v_i v_j where c is a computed value within gamma(`depth` + 16) `abs` of the exact
+    /// term (`depth`: the roundings inside it beyond the few of a plain product of data).
+    fn term(&mut self, i: usize, j: usize, c: f64, abs: f64, depth: u32);
     /// Whether the sink needs every product term of the hidden layers' weights separately (the
     /// dense sink does, for its rounding bound); otherwise their border terms come summed, through
     /// one product with W^T per layer.
@@ -160,22 +196,57 @@ trait Sink {
     }
 }
 
-/// The dense matrix M and the matrix of summed absolute terms (for the rounding bound).
+/// The dense matrix M, the matrix of summed absolute terms and, per entry, the number of terms
+/// summed and the deepest rounding inside one term (for the rounding bound).
 struct DenseSink {
     m: Mat<f64>,
     a: Mat<f64>,
+    count: Vec<u32>,
+    depth: Vec<u32>,
+}
+
+impl DenseSink {
+    fn new(n: usize) -> Self {
+        DenseSink { m: Mat::zeros(n, n), a: Mat::zeros(n, n), count: vec![0; n * n], depth: vec![0; n * n] }
+    }
+
+    fn add(&mut self, i: usize, j: usize, c: f64, abs: f64, depth: u32) {
+        let n = self.m.nrows();
+        self.m[(i, j)] += c;
+        self.a[(i, j)] += abs;
+        let k = i + n * j;
+        self.count[k] += 1;
+        self.depth[k] = self.depth[k].max(depth);
+    }
+
+    /// A bound on the Frobenius norm of fl(M) - M: entry by entry, a recursive sum of N terms, each
+    /// within gamma(depth + 16) of its exact value, is within gamma(N + depth + 16) times the sum of
+    /// the terms' absolute values.
+    fn error(&self) -> f64 {
+        let n = self.m.nrows();
+        let mut sq = 0.0;
+        for j in 0..n {
+            for i in 0..n {
+                let k = i + n * j;
+                if self.count[k] > 0 {
+                    let e = gamma((self.count[k] + self.depth[k] + 16) as usize) * self.a[(i, j)];
+                    sq += e * e;
+                }
+            }
+        }
+        // The sums of absolute values are computed in floating point too (relative error at most
+        // gamma(N) < 1e-9 for fewer than 4e6 terms an entry): grow the bound to cover them.
+        sq.sqrt() * (1.0 + 1e-9)
+    }
 }
 
 impl Sink for DenseSink {
-    fn cross(&mut self, i: usize, j: usize, c: f64) {
+    fn term(&mut self, i: usize, j: usize, c: f64, abs: f64, depth: u32) {
         if i == j {
-            self.m[(i, i)] += c;
-            self.a[(i, i)] += c.abs();
+            self.add(i, i, c, abs, depth);
         } else {
-            self.m[(i, j)] += 0.5 * c;
-            self.m[(j, i)] += 0.5 * c;
-            self.a[(i, j)] += 0.5 * c.abs();
-            self.a[(j, i)] += 0.5 * c.abs();
+            self.add(i, j, 0.5 * c, 0.5 * abs, depth);
+            self.add(j, i, 0.5 * c, 0.5 * abs, depth);
         }
     }
 }
@@ -191,7 +262,7 @@ impl Sink for BorderSink {
     fn per_term(&self) -> bool {
         false
     }
-    fn cross(&mut self, i: usize, j: usize, c: f64) {
+    fn term(&mut self, i: usize, j: usize, c: f64, _abs: f64, _depth: u32) {
         if i == j {
             self.diag[i] += c;
         } else if i == 0 {
@@ -375,7 +446,100 @@ fn assemble(
             }
         }
     }
+    if !mult.products.is_empty() {
+        assemble_products(net, set, &mult.products, off[1], sink);
+    }
     Ok(off)
+}
+
+/// The input-box products' multipliers `products` ([`Multipliers::products`]) clipped to >= 0,
+/// as the four n0 x n1 blocks.
+fn product_blocks(products: &[f64], n0: usize, n1: usize) -> [Mat<f64>; 4] {
+    let blk = n0 * n1;
+    std::array::from_fn(|t| Mat::from_fn(n0, n1, |i, j| products[t * blk + i + n0 * j].max(0.0)))
+}
+
+/// The Lagrangian terms -sum y g of the input-box products (x_1 at offset `q`). With a_t the four
+/// blocks of multipliers and s_j = x_1j - w_j^T x_0 - b_j:
+/// -a0 (x_i - lo_i) x_1j - a1 (hi_i - x_i) x_1j - a2 (x_i - lo_i) s_j - a3 (hi_i - x_i) s_j.
+/// The x_0-x_0 block sym((A2 - A3) W) is dense: the dense sink gets it entry by entry from two
+/// matrix products (with their rounding), the others only its diagonal (the operator applies the
+/// rest through W).
+fn assemble_products(net: &Network, set: &InputSet, products: &[f64], q: usize, sink: &mut impl Sink) {
+    let n0 = set.dim();
+    let layer = &net.layers()[0];
+    let (w, b) = (layer.weight(), layer.bias());
+    let n1 = layer.output_size();
+    let (lo, hi) = set.bounding_box();
+    let [a0, a1, a2, a3] = product_blocks(products, n0, n1);
+    let per_term = sink.per_term();
+    // e_j = sum_i (a3_ij hi_i - a2_ij lo_i), the coefficient of w_j^T x_0 in the border.
+    let mut e = vec![0.0; n1];
+    let mut e_abs = vec![0.0; n1];
+    for j in 0..n1 {
+        for i in 0..n0 {
+            let (y0, y1, y2, y3) = (a0[(i, j)], a1[(i, j)], a2[(i, j)], a3[(i, j)]);
+            if y0 == 0.0 && y1 == 0.0 && y2 == 0.0 && y3 == 0.0 {
+                continue;
+            }
+            sink.cross(0, q + j, y0 * lo[i]);
+            sink.cross(0, q + j, -y1 * hi[i]);
+            sink.cross(0, q + j, y2 * lo[i]);
+            sink.cross(0, q + j, -y3 * hi[i]);
+            sink.cross(0, 1 + i, y2 * b[j]);
+            sink.cross(0, 1 + i, -y3 * b[j]);
+            sink.cross(0, 0, -y2 * lo[i] * b[j]);
+            sink.cross(0, 0, y3 * hi[i] * b[j]);
+            if per_term {
+                sink.cross(1 + i, q + j, -y0);
+                sink.cross(1 + i, q + j, y1);
+                sink.cross(1 + i, q + j, -y2);
+                sink.cross(1 + i, q + j, y3);
+            }
+            e[j] += y3 * hi[i] - y2 * lo[i];
+            e_abs[j] += y3 * hi[i].abs() + y2 * lo[i].abs();
+        }
+    }
+    let grow = 1.0 + 1e-10;
+    if per_term {
+        // Border: e_j w_jk for each (j, k), e_j a sum of 2 n0 terms.
+        let depth = 2 * n0 as u32 + 4;
+        for j in 0..n1 {
+            if e_abs[j] == 0.0 {
+                continue;
+            }
+            for k in 0..n0 {
+                let wjk = w[(j, k)];
+                if wjk != 0.0 {
+                    sink.term(0, 1 + k, e[j] * wjk, grow * e_abs[j] * wjk.abs(), depth);
+                }
+            }
+        }
+        // The x_0-x_0 block: (A2 W - A3 W)_ik as a term of (i, k), each product a sum of n1 terms.
+        let p2 = crate::linalg::mul(a2.as_ref(), w);
+        let p3 = crate::linalg::mul(a3.as_ref(), w);
+        let sum = &a2 + &a3;
+        let wabs = Mat::from_fn(w.nrows(), w.ncols(), |j, k| w[(j, k)].abs());
+        let pabs = crate::linalg::mul(sum.as_ref(), wabs.as_ref());
+        let depth = n1 as u32 + 4;
+        for k in 0..n0 {
+            for i in 0..n0 {
+                let c = p2[(i, k)] - p3[(i, k)];
+                if pabs[(i, k)] != 0.0 {
+                    sink.term(1 + i, 1 + k, c, grow * pabs[(i, k)], depth);
+                }
+            }
+        }
+    } else {
+        let t = crate::linalg::mat_vec(layer.weight_t(), &e);
+        for (k, v) in t.into_iter().enumerate() {
+            sink.cross(0, 1 + k, v);
+        }
+        for i in 0..n0 {
+            let d: f64 = (0..n1).map(|j| (a2[(i, j)] - a3[(i, j)]) * w[(j, i)]).sum();
+            sink.cross(1 + i, 1 + i, d);
+        }
+    }
 }
 
 /// The Lagrangian matrix M(y, z) (so that L = v^T M v) and the Frobenius norm of a bound on
@@ -389,11 +553,9 @@ pub fn lagrangian_matrix(
     mult: &Multipliers,
 ) -> Result<(Mat<f64>, f64)> {
     let n = 1 + set.dim() + net.hidden_neurons();
-    let mut sink = DenseSink { m: Mat::zeros(n, n), a: Mat::zeros(n, n) };
+    let mut sink = DenseSink::new(n);
     assemble(net, set, boxes, label, target, mult, &mut sink)?;
-    let layers = net.layers();
-    let width = layers.iter().map(|l| l.output_size().max(l.input_size())).max().unwrap_or(1);
-    let err = gamma(width + 16) * sink.a.norm_l2();
+    let err = sink.error();
     Ok((sink.m, err))
 }
 
@@ -779,8 +941,14 @@ pub fn bound_from_multipliers(
 
 /// The constraint terms at a point x (the supergradient of the dual function at the multipliers
 /// whose Lagrangian x minimizes), in the layout of [`Multipliers`]: -g(x) for each inequality
-/// g >= 0, h(x) for each equality.
-pub(crate) fn constraint_terms(net: &Network, set: &InputSet, boxes: &HiddenBoxes, x: &[f64]) -> Multipliers {
+/// g >= 0, h(x) for each equality; with `products`, the input-box products' too.
+pub(crate) fn constraint_terms(
+    net: &Network,
+    set: &InputSet,
+    boxes: &HiddenBoxes,
+    x: &[f64],
+    products: bool,
+) -> Multipliers {
     let n0 = set.dim();
     let (lo, hi) = set.bounding_box();
     let c = set.center();
@@ -796,6 +964,7 @@ pub(crate) fn constraint_terms(net: &Network, set: &InputSet, boxes: &HiddenBoxe
         post: Vec::new(),
         cut: Vec::new(),
         relu: Vec::new(),
+        products: Vec::new(),
     };
     let layers = net.layers();
     let mut start = 0;
@@ -822,6 +991,24 @@ pub(crate) fn constraint_terms(net: &Network, set: &InputSet, boxes: &HiddenBoxe
         start = next;
         next += layer.output_size();
     }
+    if products && layers.len() >= 2 {
+        let layer = &layers[0];
+        let n1 = layer.output_size();
+        let (x0, x1) = (&x[..n0], &x[n0..n0 + n1]);
+        let pre = crate::linalg::mat_vec(layer.weight(), x0);
+        let blk = n0 * n1;
+        g.products = vec![0.0; 4 * blk];
+        for j in 0..n1 {
+            let s = x1[j] - pre[j] - layer.bias()[j];
+            for i in 0..n0 {
+                let k = i + n0 * j;
+                g.products[k] = -((x0[i] - lo[i]) * x1[j]);
+                g.products[blk + k] = -((hi[i] - x0[i]) * x1[j]);
+                g.products[2 * blk + k] = -((x0[i] - lo[i]) * s);
+                g.products[3 * blk + k] = -((hi[i] - x0[i]) * s);
+            }
+        }
+    }
     g
 }
 
@@ -832,10 +1019,14 @@ pub(crate) fn flatten(m: &Multipliers) -> Vec<f64> {
     v.extend(&m.coord);
     v.extend(&m.lower);
     v.extend(&m.upper);
-    for part in [&m.nonneg, &m.above, &m.post, &m.cut, &m.relu] {
+    for part in [&m.nonneg, &m.above, &m.post, &m.cut] {
         for layer in part {
             v.extend(layer);
         }
+    }
+    v.extend(&m.products);
+    for layer in &m.relu {
+        v.extend(layer);
     }
     v
 }
@@ -848,13 +1039,15 @@ pub(crate) fn unflatten(v: &[f64], like: &Multipliers) -> Multipliers {
     let coord = take(like.coord.len());
     let lower = take(like.lower.len());
     let upper = take(like.upper.len());
-    let mut grab = |part: &Vec<Vec<f64>>| part.iter().map(|l| take(l.len())).collect::<Vec<_>>();
-    let nonneg = grab(&like.nonneg);
-    let above = grab(&like.above);
-    let post = grab(&like.post);
-    let cut = grab(&like.cut);
-    let relu = grab(&like.relu);
-    Multipliers { ball, coord, lower, upper, nonneg, above, post, cut, relu }
+    let mut grab = |lens: &[usize]| lens.iter().map(|&n| take(n)).collect::<Vec<_>>();
+    let lens = |part: &Vec<Vec<f64>>| part.iter().map(Vec::len).collect::<Vec<_>>();
+    let nonneg = grab(&lens(&like.nonneg));
+    let above = grab(&lens(&like.above));
+    let post = grab(&lens(&like.post));
+    let cut = grab(&lens(&like.cut));
+    let products = grab(&[like.products.len()]).pop().unwrap_or_default();
+    let relu = grab(&lens(&like.relu));
+    Multipliers { ball, coord, lower, upper, nonneg, above, post, cut, relu, products }
 }
 
 /// The number of inequality multipliers in [`flatten`]'s layout.
@@ -876,6 +1069,74 @@ pub struct SlackOperator<'a> {
     pub(crate) diag: Vec<f64>,
     /// z per hidden layer.
     pub(crate) relu: Vec<Vec<f64>>,
+    /// The input-box products' off-border, off-diagonal blocks, if any.
+    pub(crate) products: Option<ProductBlocks>,
+}
+
+/// What the input-box products add to M off the border and the diagonal: the x_0-x_1 block -C / 2
+/// with C = A0 - A1 + A2 - A3, and the x_0-x_0 block sym(D W) with D = A2 - A3, less its diagonal
+/// (which is in the operator's diagonal).
+#[derive(Clone, Debug)]
+pub(crate) struct ProductBlocks {
+    pub(crate) c: Mat<f64>,
+    pub(crate) d: Mat<f64>,
+    pub(crate) diag: Vec<f64>,
+}
+
+impl ProductBlocks {
+    fn new(net: &Network, n0: usize, products: &[f64]) -> Self {
+        let layer = &net.layers()[0];
+        let n1 = layer.output_size();
+        let [a0, a1, a2, a3] = product_blocks(products, n0, n1);
+        let c = &(&a0 - &a1) + &(&a2 - &a3);
+        let d = &a2 - &a3;
+        let w = layer.weight();
+        let diag = (0..n0).map(|i| (0..n1).map(|j| d[(i, j)] * w[(j, i)]).sum()).collect();
+        ProductBlocks { c, d, diag }
+    }
+
+    /// out += (the blocks) v, for v and out of the operator's size (x_0 at 1, x_1 at `q`).
+    fn apply(&self, net: &Network, q: usize, v: MatRef<'_, f64>, out: &mut Mat<f64>) {
+        let (n0, n1) = self.c.shape();
+        let w = net.layers()[0].weight();
+        let vx = v.subrows(1, n0);
+        let vz = v.subrows(q, n1);
+        let cvz = crate::linalg::mul(self.c.as_ref(), vz);
+        let ctvx = crate::linalg::mul(self.c.transpose(), vx);
+        let wvx = crate::linalg::mul(w, vx);
+        let dwvx = crate::linalg::mul(self.d.as_ref(), wvx.as_ref());
+        let dtvx = crate::linalg::mul(self.d.transpose(), vx);
+        let wtdtvx = crate::linalg::mul(net.layers()[0].weight_t(), dtvx.as_ref());
+        for col in 0..v.ncols() {
+            for i in 0..n0 {
+                out[(1 + i, col)] +=
+                    -0.5 * cvz[(i, col)] + 0.5 * (dwvx[(i, col)] + wtdtvx[(i, col)]) - self.diag[i] * vx[(i, col)];
+            }
+            for j in 0..n1 {
+                out[(q + j, col)] -= 0.5 * ctvx[(j, col)];
+            }
+        }
+    }
+
+    /// Row sums of the blocks' absolute values (an upper bound), added to `row`.
+    fn gershgorin_rows(&self, net: &Network, q: usize, row: &mut [f64]) {
+        let (n0, n1) = self.c.shape();
+        let w = net.layers()[0].weight();
+        let wrow: Vec<f64> = (0..n1).map(|j| (0..n0).map(|k| w[(j, k)].abs()).sum()).collect();
+        let mut dcol = vec![0.0; n1];
+        for j in 0..n1 {
+            for i in 0..n0 {
+                let (c, d) = (self.c[(i, j)].abs(), self.d[(i, j)].abs());
+                row[1 + i] += 0.5 * c + 0.5 * d * wrow[j];
+                row[q + j] += 0.5 * c;
+                dcol[j] += d;
+            }
+        }
+        // The transposed half: sum_k |(D W)_ki| <= sum_j |w_ji| sum_k |d_kj|.
+        for i in 0..n0 {
+            row[1 + i] += 0.5 * (0..n1).map(|j| w[(j, i)].abs() * dcol[j]).sum::<f64>();
+        }
+    }
 }
 
 impl<'a> SlackOperator<'a> {
@@ -895,7 +1156,8 @@ impl<'a> SlackOperator<'a> {
         let off = assemble(net, set, boxes, label, target, mult, &mut sink)?;
         let BorderSink { border, mut diag } = sink;
         diag[0] -= z0;
-        Ok(SlackOperator { net, off, border, diag, relu: mult.relu.clone() })
+        let products = (!mult.products.is_empty()).then(|| ProductBlocks::new(net, set.dim(), &mult.products));
+        Ok(SlackOperator { net, off, border, diag, relu: mult.relu.clone(), products })
     }
 
     /// The operator of [[g, 0], [0, Q]]: the quadratic part Q alone, with the e0 entry set to the
@@ -936,6 +1198,14 @@ impl<'a> SlackOperator<'a> {
                 out[p + i] -= 0.5 * wtz[i];
             }
         }
+        if let Some(pb) = &self.products {
+            let vm = faer::MatRef::from_column_major_slice(v, n, 1);
+            let mut extra = Mat::<f64>::zeros(n, 1);
+            pb.apply(self.net, self.off[1], vm, &mut extra);
+            for i in 0..n {
+                out[i] += extra[(i, 0)];
+            }
+        }
     }
 
     /// S V for a block of columns V ((n + 1) x r): the same as [`Self::apply_vec`] per column, with
@@ -969,6 +1239,9 @@ impl<'a> SlackOperator<'a> {
                 }
             }
         }
+        if let Some(pb) = &self.products {
+            pb.apply(self.net, self.off[1], v, &mut out);
+        }
         out
     }
 
@@ -990,6 +1263,9 @@ impl<'a> SlackOperator<'a> {
                     row[p + i] += a;
                 }
             }
+        }
+        if let Some(pb) = &self.products {
+            pb.gershgorin_rows(self.net, self.off[1], &mut row);
         }
         row.into_iter().fold(0.0, f64::max) * (1.0 + 1e-12)
     }
@@ -1211,6 +1487,93 @@ mod tests {
             let proven = certified_bound(m.as_ref(), r2, 0.0).unwrap().bound;
             let hair = 1e-6 * (1.0 + exact.abs());
             assert!(proven <= exact + 1e-9 && proven >= exact - hair, "{name}: proven {proven} exact {exact}");
+        }
+    }
+
+    /// v^T M(y, z) v = f(x) - sum y g(x) + sum z h(x) at arbitrary points v = (1, x) (not only
+    /// feasible ones), for random multipliers of every constraint including the input-box
+    /// products: the dense assembly, its rounding bound and the matrix-free operator all agree
+    /// with the constraints as written, term by term.
+    #[test]
+    fn lagrangian_identity_holds_with_the_input_products() {
+        use crate::network::{Activation, Layer, Network};
+        use crate::spec::Domain;
+        let mut rng = StdRng::seed_from_u64(11);
+        for case in 0..12 {
+            let sizes = [3 + case % 3, 4 + case % 2, 3, 3];
+            let layers: Vec<Layer> = (0..3)
+                .map(|k| {
+                    let rows: Vec<Vec<f64>> = (0..sizes[k + 1])
+                        .map(|_| (0..sizes[k]).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect())
+                        .collect();
+                    let bias = (0..sizes[k + 1]).map(|_| rng.random::<f64>() - 0.5).collect();
+                    let act = if k == 2 { Activation::Identity } else { Activation::Relu };
+                    Layer::from_rows(&rows, bias, act).unwrap()
+                })
+                .collect();
+            let net = Network::new(vec![sizes[0]], layers).unwrap();
+            let n0 = sizes[0];
+            let center: Vec<f64> = (0..n0).map(|_| rng.random::<f64>()).collect();
+            let norm = if case % 2 == 0 { Norm::Linf } else { Norm::L2 };
+            let set = InputSet::new(center, 0.2, norm, Some(Domain::uniform(n0, 0.0, 1.0).unwrap())).unwrap();
+            let rel = Relaxation::new(&net, &set, BoundSource::CrownIbp).unwrap();
+            let mut m = Multipliers::initial(&net, &set, 0.0).with_products(&net, &set, true);
+            let like = m.clone();
+            let mut v = flatten(&m);
+            let n_ineq = inequality_count(&like);
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = if i < n_ineq { rng.random::<f64>() * 3.0 } else { rng.random::<f64>() * 4.0 - 2.0 };
+            }
+            if norm != Norm::L2 {
+                v[0] = 0.0;
+            }
+            m = unflatten(&v, &like);
+            let (label, target) = (0, 2);
+            let (mat, err) = lagrangian_matrix(&net, &set, &rel.boxes, label, target, &m).unwrap();
+            assert!(err > 0.0 && err < 1e-9, "rounding bound {err}");
+            let op = SlackOperator::new(&net, &set, &rel.boxes, label, target, &m, 0.0).unwrap();
+            let n = mat.nrows();
+            for _ in 0..5 {
+                let x: Vec<f64> = (0..n - 1).map(|_| rng.random::<f64>() * 2.0 - 0.5).collect();
+                let vv: Vec<f64> = std::iter::once(1.0).chain(x.iter().copied()).collect();
+                let quad: f64 = (0..n).map(|i| (0..n).map(|j| vv[i] * mat[(i, j)] * vv[j]).sum::<f64>()).sum();
+                let mut out = vec![0.0; n];
+                op.apply_vec(&vv, &mut out);
+                let quad_op: f64 = vv.iter().zip(&out).map(|(a, b)| a * b).sum();
+                // f(x) + sum of multiplier x (-g or h) over the constraints, products by hand.
+                let last = &net.layers()[2];
+                let xl = &x[n0 + sizes[1]..];
+                let f: f64 = (0..sizes[2])
+                    .map(|i| (last.weight()[(label, i)] - last.weight()[(target, i)]) * xl[i])
+                    .sum::<f64>()
+                    + last.bias()[label]
+                    - last.bias()[target];
+                let terms = flatten(&constraint_terms(&net, &set, &rel.boxes, &x, false));
+                let plain = flatten(&Multipliers { products: Vec::new(), ..m.clone() });
+                let mut lag = f + plain.iter().zip(&terms).map(|(a, b)| a * b).sum::<f64>();
+                // The same through constraint_terms' products.
+                let all = flatten(&constraint_terms(&net, &set, &rel.boxes, &x, true));
+                let lag_all = f + flatten(&m).iter().zip(&all).map(|(a, b)| a * b).sum::<f64>();
+                let (lo, hi) = set.bounding_box();
+                let first = &net.layers()[0];
+                let n1 = sizes[1];
+                for j in 0..n1 {
+                    let z = x[n0 + j];
+                    let s = z - (0..n0).map(|i| first.weight()[(j, i)] * x[i]).sum::<f64>() - first.bias()[j];
+                    for i in 0..n0 {
+                        let g = [(x[i] - lo[i]) * z, (hi[i] - x[i]) * z, (x[i] - lo[i]) * s, (hi[i] - x[i]) * s];
+                        for (t, gt) in g.iter().enumerate() {
+                            lag -= m.products[t * n0 * n1 + i + n0 * j] * gt;
+                        }
+                    }
+                }
+                assert!((quad - lag).abs() < 1e-10 * (1.0 + lag.abs()), "case {case}: v^T M v {quad} vs L {lag}");
+                assert!((lag_all - lag).abs() < 1e-10 * (1.0 + lag.abs()), "case {case}: {lag_all} vs L {lag}");
+                assert!(
+                    (quad_op - lag).abs() < 1e-10 * (1.0 + lag.abs()),
+                    "case {case}: operator {quad_op} vs L {lag}"
+                );
+            }
         }
     }
 }

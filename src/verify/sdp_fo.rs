@@ -60,17 +60,46 @@ pub struct DualPoint {
 }
 
 /// g(y, z, tau) and x*, or None when Q + tau I is not (numerically) positive definite.
+///
+/// Q is block tridiagonal over the layers (diagonal blocks diagonal, the couplings -diag(z) W / 2)
+/// and is eliminated block by block; with the input-box products ([`Multipliers::products`]) the
+/// input block is dense (sym((A2 - A3) W)) and its coupling to the first hidden layer gains
+/// -C^T / 2, so that block gets a Cholesky factor of its own.
 pub fn dual_value(op: &SlackOperator<'_>, r2: f64, tau: f64) -> Option<DualPoint> {
     let net = op.net;
     let layers = net.layers();
     let nb = layers.len(); // blocks x_0 .. x_{L-1}
     let size = |k: usize| if k == 0 { layers[0].input_size() } else { layers[k - 1].output_size() };
     let d = |k: usize| -> Vec<f64> { (0..size(k)).map(|i| op.diag[op.off[k] + i] + tau).collect() };
-    // Forward elimination: P_0 = D_0 (diagonal), P_k (k >= 1) dense with their Cholesky factors.
+    // Forward elimination: P_0 = D_0 (diagonal; dense with the products), P_k (k >= 1) dense with
+    // their Cholesky factors.
     let d0 = d(0);
-    if d0.iter().any(|v| v.is_nan() || *v <= 0.0) {
-        return None;
-    }
+    let products = op.products.as_ref();
+    let p0 = match products {
+        None => {
+            if d0.iter().any(|v| v.is_nan() || *v <= 0.0) {
+                return None;
+            }
+            None
+        }
+        Some(pb) => {
+            let n0 = d0.len();
+            let dw = crate::linalg::mul(pb.d.as_ref(), layers[0].weight());
+            let p = Mat::from_fn(n0, n0, |i, k| {
+                if i == k { d0[i] + dw[(i, i)] - pb.diag[i] } else { 0.5 * (dw[(i, k)] + dw[(k, i)]) }
+            });
+            if p.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {
+                return None;
+            }
+            Some(p.llt(Side::Lower).ok()?)
+        }
+    };
+    // C_0^T (n0 x n1) with products: -(W^T diag(z) + C) / 2.
+    let c0t = products.map(|pb| {
+        let w = layers[0].weight();
+        let z = &op.relu[0];
+        Mat::from_fn(w.ncols(), w.nrows(), |i, j| -0.5 * (z[j] * w[(j, i)] + pb.c[(i, j)]))
+    });
     let mut factors: Vec<faer::linalg::solvers::Llt<f64>> = Vec::with_capacity(nb - 1);
     for k in 0..nb - 1 {
         // T = C_k P_k^{-1} C_k^T with C_k = -diag(z_k) W_k / 2.
@@ -78,8 +107,16 @@ pub fn dual_value(op: &SlackOperator<'_>, r2: f64, tau: f64) -> Option<DualPoint
         let z = &op.relu[k];
         let (n_out, n_in) = (w.nrows(), w.ncols());
         let t = if k == 0 {
-            let a = Mat::from_fn(n_out, n_in, |j, i| 0.5 * z[j] * w[(j, i)] / d0[i].sqrt());
-            crate::linalg::mul(a.as_ref(), a.transpose())
+            match (&p0, &c0t) {
+                (Some(f), Some(ct)) => {
+                    let pinv_ct = f.solve(ct.as_ref());
+                    crate::linalg::mul(ct.transpose(), pinv_ct.as_ref())
+                }
+                _ => {
+                    let a = Mat::from_fn(n_out, n_in, |j, i| 0.5 * z[j] * w[(j, i)] / d0[i].sqrt());
+                    crate::linalg::mul(a.as_ref(), a.transpose())
+                }
+            }
         } else {
             let ct = Mat::from_fn(n_in, n_out, |i, j| -0.5 * z[j] * w[(j, i)]);
             let pinv_ct = factors[k - 1].solve(ct.as_ref());
@@ -95,17 +132,32 @@ pub fn dual_value(op: &SlackOperator<'_>, r2: f64, tau: f64) -> Option<DualPoint
     // Solve (Q + tau I) x = -m block by block.
     let mut y: Vec<Vec<f64>> = (0..nb).map(|k| (0..size(k)).map(|i| -op.border[op.off[k] + i]).collect()).collect();
     let solve = |k: usize, v: &[f64]| -> Vec<f64> {
+        let col = || Mat::from_fn(v.len(), 1, |i, _| v[i]);
         if k == 0 {
-            v.iter().zip(&d0).map(|(a, b)| a / b).collect()
+            match &p0 {
+                Some(f) => {
+                    let s = f.solve(col().as_ref());
+                    (0..v.len()).map(|i| s[(i, 0)]).collect()
+                }
+                None => v.iter().zip(&d0).map(|(a, b)| a / b).collect(),
+            }
         } else {
-            let col = Mat::from_fn(v.len(), 1, |i, _| v[i]);
-            let s = factors[k - 1].solve(col.as_ref());
+            let s = factors[k - 1].solve(col().as_ref());
             (0..v.len()).map(|i| s[(i, 0)]).collect()
         }
     };
     for k in 0..nb - 1 {
         // y_{k+1} -= C_k P_k^{-1} y_k.
         let pk = solve(k, &y[k]);
+        if k == 0
+            && let Some(ct) = &c0t
+        {
+            let cp = crate::linalg::mat_vec(ct.transpose(), &pk);
+            for j in 0..cp.len() {
+                y[1][j] -= cp[j];
+            }
+            continue;
+        }
         let wv = crate::linalg::mat_vec(layers[k].weight(), &pk);
         let z = &op.relu[k];
         for j in 0..wv.len() {
@@ -116,10 +168,17 @@ pub fn dual_value(op: &SlackOperator<'_>, r2: f64, tau: f64) -> Option<DualPoint
     x[nb - 1] = solve(nb - 1, &y[nb - 1]);
     for k in (0..nb - 1).rev() {
         // x_k = P_k^{-1} (y_k - C_k^T x_{k+1}).
-        let z = &op.relu[k];
-        let zx: Vec<f64> = x[k + 1].iter().zip(z).map(|(a, b)| a * b).collect();
-        let wtz = crate::linalg::mat_vec(layers[k].weight_t(), &zx);
-        let rhs: Vec<f64> = y[k].iter().zip(&wtz).map(|(a, b)| a + 0.5 * b).collect();
+        let rhs: Vec<f64> = if k == 0
+            && let Some(ct) = &c0t
+        {
+            let cx = crate::linalg::mat_vec(ct.as_ref(), &x[1]);
+            y[0].iter().zip(&cx).map(|(a, b)| a - b).collect()
+        } else {
+            let z = &op.relu[k];
+            let zx: Vec<f64> = x[k + 1].iter().zip(z).map(|(a, b)| a * b).collect();
+            let wtz = crate::linalg::mat_vec(layers[k].weight_t(), &zx);
+            y[k].iter().zip(&wtz).map(|(a, b)| a + 0.5 * b).collect()
+        };
         x[k] = solve(k, &rhs);
     }
     let x: Vec<f64> = x.into_iter().flatten().collect();
@@ -363,7 +422,8 @@ impl SdpFo {
             let p = dual_value(&op, rel.r2, v[0])?;
             let xx: f64 = p.x.iter().map(|a| a * a).sum();
             let mut grad = vec![-(xx - (rel.r2 - 1.0))];
-            grad.extend(flatten(&constraint_terms(net, set, &rel.boxes, &p.x)).iter().map(|gi| -gi));
+            let products = !mult0.products.is_empty();
+            grad.extend(flatten(&constraint_terms(net, set, &rel.boxes, &p.x, products)).iter().map(|gi| -gi));
             if grad.iter().any(|gi| !gi.is_finite()) {
                 return None;
             }
