@@ -463,8 +463,8 @@ fn product_blocks(products: &[f64], n0: usize, n1: usize) -> [Mat<f64>; 4] {
 /// blocks of multipliers and s_j = x_1j - w_j^T x_0 - b_j:
 /// -a0 (x_i - lo_i) x_1j - a1 (hi_i - x_i) x_1j - a2 (x_i - lo_i) s_j - a3 (hi_i - x_i) s_j.
 /// The x_0-x_0 block sym((A2 - A3) W) is dense: the dense sink gets it entry by entry from two
-/// matrix products (with their rounding), the others only its diagonal (the operator applies the
-/// rest through W).
+/// matrix products (with their rounding); the operator applies it through W
+/// ([`ProductBlocks`]).
 fn assemble_products(net: &Network, set: &InputSet, products: &[f64], q: usize, sink: &mut impl Sink) {
     let n0 = set.dim();
     let layer = &net.layers()[0];
@@ -534,10 +534,6 @@ fn assemble_products(net: &Network, set: &InputSet, products: &[f64], q: usize, 
         let t = crate::linalg::mat_vec(layer.weight_t(), &e);
         for (k, v) in t.into_iter().enumerate() {
             sink.cross(0, 1 + k, v);
-        }
-        for i in 0..n0 {
-            let d: f64 = (0..n1).map(|j| (a2[(i, j)] - a3[(i, j)]) * w[(j, i)]).sum();
-            sink.cross(1 + i, 1 + i, d);
         }
     }
 }
@@ -1065,7 +1061,7 @@ pub struct SlackOperator<'a> {
     pub(crate) off: Vec<usize>,
     /// First row/column of M (index 0 unused).
     pub(crate) border: Vec<f64>,
-    /// Diagonal of M (m00 - z0 at index 0).
+    /// Diagonal of M (m00 - z0 at index 0), less the input-box products' part ([`ProductBlocks`]).
     pub(crate) diag: Vec<f64>,
     /// z per hidden layer.
     pub(crate) relu: Vec<Vec<f64>>,
@@ -1073,14 +1069,13 @@ pub struct SlackOperator<'a> {
     pub(crate) products: Option<ProductBlocks>,
 }
 
-/// What the input-box products add to M off the border and the diagonal: the x_0-x_1 block -C / 2
-/// with C = A0 - A1 + A2 - A3, and the x_0-x_0 block sym(D W) with D = A2 - A3, less its diagonal
-/// (which is in the operator's diagonal).
+/// What the input-box products add to M off the border: the x_0-x_1 block -C / 2 with
+/// C = A0 - A1 + A2 - A3, and the x_0-x_0 block sym(D W) with D = A2 - A3 (its diagonal included:
+/// the operator's `diag` leaves it out).
 #[derive(Clone, Debug)]
 pub(crate) struct ProductBlocks {
     pub(crate) c: Mat<f64>,
     pub(crate) d: Mat<f64>,
-    pub(crate) diag: Vec<f64>,
 }
 
 impl ProductBlocks {
@@ -1090,9 +1085,7 @@ impl ProductBlocks {
         let [a0, a1, a2, a3] = product_blocks(products, n0, n1);
         let c = &(&a0 - &a1) + &(&a2 - &a3);
         let d = &a2 - &a3;
-        let w = layer.weight();
-        let diag = (0..n0).map(|i| (0..n1).map(|j| d[(i, j)] * w[(j, i)]).sum()).collect();
-        ProductBlocks { c, d, diag }
+        ProductBlocks { c, d }
     }
 
     /// out += (the blocks) v, for v and out of the operator's size (x_0 at 1, x_1 at `q`).
@@ -1109,8 +1102,7 @@ impl ProductBlocks {
         let wtdtvx = crate::linalg::mul(net.layers()[0].weight_t(), dtvx.as_ref());
         for col in 0..v.ncols() {
             for i in 0..n0 {
-                out[(1 + i, col)] +=
-                    -0.5 * cvz[(i, col)] + 0.5 * (dwvx[(i, col)] + wtdtvx[(i, col)]) - self.diag[i] * vx[(i, col)];
+                out[(1 + i, col)] += -0.5 * cvz[(i, col)] + 0.5 * (dwvx[(i, col)] + wtdtvx[(i, col)]);
             }
             for j in 0..n1 {
                 out[(q + j, col)] -= 0.5 * ctvx[(j, col)];

@@ -85,9 +85,8 @@ pub fn dual_value(op: &SlackOperator<'_>, r2: f64, tau: f64) -> Option<DualPoint
         Some(pb) => {
             let n0 = d0.len();
             let dw = crate::linalg::mul(pb.d.as_ref(), layers[0].weight());
-            let p = Mat::from_fn(n0, n0, |i, k| {
-                if i == k { d0[i] + dw[(i, i)] - pb.diag[i] } else { 0.5 * (dw[(i, k)] + dw[(k, i)]) }
-            });
+            let p =
+                Mat::from_fn(n0, n0, |i, k| if i == k { d0[i] + dw[(i, i)] } else { 0.5 * (dw[(i, k)] + dw[(k, i)]) });
             if p.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {
                 return None;
             }
