@@ -284,39 +284,8 @@ fn values(
     let w = last.weight();
     let f = (0..w.ncols()).map(|i| (w[(label, i)] - w[(target, i)]) * u(p + i)).sum::<f64>() + last.bias()[label]
         - last.bias()[target];
-    let products = if products { product_values(net, set, y) } else { Vec::new() };
+    let products = if products { super::sdp::product_values(net, set, y.as_ref()) } else { Vec::new() };
     (f, Multipliers { ball, coord, lower, upper, nonneg, above, post, cut, relu, products })
-}
-
-/// The input-box products ([`Multipliers::products`]) at X = Y_hat Y_hat^T, in their layout:
-/// with E[x_i x_1j] = <Y_i, Y_1j> and s = x_1 - W x_0 - b (rows S = Y_1 - W Y_0 - b e0^T),
-/// E[x_i x_1j] - lo_i u_1j, hi_i u_1j - E[x_i x_1j], E[x_i s_j] - lo_i s_j0, hi_i s_j0 - E[x_i s_j].
-fn product_values(net: &Network, set: &InputSet, y: &Mat<f64>) -> Vec<f64> {
-    let n0 = set.dim();
-    let layer = &net.layers()[0];
-    let n1 = layer.output_size();
-    let r = y.ncols();
-    let (lo, hi) = set.bounding_box();
-    let yx = y.as_ref().subrows(0, n0);
-    let yz = y.as_ref().subrows(n0, n1);
-    let wy = crate::linalg::mul(layer.weight(), yx);
-    let b = layer.bias();
-    let sm = Mat::from_fn(n1, r, |j, c| yz[(j, c)] - wy[(j, c)] - if c == 0 { b[j] } else { 0.0 });
-    let xz = crate::linalg::mul(yx, yz.transpose());
-    let xs = crate::linalg::mul(yx, sm.transpose());
-    let blk = n0 * n1;
-    let mut out = vec![0.0; 4 * blk];
-    for j in 0..n1 {
-        let (zbar, sbar) = (yz[(j, 0)], sm[(j, 0)]);
-        for i in 0..n0 {
-            let k = i + n0 * j;
-            out[k] = xz[(i, j)] - lo[i] * zbar;
-            out[blk + k] = hi[i] * zbar - xz[(i, j)];
-            out[2 * blk + k] = xs[(i, j)] - lo[i] * sbar;
-            out[3 * blk + k] = hi[i] * sbar - xs[(i, j)];
-        }
-    }
-    out
 }
 
 /// The KKT errors of (Y, multipliers) reported in [`BmResult`].

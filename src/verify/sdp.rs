@@ -988,24 +988,42 @@ pub(crate) fn constraint_terms(
         next += layer.output_size();
     }
     if products && layers.len() >= 2 {
-        let layer = &layers[0];
-        let n1 = layer.output_size();
-        let (x0, x1) = (&x[..n0], &x[n0..n0 + n1]);
-        let pre = crate::linalg::mat_vec(layer.weight(), x0);
-        let blk = n0 * n1;
-        g.products = vec![0.0; 4 * blk];
-        for j in 0..n1 {
-            let s = x1[j] - pre[j] - layer.bias()[j];
-            for i in 0..n0 {
-                let k = i + n0 * j;
-                g.products[k] = -((x0[i] - lo[i]) * x1[j]);
-                g.products[blk + k] = -((hi[i] - x0[i]) * x1[j]);
-                g.products[2 * blk + k] = -((x0[i] - lo[i]) * s);
-                g.products[3 * blk + k] = -((hi[i] - x0[i]) * s);
-            }
-        }
+        let point = MatRef::from_column_major_slice(x, x.len(), 1);
+        g.products = product_values(net, set, point).into_iter().map(|v| -v).collect();
     }
     g
+}
+
+/// The input-box products ([`Multipliers::products`]) g >= 0 at X = Y_hat Y_hat^T (Y = [u V], the
+/// rows of x without the leading 1; a point x is the one-column Y = x), in their layout:
+/// with E[x_i x_1j] = <Y_i, Y_1j> and s = x_1 - W x_0 - b (rows S = Y_1 - W Y_0 - b e0^T),
+/// E[x_i x_1j] - lo_i u_1j, hi_i u_1j - E[x_i x_1j], E[x_i s_j] - lo_i s_j0, hi_i s_j0 - E[x_i s_j].
+pub(crate) fn product_values(net: &Network, set: &InputSet, y: MatRef<'_, f64>) -> Vec<f64> {
+    let n0 = set.dim();
+    let layer = &net.layers()[0];
+    let n1 = layer.output_size();
+    let r = y.ncols();
+    let (lo, hi) = set.bounding_box();
+    let yx = y.subrows(0, n0);
+    let yz = y.subrows(n0, n1);
+    let wy = crate::linalg::mul(layer.weight(), yx);
+    let b = layer.bias();
+    let sm = Mat::from_fn(n1, r, |j, c| yz[(j, c)] - wy[(j, c)] - if c == 0 { b[j] } else { 0.0 });
+    let xz = crate::linalg::mul(yx, yz.transpose());
+    let xs = crate::linalg::mul(yx, sm.transpose());
+    let blk = n0 * n1;
+    let mut out = vec![0.0; 4 * blk];
+    for j in 0..n1 {
+        let (zbar, sbar) = (yz[(j, 0)], sm[(j, 0)]);
+        for i in 0..n0 {
+            let k = i + n0 * j;
+            out[k] = xz[(i, j)] - lo[i] * zbar;
+            out[blk + k] = hi[i] * zbar - xz[(i, j)];
+            out[2 * blk + k] = xs[(i, j)] - lo[i] * sbar;
+            out[3 * blk + k] = hi[i] * sbar - xs[(i, j)];
+        }
+    }
+    out
 }
 
 /// The multipliers as one vector: the inequality multipliers first, the free ReLU multipliers
