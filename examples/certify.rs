@@ -88,6 +88,11 @@ struct Args {
     /// just below zero (`Bm::restarts`; default 2; verdict mode only).
     #[arg(long)]
     bm_restarts: Option<usize>,
+    /// bm, bm-full and bm-full-lp: the budget of a target still unproven after --bm-iterations
+    /// that the relaxation may still prove (`Bm::near_miss_iterations`; default 25200; verdict
+    /// mode only; at most --bm-iterations turns it off).
+    #[arg(long)]
+    bm_near_miss_iterations: Option<usize>,
     /// bm-full and bm-full-lp only: first tighten the pre-activation bounds of this many of the last hidden
     /// layer's unstable neurons with BM-r itself (`Bm::tighten`; default 0, as in the paper).
     #[arg(long)]
@@ -127,6 +132,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         || args.bm_input_scaling.is_some()
         || args.bm_tighten.is_some()
         || args.bm_restarts.is_some()
+        || args.bm_near_miss_iterations.is_some()
         || args.bm_products;
     let verifier: Option<Box<dyn nncert::Verifier>> = match args.method.as_str() {
         name @ ("bm" | "bm-full" | "bm-full-lp") if bm_flags => {
@@ -140,6 +146,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 input_scaling: args.bm_input_scaling.or(base.input_scaling),
                 tighten: args.bm_tighten.unwrap_or(base.tighten),
                 restarts: args.bm_restarts.unwrap_or(base.restarts),
+                near_miss_iterations: args.bm_near_miss_iterations.unwrap_or(base.near_miss_iterations),
                 products: args.bm_products,
                 stop_when_positive: !args.all_targets,
                 ..base
@@ -149,7 +156,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         _ if bm_flags => {
             return Err(
-                "--bm-iterations, --bm-input-scaling, --bm-restarts and --bm-products apply to --method bm, bm-full or bm-full-lp only".into()
+                "--bm-iterations, --bm-input-scaling, --bm-restarts, --bm-near-miss-iterations and --bm-products apply to --method bm, bm-full or bm-full-lp only".into()
             );
         }
         "pgd" => None,

@@ -133,6 +133,10 @@ struct Entry {
     /// existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     restarts: Option<usize>,
+    /// BM's and BM-Full's budget for the targets still worth it after `iterations`
+    /// ([`Bm::near_miss_iterations`]; None: entries from before it existed, or tight mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    near_miss_iterations: Option<usize>,
     /// BM-Full's pre-activation bounds: "optimized" (CROWN with optimized slopes, `Bm::full`);
     /// None: entries from before, which used LP-Full's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,6 +344,8 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
                         .transpose()?,
                     restarts: (matches!(job.method, "bm" | "bm-full") && !job.all_targets)
                         .then(|| Bm::default().restarts),
+                    near_miss_iterations: (matches!(job.method, "bm" | "bm-full") && !job.all_targets)
+                        .then(|| Bm::default().near_miss_iterations.max(args.bm_iterations)),
                     bounds: (job.method == "bm-full").then(|| "optimized".to_string()),
                 };
                 cache.append(&e)?;
@@ -425,7 +431,11 @@ fn cell(entries: &[Entry], norm: Norm, method: &str) -> Cell {
                         Some(r) if r > 0 => format!(", {r} near-miss restarts"),
                         _ => String::new(),
                     };
-                    Some(budget + &restarts + &source)
+                    let more = match (e.near_miss_iterations, e.iterations) {
+                        (Some(n), Some(i)) if n > i => format!(", {n} iterations on near misses"),
+                        _ => String::new(),
+                    };
+                    Some(budget + &more + &restarts + &source)
                 })
                 .collect();
             t.sort();
