@@ -146,7 +146,7 @@ fn default_near_miss_iterations() -> usize {
 /// than that optimum, from any start or with any budget ([`Bm::restarts`],
 /// [`Bm::near_miss_iterations`]).
 fn may_prove(primal: f64, infeasibility: f64) -> bool {
-    primal > 0.0 || !(infeasibility <= 1e-3)
+    primal > 0.0 || infeasibility.is_nan() || infeasibility > 1e-3
 }
 
 impl Default for Bm {
