@@ -71,9 +71,10 @@ pub struct Bm {
     /// primal value is positive or its point not yet nearly feasible (default 25200; at most
     /// `max_iterations` turns it off). The primal value at a nearly feasible point bounds the
     /// relaxation's optimum from above, so a target whose primal value is negative there cannot
-    /// be proven by more work on this relaxation and stops at `max_iterations`. On adv-mnist-mlp-2x100 at l_inf 0.1, 25200 iterations prove
-    /// 12 of the first 30 images BM-Full left unknown with 8400 iterations and two restarts
-    /// (docs/experiments.md).
+    /// be proven by more work on this relaxation and stops at `max_iterations`. On
+    /// adv-mnist-mlp-2x100 at l_inf 0.1, 25200 iterations prove 16 of the 54 images of the first
+    /// 1000 that BM-Full left unknown with 8400 iterations and two restarts; the failing targets
+    /// of 37 of the other 38 have a negative primal value (docs/experiments.md).
     #[serde(default = "default_near_miss_iterations")]
     pub near_miss_iterations: usize,
     /// Wall-clock cap per target in seconds (default 60): three quarters for the augmented
@@ -612,8 +613,8 @@ impl Bm {
         let original = |alm: &Alm<'_>| -> Vec<f64> { alm.mult.iter().zip(&alm.scale).map(|(m, s)| m / s).collect() };
         let mut rank_path = vec![r0];
         let mut iterations = 0;
-        // The iteration budget, raised once to near_miss_iterations when the primal value is
-        // positive (Bm::near_miss_iterations).
+        // The iteration budget, raised once to near_miss_iterations when the relaxation may still
+        // prove the target (may_prove, Bm::near_miss_iterations).
         let mut budget = self.max_iterations;
         let mut infeasibility = f64::INFINITY;
         let trace = std::env::var_os("NNCERT_BM_TRACE").is_some();
