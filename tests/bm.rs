@@ -450,8 +450,56 @@ fn input_products_are_sound_and_tighten_l_inf_relaxations() {
         gap_plain += exact.upper - a.bound;
         gap_with += exact.upper - b.bound;
     }
-    eprintln!("l_inf: {closed} gaps closed, summed gap to exact {gap_plain:.4} -> {gap_with:.4}; {used} cases use them");
+    eprintln!(
+        "l_inf: {closed} gaps closed, summed gap to exact {gap_plain:.4} -> {gap_with:.4}; {used} cases use them"
+    );
     assert!(used >= 10, "only {used} cases put weight on the products");
     assert!(closed >= 1, "the products closed no l_inf gap");
     assert!(gap_with < 0.95 * gap_plain, "summed l_inf gap {gap_plain} -> {gap_with}");
+}
+
+/// In verdict mode the products (`Bm::products`) are a second solve, only for a target whose
+/// plain relaxation is short (not proven, PGD's margin > 0, a primal value <= 0 at a nearly
+/// feasible point); it keeps the better bound. On the small networks (where the solves end
+/// either proven or not nearly feasible, so no target gets it) nothing changes; on
+/// adv-mnist-mlp-2x100 at l_inf 0.1, image 87, target 5 (exact phi 0.11814, session 10) the
+/// products lift the primal value from below zero to above it. Skipped without ../shared/data
+/// for that part.
+#[test]
+fn products_are_a_second_solve_for_relaxation_limited_targets() {
+    let plain = Bm::default();
+    let with = Bm { products: true, ..plain.clone() };
+    for (ci, (net, set, label)) in common::small_relu_cases(12).iter().enumerate() {
+        let rel = Relaxation::new(net, set, BoundSource::CrownIbp).unwrap();
+        for target in (0..3).filter(|t| t != label) {
+            let a = plain.solve_target(net, set, &rel, *label, target).unwrap();
+            let b = with.solve_target(net, set, &rel, *label, target).unwrap();
+            let (x, y) = (a.certificate.map(|c| c.bound), b.certificate.map(|c| c.bound));
+            let short =
+                !x.is_some_and(|v| v > 0.0) && a.attack_margin > 0.0 && a.primal <= 0.0 && a.infeasibility <= 1e-3;
+            assert_eq!(b.solves, a.solves + usize::from(short), "case {ci} target {target}");
+            assert_eq!(x, y, "case {ci} target {target}");
+        }
+    }
+    let Some(dir) = common::shared_data() else { return };
+    let (images, labels) = common::mnist(&dir);
+    let net = nncert::io::load_model(dir.join("models/adv-mnist-mlp-2x100.json")).unwrap();
+    let (x, label, target) = (&images[87], labels[87], 5);
+    let box01 = Some(nncert::Domain::uniform(784, 0.0, 1.0).unwrap());
+    let set = InputSet::new(x.clone(), 0.1, nncert::Norm::Linf, box01).unwrap();
+    let rel = Relaxation::new(&net, &set, BoundSource::Optimized).unwrap();
+    // The second solve's budget kept at 8400 iterations: a test, not a proof (67200 prove it).
+    let full = Bm { near_miss_iterations: 0, time_limit: 1e3, ..Bm::full() };
+    let a = full.solve_target(&net, &set, &rel, label, target).unwrap();
+    let b = Bm { products: true, ..full.clone() }.solve_target(&net, &set, &rel, label, target).unwrap();
+    let (x, cert) = (a.certificate.expect("a bound").bound, b.certificate.expect("a bound"));
+    assert!(a.primal < 0.0 && b.solves == a.solves + 1, "primal {}, {} solves", a.primal, b.solves);
+    assert!(cert.bound >= x && cert.bound <= 0.11814);
+    assert!(cert.check(&net, &set).is_ok());
+    // The products' solve itself (tight mode has them from the start): the primal value lifted.
+    let c =
+        Bm { products: true, stop_when_positive: false, ..full }.solve_target(&net, &set, &rel, label, target).unwrap();
+    let bound = c.certificate.expect("a bound").bound;
+    eprintln!("image 87: plain {x:.4} (primal {:.4}); with the products {bound:.4} (primal {:.4})", a.primal, c.primal);
+    assert!(c.primal > 0.05 && bound <= 0.11814, "primal {} bound {bound}", c.primal);
 }
