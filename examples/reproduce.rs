@@ -432,7 +432,7 @@ fn cell(entries: &[Entry], norm: Norm, method: &str) -> Cell {
                         _ => String::new(),
                     };
                     let more = match (e.near_miss_iterations, e.iterations) {
-                        (Some(n), Some(i)) if n > i => format!(", {n} iterations on near misses"),
+                        (Some(n), Some(i)) if n > i => format!(", up to {n} where the primal value is positive"),
                         _ => String::new(),
                     };
                     Some(budget + &more + &restarts + &source)
