@@ -401,6 +401,11 @@ struct Alm<'a> {
 }
 
 impl Alm<'_> {
+    /// Whether constraint i (flattened) is left out (`skip`).
+    fn left_out(&self, i: usize) -> bool {
+        self.skip.get(i).copied().unwrap_or(false)
+    }
+
     /// Phi, its gradient (n x r, flattened column-major) and the scaled constraint values g_i / s_i
     /// at Y.
     fn eval(&self, y: &Mat<f64>) -> Result<(f64, Mat<f64>, Vec<f64>)> {
@@ -414,7 +419,7 @@ impl Alm<'_> {
         let mut eff = vec![0.0; g.len()];
         for i in 0..g.len() {
             let (m, v, s) = (self.mult[i], g[i], self.scale[i]);
-            if self.skip.get(i).copied().unwrap_or(false) {
+            if self.left_out(i) {
                 continue;
             }
             if i < self.n_ineq {
@@ -665,7 +670,7 @@ impl Bm {
                 let (_, _, g) = alm.eval(&y)?;
                 infeasibility = 0.0;
                 for i in 0..g.len() {
-                    if alm.skip.get(i).copied().unwrap_or(false) {
+                    if alm.left_out(i) {
                         continue;
                     }
                     if i < n_ineq {
