@@ -345,7 +345,7 @@ fn run_job(job: &Job<'_>, args: &Args, model: &str, compute: bool) -> Res<Vec<En
                     restarts: (matches!(job.method, "bm" | "bm-full") && !job.all_targets)
                         .then(|| Bm::default().restarts),
                     near_miss_iterations: (matches!(job.method, "bm" | "bm-full") && !job.all_targets)
-                        .then(|| Bm::default().near_miss_iterations.max(args.bm_iterations)),
+                        .then(|| Bm::default().near_miss_iterations),
                     bounds: (job.method == "bm-full").then(|| "optimized".to_string()),
                 };
                 cache.append(&e)?;
