@@ -3,17 +3,21 @@
 //! ```text
 //! cargo run --release --example vnnlib -- --model data/models/digits-relu-adv.json \
 //!     --property data/properties/digits-0-linf-0.03.vnnlib
-//! cargo run --release --example vnnlib -- --model net.onnx --property prop.vnnlib --method lp --output result.txt
+//! cargo run --release --example vnnlib -- --model net.onnx --property prop.vnnlib --timeout 120 --output result.txt
 //! ```
 //!
 //! Models: the JSON model format, ONNX (`.onnx`) or ACAS Xu `.nnet` (whose input box is
-//! intersected with the property's). Methods: crown (default), lp, lp-full. Prints `unsat`, `sat`
-//! with the counterexample, or `unknown`; exits 0 for any of them and 1 on an error.
+//! intersected with the property's). Methods: `bab` (default: complete branch and bound, ReLU or
+//! input splitting chosen by the input size), or one relaxation: `ibp`, `crown`, `alpha-crown`,
+//! `lp`, `lp-full`. The first line of standard output is the answer, `sat`, `unsat`, `unknown` or
+//! `timeout`; after `sat` comes the counterexample `((X_0 v) ... (Y_0 v) ...)`, as in the
+//! competition's result file (`--output`). Exits 0 for any answer and 1 on an error.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use nncert::verify::bab::{Bab, check_property_bab};
 use nncert::verify::property::{PropertyMethod, check_property};
 
 #[derive(Parser, Debug)]
@@ -25,12 +29,21 @@ struct Args {
     /// VNN-LIB property file.
     #[arg(long)]
     property: PathBuf,
-    /// crown, lp or lp-full.
-    #[arg(long, default_value = "crown")]
+    /// bab, ibp, crown, alpha-crown, lp or lp-full.
+    #[arg(long, default_value = "bab")]
     method: String,
+    /// Wall-clock limit in seconds (bab; the answer is `timeout` when it is reached).
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// What bab splits: auto (input splitting for <= 10 inputs, else ReLU splitting), relu, input.
+    #[arg(long, default_value = "auto")]
+    branching: String,
     /// Attack steps per disjunct and start.
     #[arg(long, default_value_t = 100)]
     attack_steps: usize,
+    /// Print a progress line every few seconds (bab).
+    #[arg(long)]
+    progress: bool,
     /// Write the result file here (default: standard output only).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -55,17 +68,44 @@ fn run(args: &Args) -> nncert::Result<()> {
     };
     let prop = nncert::io::load_vnnlib(&args.property)?;
     let method = match args.method.as_str() {
-        "crown" => PropertyMethod::Crown,
-        "lp" => PropertyMethod::Lp,
-        "lp-full" => PropertyMethod::LpFull,
+        "bab" => None,
+        "ibp" => Some(PropertyMethod::Ibp),
+        "crown" => Some(PropertyMethod::Crown),
+        "alpha-crown" => Some(PropertyMethod::AlphaCrown),
+        "lp" => Some(PropertyMethod::Lp),
+        "lp-full" => Some(PropertyMethod::LpFull),
         other => {
-            return Err(nncert::Error::InvalidArgument(format!("unknown method '{other}' (crown, lp, lp-full)")));
+            return Err(nncert::Error::InvalidArgument(format!(
+                "unknown method '{other}' (bab, ibp, crown, alpha-crown, lp, lp-full)"
+            )));
         }
     };
-    let result = check_property(&net, &prop, domain.as_ref(), method, args.attack_steps)?;
+    let result = match method {
+        Some(m) => check_property(&net, &prop, domain.as_ref(), m, args.attack_steps)?,
+        None => {
+            let settings = Bab {
+                timeout: args.timeout,
+                branching: args.branching.parse()?,
+                attack_steps: args.attack_steps,
+                progress: args.progress,
+                ..Bab::default()
+            };
+            let report = check_property_bab(&net, &prop, domain.as_ref(), &settings)?;
+            eprintln!(
+                "bab: {} domains bounded, {} LP leaves, at most {} open",
+                report.stats.domains, report.stats.leaves, report.stats.max_open
+            );
+            report.result
+        }
+    };
     let text = result.to_vnncomp();
     print!("{text}");
-    eprintln!("{} disjunct(s), {:.3} s", prop.disjuncts.len(), start.elapsed().as_secs_f64());
+    let disjuncts: usize = prop.regions.iter().map(|r| r.disjuncts.len()).sum();
+    eprintln!(
+        "{} region(s), {disjuncts} disjunct(s), {:.3} s",
+        prop.regions.len(),
+        start.elapsed().as_secs_f64()
+    );
     if let Some(path) = &args.output {
         std::fs::write(path, &text).map_err(|source| nncert::Error::Io { path: path.clone(), source })?;
     }

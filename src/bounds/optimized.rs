@@ -114,6 +114,34 @@ pub fn optimized_margin_bounds(
     Ok(ascend(net, set, &relaxed, depth, &spec, settings))
 }
 
+/// Lower bounds on spec\[:, s\]^T f(x) for each column s of `spec` (outputs x specifications),
+/// from the backward relaxation over `pre` with the slopes optimized per column (as
+/// [`optimized_margin_bounds`] for any linear specification). ReLU hidden layers only.
+pub fn optimized_spec_bounds(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    spec: faer::MatRef<'_, f64>,
+    settings: &SlopeSettings,
+) -> Result<Vec<f64>> {
+    check_supported(net, settings)?;
+    net.check_input(set.center())?;
+    pre.check_shape(net)?;
+    if spec.nrows() != net.num_classes() {
+        return Err(Error::InvalidArgument(format!(
+            "the specification has {} rows, the network {} outputs",
+            spec.nrows(),
+            net.num_classes()
+        )));
+    }
+    if spec.ncols() == 0 {
+        return Ok(Vec::new());
+    }
+    let depth = net.layers().len() - 1;
+    let relaxed: Vec<Vec<Neuron>> = (0..depth).map(|k| neurons(&pre.layers[k])).collect();
+    Ok(ascend(net, set, &relaxed, depth, &spec.to_owned(), settings))
+}
+
 /// An error unless the hidden layers are ReLU and the step size is finite and >= 0.
 fn check_supported(net: &Network, settings: &SlopeSettings) -> Result<()> {
     let layers = net.layers();

@@ -5,8 +5,11 @@
 //!
 //! A VNN-LIB file describes the *violation* of a property: the answer is `sat` when some input in
 //! the box gives outputs satisfying every output assertion (a counterexample), `unsat` when none
-//! does (the property holds). The output assertions are multiplied out into a disjunction of
-//! conjunctions ([`Property::disjuncts`]) of constraints c^T y + d <= 0 (or < 0).
+//! does (the property holds). The assertions are multiplied out into a disjunction of
+//! conjunctions; each conjunction is an input box and constraints c^T y + d <= 0 (or < 0) on the
+//! outputs, and conjunctions with the same box are grouped into one [`Region`]
+//! ([`Region::disjuncts`]). A disjunction over the inputs (ACAS Xu property 6) gives several
+//! regions, which are separate sub-problems that must all hold.
 //!
 //! Linear expressions may use numbers, variables, `+`, `-` (unary or n-ary) and `*` with at most
 //! one non-constant factor. Errors carry the line of the offending expression.
@@ -35,23 +38,51 @@ impl OutputConstraint {
     }
 }
 
-/// A parsed VNN-LIB property.
+/// One input box with the output constraints that violate the property on it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Property {
+pub struct Region {
     /// Input lower bounds (one per X_i).
     pub input_lo: Vec<f64>,
     /// Input upper bounds.
     pub input_hi: Vec<f64>,
-    /// Number of outputs (Y_j declared).
-    pub outputs: usize,
-    /// The violation region: some disjunct whose constraints all hold.
+    /// The violation region on this box: some disjunct whose constraints all hold.
     pub disjuncts: Vec<Vec<OutputConstraint>>,
 }
 
-impl Property {
-    /// Whether outputs `y` lie in the violation region.
+impl Region {
+    /// Whether outputs `y` satisfy one of this region's disjuncts.
     pub fn violated_by(&self, y: &[f64]) -> bool {
         self.disjuncts.iter().any(|d| d.iter().all(|c| c.holds(y)))
+    }
+
+    /// Whether `x` lies in the box (exactly, in floating point).
+    pub fn contains(&self, x: &[f64]) -> bool {
+        x.len() == self.input_lo.len()
+            && x.iter().zip(&self.input_lo).zip(&self.input_hi).all(|((v, lo), hi)| *v >= *lo && *v <= *hi)
+    }
+}
+
+/// A parsed VNN-LIB property: a counterexample is an input of some region's box whose outputs
+/// satisfy one of that region's disjuncts. Most properties have one region (one input box);
+/// a disjunction over the inputs (ACAS Xu property 6) gives one region per input box.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Property {
+    /// Number of outputs (Y_j declared).
+    pub outputs: usize,
+    /// The input boxes and their violation regions; the property holds when it holds on each.
+    pub regions: Vec<Region>,
+}
+
+impl Property {
+    /// Number of inputs (X_i declared).
+    pub fn inputs(&self) -> usize {
+        self.regions.first().map_or(0, |r| r.input_lo.len())
+    }
+
+    /// Whether input `x` with outputs `y` is a counterexample: `x` lies in a region's box and `y`
+    /// satisfies one of that region's disjuncts.
+    pub fn violated_by(&self, x: &[f64], y: &[f64]) -> bool {
+        self.regions.iter().any(|r| r.contains(x) && r.violated_by(y))
     }
 }
 
@@ -303,73 +334,78 @@ pub fn vnnlib_from_str(text: &str) -> Result<Property> {
     if p.inputs == 0 || p.outputs == 0 {
         return Err(err(1, "the property declares no X or no Y variables"));
     }
-    let mut lo = vec![f64::NEG_INFINITY; p.inputs];
-    let mut hi = vec![f64::INFINITY; p.inputs];
-    let mut disjuncts: Vec<Vec<OutputConstraint>> = vec![Vec::new()];
+    // The conjunction of every assertion, multiplied out into a disjunction of conjunctions of
+    // atoms; each conjunction then splits into its input box and its output constraints.
+    type Atom = (Linear, bool, usize);
+    let mut dnf: Vec<Vec<Atom>> = vec![Vec::new()];
     for a in asserts {
-        let dnf = p.formula(a)?;
-        let vars = |d: &Vec<Vec<(Linear, bool, usize)>>| -> (bool, bool) {
-            let mut x = false;
-            let mut y = false;
-            for c in d.iter().flatten() {
-                for &(k, _) in c.0.terms.keys() {
-                    x |= k == 'X';
-                    y |= k == 'Y';
-                }
+        let f = p.formula(a)?;
+        if let Some((_, _, line)) =
+            f.iter().flatten().find(|(l, _, _)| l.terms.keys().any(|k| k.0 == 'X') && l.terms.keys().any(|k| k.0 == 'Y'))
+        {
+            return Err(err(*line, "a constraint mixes inputs and outputs"));
+        }
+        if f.len() == 1 {
+            // A plain conjunction (every bound of a robustness property): no copies.
+            let f = f.into_iter().next().expect("one disjunct");
+            for c in &mut dnf {
+                c.extend(f.iter().cloned());
             }
-            (x, y)
-        };
-        match vars(&dnf) {
-            (true, true) => return Err(err(a.line(), "a constraint mixes inputs and outputs")),
-            (true, false) => {
-                if dnf.len() != 1 {
-                    return Err(err(a.line(), "disjunctions over the inputs are not supported"));
-                }
-                for (l, _, line) in &dnf[0] {
-                    if l.terms.len() != 1 {
-                        return Err(err(*line, "input constraints must bound one variable each"));
-                    }
-                    let (&(_, i), &c) = l.terms.iter().next().expect("one term");
-                    // c x + d <= 0.
-                    let bound = -l.constant / c;
-                    if c > 0.0 {
-                        hi[i] = hi[i].min(bound);
-                    } else if c < 0.0 {
-                        lo[i] = lo[i].max(bound);
-                    }
-                }
+            continue;
+        }
+        let mut next = Vec::with_capacity(dnf.len() * f.len());
+        for left in &dnf {
+            for right in &f {
+                let mut c = left.clone();
+                c.extend(right.iter().cloned());
+                next.push(c);
             }
-            (false, _) => {
-                let mut next = Vec::new();
-                for left in &disjuncts {
-                    for right in &dnf {
-                        let mut c = left.clone();
-                        for (l, strict, _) in right {
-                            let mut coeffs = vec![0.0; p.outputs];
-                            for (&(_, j), &v) in &l.terms {
-                                coeffs[j] += v;
-                            }
-                            c.push(OutputConstraint { coeffs, constant: l.constant, strict: *strict });
-                        }
-                        next.push(c);
-                    }
+        }
+        if next.len() > 100_000 {
+            return Err(err(a.line(), "the constraints expand to too many disjuncts"));
+        }
+        dnf = next;
+    }
+    let mut regions: Vec<Region> = Vec::new();
+    for conj in dnf {
+        let mut lo = vec![f64::NEG_INFINITY; p.inputs];
+        let mut hi = vec![f64::INFINITY; p.inputs];
+        let mut outputs = Vec::new();
+        for (l, strict, line) in conj {
+            if l.terms.keys().any(|k| k.0 == 'X') {
+                if l.terms.len() != 1 {
+                    return Err(err(line, "input constraints must bound one variable each"));
                 }
-                if next.len() > 100_000 {
-                    return Err(err(a.line(), "the output constraints expand to too many disjuncts"));
+                let (&(_, i), &c) = l.terms.iter().next().expect("one term");
+                // c x + d <= 0.
+                let bound = -l.constant / c;
+                if c > 0.0 {
+                    hi[i] = hi[i].min(bound);
+                } else if c < 0.0 {
+                    lo[i] = lo[i].max(bound);
                 }
-                disjuncts = next;
+            } else {
+                let mut coeffs = vec![0.0; p.outputs];
+                for (&(_, j), &v) in &l.terms {
+                    coeffs[j] += v;
+                }
+                outputs.push(OutputConstraint { coeffs, constant: l.constant, strict });
             }
+        }
+        for i in 0..p.inputs {
+            if !(lo[i].is_finite() && hi[i].is_finite()) {
+                return Err(err(1, format!("X_{i} needs a finite lower and upper bound")));
+            }
+            if lo[i] > hi[i] {
+                return Err(err(1, format!("X_{i} has an empty range [{}, {}]", lo[i], hi[i])));
+            }
+        }
+        match regions.iter_mut().find(|r| r.input_lo == lo && r.input_hi == hi) {
+            Some(r) => r.disjuncts.push(outputs),
+            None => regions.push(Region { input_lo: lo, input_hi: hi, disjuncts: vec![outputs] }),
         }
     }
-    for i in 0..p.inputs {
-        if !(lo[i].is_finite() && hi[i].is_finite()) {
-            return Err(err(1, format!("X_{i} needs a finite lower and upper bound")));
-        }
-        if lo[i] > hi[i] {
-            return Err(err(1, format!("X_{i} has an empty range [{}, {}]", lo[i], hi[i])));
-        }
-    }
-    Ok(Property { input_lo: lo, input_hi: hi, outputs: p.outputs, disjuncts })
+    Ok(Property { outputs: p.outputs, regions })
 }
 
 /// Reads a VNN-LIB property file.

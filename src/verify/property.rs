@@ -4,8 +4,9 @@
 //!
 //! A disjunct (a conjunction of c^T y + d <= 0) is impossible when for one of its constraints the
 //! lower bound of c^T f(x) + d over the box is > 0 (>= 0 for a strict one). The bounds come from
-//! CROWN (the backward linear relaxation, any activation) or from the triangle LP on CROWN's
-//! pre-activation bounds (`lp`) or on LP-Full's (`lp-full`).
+//! IBP, CROWN (the backward linear relaxation, any activation), alpha-CROWN (ReLU), or from the
+//! triangle LP on CROWN's pre-activation bounds (`lp`) or on LP-Full's (`lp-full`). Complete
+//! answers (branch and bound) come from [`crate::verify::bab::check_property_bab`].
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::bounds::lp::LpSettings;
 use crate::bounds::{self, linear};
 use crate::error::{Error, Result};
-use crate::io::vnnlib::Property;
+use crate::io::vnnlib::{OutputConstraint, Property, Region};
 use crate::network::Network;
 use crate::spec::{Domain, InputSet, Norm};
 
@@ -33,6 +34,8 @@ pub enum PropertyResult {
     },
     /// Neither could be shown.
     Unknown,
+    /// Neither could be shown before the time limit (branch and bound).
+    Timeout,
 }
 
 impl PropertyResult {
@@ -42,6 +45,7 @@ impl PropertyResult {
         match self {
             PropertyResult::Unsat => "unsat\n".into(),
             PropertyResult::Unknown => "unknown\n".into(),
+            PropertyResult::Timeout => "timeout\n".into(),
             PropertyResult::Sat { input, output } => {
                 let mut s = String::from("sat\n(");
                 let vars = input.iter().enumerate().map(|(i, v)| format!("(X_{i} {v:e})"));
@@ -59,16 +63,22 @@ impl PropertyResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PropertyMethod {
+    /// Interval bound propagation.
+    Ibp,
     /// CROWN.
     Crown,
+    /// CROWN with the ReLU slopes optimized for every intermediate bound and every constraint
+    /// (ReLU networks).
+    AlphaCrown,
     /// The triangle LP on CROWN's pre-activation bounds (ReLU networks: the convex hull).
     Lp,
     /// The triangle LP on LP-Full's pre-activation bounds.
     LpFull,
 }
 
-/// Checks `prop` on `net` over the property's input box intersected with `domain` (e.g. the input
-/// box of a `.nnet` file, on which its folded network is exact).
+/// Checks `prop` on `net` over the property's input boxes intersected with `domain` (e.g. the
+/// input box of a `.nnet` file, on which its folded network is exact): `unsat` when every region
+/// is proven, `sat` as soon as one has a confirmed counterexample.
 pub fn check_property(
     net: &Network,
     prop: &Property,
@@ -76,16 +86,43 @@ pub fn check_property(
     method: PropertyMethod,
     attack_steps: usize,
 ) -> Result<PropertyResult> {
+    let mut all_unsat = true;
+    for region in &prop.regions {
+        match check_region(net, prop.outputs, region, domain, method, attack_steps)? {
+            sat @ PropertyResult::Sat { .. } => return Ok(sat),
+            PropertyResult::Unknown | PropertyResult::Timeout => all_unsat = false,
+            PropertyResult::Unsat => {}
+        }
+    }
+    Ok(if all_unsat { PropertyResult::Unsat } else { PropertyResult::Unknown })
+}
+
+/// An error unless the property's inputs and outputs match the network's.
+pub(crate) fn check_shapes(net: &Network, prop: &Property) -> Result<()> {
     let n = net.input_size();
-    if prop.input_lo.len() != n || prop.outputs != net.num_classes() {
+    if prop.inputs() != n || prop.outputs != net.num_classes() {
         return Err(Error::InvalidArgument(format!(
             "the property has {} inputs and {} outputs, the network {n} and {}",
-            prop.input_lo.len(),
+            prop.inputs(),
             prop.outputs,
             net.num_classes()
         )));
     }
-    let (mut lo, mut hi) = (prop.input_lo.clone(), prop.input_hi.clone());
+    Ok(())
+}
+
+/// The box of `region` intersected with `domain`, as an l_inf [`InputSet`] (center the box's
+/// midpoint, the box itself as the set's domain); `None` when the two do not meet (no valid
+/// input, nothing can violate).
+pub(crate) fn region_set(net: &Network, region: &Region, domain: Option<&Domain>) -> Result<Option<InputSet>> {
+    let n = net.input_size();
+    if region.input_lo.len() != n {
+        return Err(Error::InvalidArgument(format!(
+            "the property has {} inputs, the network {n}",
+            region.input_lo.len()
+        )));
+    }
+    let (mut lo, mut hi) = (region.input_lo.clone(), region.input_hi.clone());
     if let Some(d) = domain {
         if d.lo().len() != n {
             return Err(Error::InvalidArgument("the domain does not match the network's input size".into()));
@@ -94,36 +131,81 @@ pub fn check_property(
             lo[i] = lo[i].max(d.lo()[i]);
             hi[i] = hi[i].min(d.hi()[i]);
             if lo[i] > hi[i] {
-                // The box misses the network's domain: no valid input, nothing can violate.
-                return Ok(PropertyResult::Unsat);
+                return Ok(None);
             }
         }
     }
-    let center: Vec<f64> = lo.iter().zip(&hi).map(|(a, b)| 0.5 * (a + b)).collect();
+    Ok(Some(box_set(lo, hi)?))
+}
+
+/// The box lo <= x <= hi as an l_inf [`InputSet`]: center the midpoint, radius the largest half
+/// width (raised by a relative 1e-12 so that the ball covers the box despite rounding), the box
+/// itself as the domain, so that the set is exactly the box.
+pub(crate) fn box_set(lo: Vec<f64>, hi: Vec<f64>) -> Result<InputSet> {
+    // The midpoint, clamped into the box: lo + (hi - lo) / 2 can round outside on extreme values.
+    let center: Vec<f64> = lo.iter().zip(&hi).map(|(a, b)| (a + 0.5 * (b - a)).clamp(*a, *b)).collect();
     let eps = lo.iter().zip(&hi).map(|(a, b)| 0.5 * (b - a)).fold(0.0, f64::max) * (1.0 + 1e-12);
-    let set = InputSet::new(center.clone(), eps, Norm::Linf, Some(Domain::new(lo.clone(), hi.clone())?))?;
+    InputSet::new(center, eps, Norm::Linf, Some(Domain::new(lo, hi)?))
+}
+
+/// [`check_property`] on one region.
+fn check_region(
+    net: &Network,
+    outputs: usize,
+    region: &Region,
+    domain: Option<&Domain>,
+    method: PropertyMethod,
+    attack_steps: usize,
+) -> Result<PropertyResult> {
+    if outputs != net.num_classes() {
+        return Err(Error::InvalidArgument(format!(
+            "the property has {outputs} outputs, the network {}",
+            net.num_classes()
+        )));
+    }
+    let Some(set) = region_set(net, region, domain)? else {
+        return Ok(PropertyResult::Unsat);
+    };
+    let (lo, hi) = (set.domain().expect("a box").lo().to_vec(), set.domain().expect("a box").hi().to_vec());
     // The attack first: a confirmed counterexample settles the answer.
-    if let Some(x) = attack(net, prop, &lo, &hi, attack_steps)? {
+    if let Some(x) = attack(net, &region.disjuncts, &lo, &hi, attack_steps)? {
         let output = net.forward(&x)?;
         return Ok(PropertyResult::Sat { input: x, output });
     }
     // Bounds on every constraint of every disjunct at once.
-    let constraints: Vec<&crate::io::vnnlib::OutputConstraint> = prop.disjuncts.iter().flatten().collect();
+    let constraints: Vec<&crate::io::vnnlib::OutputConstraint> = region.disjuncts.iter().flatten().collect();
     if constraints.is_empty() {
         return Ok(PropertyResult::Unknown);
     }
-    let lam = faer::Mat::from_fn(prop.outputs, constraints.len(), |j, s| constraints[s].coeffs[j]);
-    let mut pre = bounds::crown_and_ibp(net, &set)?;
-    if method == PropertyMethod::LpFull {
-        pre = super::lp::lp_full_bounds(net, &set, &LpSettings::default())?.0;
-    }
-    let mut lower = linear::spec_lower_bounds(net, &set, &pre, lam.as_ref(), linear::Slope::Adaptive);
-    if method != PropertyMethod::Crown {
-        let (lp, _) = super::lp::spec_lp_bounds(net, &set, &pre, lam.as_ref(), &LpSettings::default());
-        lower.iter_mut().zip(lp).for_each(|(a, b)| *a = a.max(b));
-    }
+    let lam = faer::Mat::from_fn(outputs, constraints.len(), |j, s| constraints[s].coeffs[j]);
+    let lower = match method {
+        PropertyMethod::Ibp => {
+            let pre = bounds::interval::ibp(net, &set);
+            bounds::interval::spec_lower_bounds(net, &set, &pre, lam.as_ref())
+        }
+        PropertyMethod::Crown => {
+            let pre = bounds::crown_and_ibp(net, &set)?;
+            linear::spec_lower_bounds(net, &set, &pre, lam.as_ref(), linear::Slope::Adaptive)
+        }
+        PropertyMethod::AlphaCrown => {
+            let settings = bounds::optimized::SlopeSettings::default();
+            let pre = bounds::optimized::optimized_bounds(net, &set, &settings)?;
+            bounds::optimized::optimized_spec_bounds(net, &set, &pre, lam.as_ref(), &settings)?
+        }
+        PropertyMethod::Lp | PropertyMethod::LpFull => {
+            let pre = if method == PropertyMethod::LpFull {
+                super::lp::lp_full_bounds(net, &set, &LpSettings::default())?.0
+            } else {
+                bounds::crown_and_ibp(net, &set)?
+            };
+            let mut lower = linear::spec_lower_bounds(net, &set, &pre, lam.as_ref(), linear::Slope::Adaptive);
+            let (lp, _) = super::lp::spec_lp_bounds(net, &set, &pre, lam.as_ref(), &LpSettings::default());
+            lower.iter_mut().zip(lp).for_each(|(a, b)| *a = a.max(b));
+            lower
+        }
+    };
     let mut k = 0;
-    for d in &prop.disjuncts {
+    for d in &region.disjuncts {
         let mut impossible = false;
         for c in d {
             let lb = lower[k] + c.constant;
@@ -139,41 +221,68 @@ pub fn check_property(
 
 /// Sign-gradient descent on max_k (c_k^T f(x) + d_k) over the box for each disjunct, from the
 /// center and random starts; returns an input whose forward pass violates the property.
-fn attack(net: &Network, prop: &Property, lo: &[f64], hi: &[f64], steps: usize) -> Result<Option<Vec<f64>>> {
+pub(crate) fn attack(
+    net: &Network,
+    disjuncts: &[Vec<OutputConstraint>],
+    lo: &[f64],
+    hi: &[f64],
+    steps: usize,
+) -> Result<Option<Vec<f64>>> {
     let n = lo.len();
     let mut rng = StdRng::seed_from_u64(0);
-    for d in &prop.disjuncts {
+    for d in disjuncts {
         if d.is_empty() {
             let x: Vec<f64> = lo.iter().zip(hi).map(|(a, b)| 0.5 * (a + b)).collect();
             return Ok(Some(x));
         }
         for restart in 0..3 {
-            let mut x: Vec<f64> =
+            let x: Vec<f64> =
                 (0..n)
                     .map(|i| {
                         if restart == 0 { 0.5 * (lo[i] + hi[i]) } else { lo[i] + rng.random::<f64>() * (hi[i] - lo[i]) }
                     })
                     .collect();
-            for step in 0..=steps {
-                let y = net.forward(&x)?;
-                if prop.violated_by(&y) {
-                    return Ok(Some(x));
-                }
-                if step == steps {
-                    break;
-                }
-                // The most violated constraint of this disjunct.
-                let (worst, _) = d
-                    .iter()
-                    .map(|c| c.coeffs.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>() + c.constant)
-                    .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |best, (i, v)| if v > best.1 { (i, v) } else { best });
-                let (_, g) = net.spec_gradient(&x, &d[worst].coeffs)?;
-                let alpha = 0.25 * (1.0 - step as f64 / steps as f64) + 0.01;
-                for i in 0..n {
-                    x[i] = (x[i] - alpha * (hi[i] - lo[i]) * g[i].signum()).clamp(lo[i], hi[i]);
-                }
+            if let Some(x) = descend(net, d, lo, hi, x, steps, 0.25)? {
+                return Ok(Some(x));
             }
+        }
+    }
+    Ok(None)
+}
+
+/// Sign-gradient descent on the most violated constraint of the conjunction `d` over the box
+/// lo <= x <= hi from `x`, with a step of `step` times the box's width decaying linearly; returns
+/// the first point (in the box) whose forward pass satisfies every constraint of `d`.
+pub(crate) fn descend(
+    net: &Network,
+    d: &[OutputConstraint],
+    lo: &[f64],
+    hi: &[f64],
+    mut x: Vec<f64>,
+    steps: usize,
+    step: f64,
+) -> Result<Option<Vec<f64>>> {
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = v.clamp(lo[i], hi[i]);
+    }
+    for k in 0..=steps {
+        let y = net.forward(&x)?;
+        if d.iter().all(|c| c.holds(&y)) {
+            return Ok(Some(x));
+        }
+        if k == steps || d.is_empty() {
+            break;
+        }
+        // The most violated constraint of this disjunct.
+        let (worst, _) = d
+            .iter()
+            .map(|c| c.coeffs.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>() + c.constant)
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |best, (i, v)| if v > best.1 { (i, v) } else { best });
+        let (_, g) = net.spec_gradient(&x, &d[worst].coeffs)?;
+        let alpha = step * (1.0 - k as f64 / steps as f64) + 0.01;
+        for i in 0..x.len() {
+            x[i] = (x[i] - alpha * (hi[i] - lo[i]) * g[i].signum()).clamp(lo[i], hi[i]);
         }
     }
     Ok(None)

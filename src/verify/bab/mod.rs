@@ -1,0 +1,501 @@
+//! Complete verification: branch and bound over a bounding method.
+//!
+//! The question is always whether some x in an input set X gives outputs y = f(x) that satisfy a
+//! conjunction of linear constraints c_j^T y + d_j <= 0 (a disjunct of a VNN-LIB property; for
+//! robustness, the single constraint f(x)\[label\] - f(x)\[c\] <= 0). A bound refutes the conjunction
+//! on a part of X when one constraint's lower bound is > 0 there. Branch and bound cuts X into
+//! parts until every part is refuted (`unsat`: proven), a point is found whose forward pass
+//! satisfies the conjunction (`sat`: a counterexample, checked on the real network), or the
+//! resources run out (`unknown`, never a wrong answer):
+//!
+//! * [`Branching::Relu`] ([`relu`]): a part is a set of ReLU split decisions, bounded by the
+//!   backward relaxation with optimized slopes and split multipliers (beta-CROWN, [`relax`]),
+//!   with intermediate bounds recomputed under the splits; the branching neuron by filtered smart
+//!   branching. For networks with many inputs.
+//! * [`Branching::Input`] ([`input`]): a part is a sub-box of the input box, bounded by CROWN; for
+//!   networks with few inputs (ACAS Xu), any activation.
+//!
+//! [`Bab`] is also a [`Verifier`] (`--method bab`): per target, the lower bound it returns is the
+//! minimum over the parts of their proven bounds (> 0 when the target is proven), or the worst
+//! open part's bound when it stops early. [`check_property_bab`] answers a VNN-LIB property.
+//!
+//! Completeness: with ReLU splitting a part without unstable neurons is an affine network on a
+//! polyhedron, solved exactly as an LP ([`crate::bounds::lp::TriangleProgram`]); so given time and
+//! memory every instance is answered, except where the answer hinges on a tie within the LP
+//! solver's accuracy (reported as unknown).
+
+pub mod input;
+pub mod relax;
+pub mod relu;
+
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use super::property::{PropertyResult, region_set};
+use super::{BoundReport, Stats, Verifier};
+use crate::bounds;
+use crate::error::{Error, Result};
+use crate::io::vnnlib::{OutputConstraint, Property};
+use crate::network::{Activation, Network};
+use crate::spec::{Domain, InputSet, Norm};
+
+/// What the search splits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Branching {
+    /// Input splitting for at most [`Bab::input_split_max_dim`] inputs on l_inf (box) sets, ReLU
+    /// splitting otherwise.
+    Auto,
+    /// ReLU splitting (ReLU hidden layers, affine last layer).
+    Relu,
+    /// Input splitting (bisect the input box).
+    Input,
+}
+
+impl std::str::FromStr for Branching {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Branching::Auto),
+            "relu" => Ok(Branching::Relu),
+            "input" => Ok(Branching::Input),
+            _ => Err(Error::InvalidArgument(format!("unknown branching '{s}' (auto, relu, input)"))),
+        }
+    }
+}
+
+/// Branch-and-bound settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bab {
+    /// Wall-clock limit in seconds for one query (a property, or all targets of one image);
+    /// reaching it gives "unknown" / "timeout" (default 300).
+    pub timeout: f64,
+    /// The most open domains held in memory; more gives "unknown" (default 200_000).
+    pub max_domains: usize,
+    /// Domains split per round (each gives two children bounded together; default 64; input
+    /// splitting takes 4x as many boxes).
+    pub batch: usize,
+    /// What to split (default [`Branching::Auto`]).
+    pub branching: Branching,
+    /// Inputs up to which [`Branching::Auto`] splits the input (default 10).
+    pub input_split_max_dim: usize,
+    /// Adam steps on the slopes and split multipliers per child (default 20).
+    pub iterations: usize,
+    /// Slope steps for the root's intermediate bounds and its constraints (default 100).
+    pub root_iterations: usize,
+    /// Candidates tried per branching decision (filtered smart branching; default 8).
+    pub fsb_candidates: usize,
+    /// Attack steps at the root (sign-gradient descent, 3 starts per disjunct; default 100).
+    pub attack_steps: usize,
+    /// Every this many rounds, attack from the worst domains' relaxation minimizers (0: never;
+    /// default 5).
+    pub attack_every: usize,
+    /// A progress line on standard error every few seconds (default false).
+    pub progress: bool,
+}
+
+impl Default for Bab {
+    fn default() -> Self {
+        Self {
+            timeout: 300.0,
+            max_domains: 200_000,
+            batch: 64,
+            branching: Branching::Auto,
+            input_split_max_dim: 10,
+            iterations: 20,
+            root_iterations: 100,
+            fsb_candidates: 8,
+            attack_steps: 100,
+            attack_every: 5,
+            progress: false,
+        }
+    }
+}
+
+/// Why a search stopped without an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// The wall-clock limit.
+    Timeout,
+    /// More open domains than [`Bab::max_domains`].
+    DomainLimit,
+    /// A domain that cannot be split further stayed open (a tie within the solver's accuracy).
+    Stuck,
+}
+
+/// The answer for one conjunction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// No point of X satisfies the conjunction; `bound` is a proven lower bound on
+    /// min over X of max_j (c_j^T f(x) + d_j) (> 0 for non-strict constraints).
+    Verified {
+        /// The proven bound.
+        bound: f64,
+    },
+    /// A point of X whose forward pass satisfies the conjunction.
+    Falsified {
+        /// The counterexample.
+        input: Vec<f64>,
+    },
+    /// Neither, when the search stopped; `bound` is still a proven lower bound.
+    Unknown {
+        /// The proven bound.
+        bound: f64,
+        /// Why the search stopped.
+        reason: StopReason,
+    },
+}
+
+/// What a search cost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchStats {
+    /// Domains bounded.
+    pub domains: usize,
+    /// Domains without unstable neurons solved as LPs.
+    pub leaves: usize,
+    /// The most open domains at once.
+    pub max_open: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The deadline, the statistics and the progress line of one query.
+pub(crate) struct Tracker {
+    start: Instant,
+    deadline: Instant,
+    last: Instant,
+    progress: bool,
+    pub(crate) stats: SearchStats,
+}
+
+impl Tracker {
+    fn new(timeout: f64, progress: bool) -> Self {
+        let start = Instant::now();
+        let limit = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::from_secs(u64::MAX / 4));
+        Self {
+            start,
+            deadline: start.checked_add(limit).unwrap_or(start + Duration::from_secs(1 << 40)),
+            last: start,
+            progress,
+            stats: SearchStats::default(),
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    fn report(&mut self, open: usize, worst: f64) {
+        if self.progress && self.last.elapsed().as_secs_f64() >= 5.0 {
+            self.last = Instant::now();
+            eprintln!(
+                "bab: {} domains bounded, {} open, worst bound {:.5}, {:.1} s",
+                self.stats.domains,
+                open,
+                worst,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// One conjunction on one input set.
+pub(crate) struct Problem<'a> {
+    pub(crate) net: &'a Network,
+    pub(crate) set: &'a InputSet,
+    pub(crate) constraints: &'a [OutputConstraint],
+}
+
+impl Problem<'_> {
+    /// Whether lower bounds `values` on c_j^T f(x) + d_j prove that no point satisfies every
+    /// constraint: one non-strict constraint bounded > 0, or a strict one bounded >= 0.
+    pub(crate) fn refutes(&self, values: &[f64]) -> bool {
+        values.iter().zip(self.constraints).any(|(v, c)| if c.strict { *v >= 0.0 } else { *v > 0.0 })
+    }
+
+    /// Whether outputs `y` satisfy every constraint.
+    pub(crate) fn violated_by(&self, y: &[f64]) -> bool {
+        self.constraints.iter().all(|c| c.holds(y))
+    }
+}
+
+/// Gradient descent on the most violated constraint from `x` inside the set (sign steps for
+/// l_inf, normalized for l2, each followed by the projection onto X); a point of X whose
+/// forward pass satisfies the conjunction, if one is met.
+pub(crate) fn attack_from(p: &Problem<'_>, mut x: Vec<f64>, steps: usize) -> Result<Option<Vec<f64>>> {
+    let set = p.set;
+    set.project(&mut x);
+    let radius = set.eps();
+    for k in 0..=steps {
+        let y = p.net.forward(&x)?;
+        if p.violated_by(&y) {
+            return Ok(Some(x));
+        }
+        if k == steps || p.constraints.is_empty() {
+            break;
+        }
+        let (worst, _) = p
+            .constraints
+            .iter()
+            .map(|c| crate::linalg::dot(&c.coeffs, &y) + c.constant)
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |b, (i, v)| if v > b.1 { (i, v) } else { b });
+        let (_, g) = p.net.spec_gradient(&x, &p.constraints[worst].coeffs)?;
+        let step = radius * (0.25 * (1.0 - k as f64 / steps as f64) + 0.01);
+        match set.norm() {
+            Norm::Linf => x.iter_mut().zip(&g).for_each(|(v, g)| *v -= step * g.signum()),
+            Norm::L2 => {
+                let n = crate::linalg::norm2(&g);
+                if n > 0.0 {
+                    x.iter_mut().zip(&g).for_each(|(v, g)| *v -= step * g / n);
+                }
+            }
+        }
+        set.project(&mut x);
+    }
+    Ok(None)
+}
+
+impl Bab {
+    fn check(&self) -> Result<()> {
+        if !(self.timeout >= 0.0) || self.batch == 0 || self.max_domains == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "branch and bound needs timeout >= 0, batch >= 1 and max_domains >= 1 (got {}, {}, {})",
+                self.timeout, self.batch, self.max_domains
+            )));
+        }
+        Ok(())
+    }
+
+    /// The branching this network and set get: [`Branching::Auto`] resolved, and an error when
+    /// ReLU splitting is asked of a network it does not apply to.
+    pub fn branching_for(&self, net: &Network, set: &InputSet) -> Result<Branching> {
+        let layers = net.layers();
+        let relu = layers[..layers.len() - 1].iter().all(|l| l.activation() == Activation::Relu)
+            && layers[layers.len() - 1].activation() == Activation::Identity;
+        let few_inputs = net.input_size() <= self.input_split_max_dim && set.norm() == Norm::Linf;
+        match self.branching {
+            Branching::Input => Ok(Branching::Input),
+            Branching::Auto if few_inputs || !relu => {
+                if !relu && !few_inputs {
+                    return Err(Error::Unsupported(format!(
+                        "branch and bound splits ReLUs, and this network has other activations with {} inputs: use \
+                         crown, alpha-crown or crc, or force input splitting (--branching input)",
+                        net.input_size()
+                    )));
+                }
+                Ok(Branching::Input)
+            }
+            Branching::Auto => Ok(Branching::Relu),
+            Branching::Relu if !relu => Err(Error::Unsupported(
+                "ReLU splitting needs ReLU hidden layers and an affine last layer: use input splitting \
+                 (--branching input) or crown, alpha-crown or crc"
+                    .into(),
+            )),
+            Branching::Relu => Ok(Branching::Relu),
+        }
+    }
+
+    /// Branch and bound on one conjunction over `set`; `root` is the ReLU search's root bounds
+    /// (computed here when None).
+    fn solve(
+        &self,
+        p: &Problem<'_>,
+        root: Option<&bounds::PreActivationBounds>,
+        tracker: &mut Tracker,
+    ) -> Result<Outcome> {
+        if p.constraints.is_empty() {
+            // No constraint: every point satisfies the conjunction.
+            return Ok(Outcome::Falsified { input: p.set.center().to_vec() });
+        }
+        match self.branching_for(p.net, p.set)? {
+            Branching::Input => input::search(p, self, tracker),
+            _ => match root {
+                Some(pre) => relu::search(p, pre, self, tracker),
+                None => {
+                    let pre = relu::root_bounds(p.net, p.set, self)?;
+                    relu::search(p, &pre, self, tracker)
+                }
+            },
+        }
+    }
+}
+
+/// A VNN-LIB answer with what it cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PropertyReport {
+    /// The answer.
+    pub result: PropertyResult,
+    /// Why the search stopped, when the answer is unknown.
+    pub reason: Option<StopReason>,
+    /// The statistics of every search, summed.
+    pub stats: SearchStats,
+}
+
+/// Answers a VNN-LIB property by branch and bound: every region (input box ∩ `domain`) and every
+/// disjunct of it is a search; `unsat` when all are verified, `sat` with the first confirmed
+/// counterexample, otherwise `unknown` (or [`PropertyResult::Timeout`] when the clock ran out).
+///
+/// ```
+/// use nncert::io::vnnlib_from_str;
+/// use nncert::verify::bab::{Bab, check_property_bab};
+/// use nncert::verify::property::PropertyResult;
+/// use nncert::{Activation, Layer, Network};
+///
+/// // y0 - y1 = |x| - 0.5 x + 0.1 >= 0.1 > 0 on [-1, 1]: the violation y0 <= y1 is impossible,
+/// // but the triangle relaxation of |x| alone cannot show it (it needs the split at 0).
+/// let hidden = Layer::from_rows(&[vec![1.0], vec![-1.0]], vec![0.0, 0.0], Activation::Relu)?;
+/// let out = Layer::from_rows(&[vec![0.5, 1.5], vec![0.0, 0.0]], vec![0.1, 0.0], Activation::Identity)?;
+/// let net = Network::new(vec![1], vec![hidden, out])?;
+/// let prop = vnnlib_from_str(
+///     "(declare-const X_0 Real)(declare-const Y_0 Real)(declare-const Y_1 Real)
+///      (assert (>= X_0 -1))(assert (<= X_0 1))(assert (<= Y_0 Y_1))",
+/// )?;
+/// let report = check_property_bab(&net, &prop, None, &Bab::default())?;
+/// assert_eq!(report.result, PropertyResult::Unsat);
+/// # Ok::<(), nncert::Error>(())
+/// ```
+pub fn check_property_bab(
+    net: &Network,
+    prop: &Property,
+    domain: Option<&Domain>,
+    settings: &Bab,
+) -> Result<PropertyReport> {
+    settings.check()?;
+    super::property::check_shapes(net, prop)?;
+    let mut tracker = Tracker::new(settings.timeout, settings.progress);
+    let mut reason = None;
+    for region in &prop.regions {
+        let Some(set) = region_set(net, region, domain)? else {
+            continue;
+        };
+        let branching = settings.branching_for(net, &set)?;
+        let (lo, hi) = set.bounding_box();
+        // The attack first: a confirmed counterexample settles the property.
+        if let Some(x) = super::property::attack(net, &region.disjuncts, &lo, &hi, settings.attack_steps)? {
+            return Ok(found(net, x, tracker));
+        }
+        let root = match branching {
+            Branching::Relu => Some(relu::root_bounds(net, &set, settings)?),
+            _ => None,
+        };
+        // Cheapest first (the root's CROWN bound, largest first), so that a hard disjunct that
+        // runs out of time comes last.
+        let mut order: Vec<usize> = (0..region.disjuncts.len()).collect();
+        if let Some(pre) = &root {
+            let key: Vec<f64> = region.disjuncts.iter().map(|d| crown_score(net, &set, pre, d)).collect();
+            order.sort_by(|&a, &b| key[b].total_cmp(&key[a]));
+        }
+        for k in order {
+            let p = Problem { net, set: &set, constraints: &region.disjuncts[k] };
+            match settings.solve(&p, root.as_ref(), &mut tracker)? {
+                Outcome::Verified { .. } => {}
+                Outcome::Falsified { input } => return Ok(found(net, input, tracker)),
+                Outcome::Unknown { reason: r, .. } => {
+                    reason = Some(r);
+                    if r == StopReason::Timeout {
+                        break;
+                    }
+                }
+            }
+        }
+        if reason == Some(StopReason::Timeout) {
+            break;
+        }
+    }
+    tracker.stats.seconds = tracker.start.elapsed().as_secs_f64();
+    let result = match reason {
+        None => PropertyResult::Unsat,
+        Some(StopReason::Timeout) => PropertyResult::Timeout,
+        Some(_) => PropertyResult::Unknown,
+    };
+    Ok(PropertyReport { result, reason, stats: tracker.stats })
+}
+
+/// The best CROWN bound among a conjunction's constraints over `pre`.
+fn crown_score(net: &Network, set: &InputSet, pre: &bounds::PreActivationBounds, d: &[OutputConstraint]) -> f64 {
+    if d.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let lam = faer::Mat::from_fn(net.num_classes(), d.len(), |i, j| d[j].coeffs[i]);
+    let v = bounds::linear::spec_lower_bounds(net, set, pre, lam.as_ref(), bounds::linear::Slope::Adaptive);
+    v.iter().zip(d).map(|(v, c)| v + c.constant).fold(f64::NEG_INFINITY, f64::max)
+}
+
+fn found(net: &Network, input: Vec<f64>, mut tracker: Tracker) -> PropertyReport {
+    tracker.stats.seconds = tracker.start.elapsed().as_secs_f64();
+    let output = net.forward_unchecked(&input);
+    PropertyReport { result: PropertyResult::Sat { input, output }, reason: None, stats: tracker.stats }
+}
+
+impl Verifier for Bab {
+    fn name(&self) -> &'static str {
+        "bab"
+    }
+
+    /// Per target, branch and bound on f(x)\[label\] - f(x)\[target\] <= 0 within the shared time
+    /// limit; once a target is not proven (counterexample, timeout) the image cannot be robust
+    /// and the remaining targets get CROWN's bound on the root's bounds (sound, and cheap).
+    fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
+        self.check()?;
+        super::check_query(network, set, label, targets)?;
+        let mut tracker = Tracker::new(self.timeout, self.progress);
+        let branching = self.branching_for(network, set)?;
+        let root = match branching {
+            Branching::Relu => Some(relu::root_bounds(network, set, self)?),
+            _ => None,
+        };
+        let pre = match &root {
+            Some(pre) => pre.clone(),
+            None => bounds::crown_and_ibp(network, set)?,
+        };
+        let crown = bounds::margin_lower_bounds(network, set, &pre, bounds::Propagation::Crown, label, targets)?;
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        order.sort_by(|&a, &b| crown[b].total_cmp(&crown[a]));
+        let mut out: Vec<(usize, f64)> = targets.iter().copied().zip(crown.iter().copied()).collect();
+        let mut open = true;
+        let mut rng = StdRng::seed_from_u64(0);
+        for k in order {
+            if !open {
+                break;
+            }
+            let mut coeffs = vec![0.0; network.num_classes()];
+            coeffs[label] += 1.0;
+            coeffs[targets[k]] -= 1.0;
+            let constraint = [OutputConstraint { coeffs, constant: 0.0, strict: false }];
+            let p = Problem { net: network, set, constraints: &constraint };
+            // A few starts of the attack before the search.
+            for start in 0..3 {
+                let x0 = if start == 0 { set.center().to_vec() } else { set.sample(&mut rng) };
+                if attack_from(&p, x0, self.attack_steps)?.is_some() {
+                    open = false;
+                    break;
+                }
+            }
+            if !open {
+                continue;
+            }
+            match self.solve(&p, root.as_ref(), &mut tracker)? {
+                Outcome::Verified { bound } => out[k].1 = out[k].1.max(bound),
+                Outcome::Falsified { .. } => open = false,
+                Outcome::Unknown { bound, .. } => {
+                    out[k].1 = out[k].1.max(bound);
+                    open = false;
+                }
+            }
+        }
+        Ok(BoundReport {
+            bounds: out,
+            stats: Stats {
+                seconds: tracker.start.elapsed().as_secs_f64(),
+                unstable_neurons: Some(pre.unstable_neurons()),
+                lp: None,
+                certified_radius: None,
+            },
+        })
+    }
+}

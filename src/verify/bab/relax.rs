@@ -1,0 +1,284 @@
+//! The bounding step of ReLU branch and bound: the backward linear relaxation of
+//! [`crate::bounds::linear`] over a *batch* of domains, each with its own pre-activation bounds,
+//! split constraints, ReLU slopes (alpha) and split multipliers (beta), as in beta-CROWN
+//! (Wang et al. 2021, "Beta-CROWN: Efficient Bound Propagation with Per-neuron Split Constraints
+//! for Neural Network Robustness Verification", eq. (5)-(7) and Theorem 3.1).
+//!
+//! A domain is the part of X where every split holds: z_{k,i} >= 0 (active) or z_{k,i} <= 0
+//! (inactive). On it a split neuron is linear (its bounds are clipped at 0, so the relaxation of
+//! [`crate::bounds::linear`] takes its exact piece), and each split enters the bound as a
+//! Lagrange multiplier beta >= 0:
+//!
+//! ```text
+//! min over domain of c^T f(x)  >=  min over x in X of  c^T f_relaxed(x) + sum_splits beta s z_{k,i}(x)
+//! ```
+//!
+//! with s = -1 for an active split (constraint -z <= 0) and s = +1 for an inactive one (z <= 0):
+//! the added terms are <= 0 on the domain, so the right side is a lower bound for *every* beta
+//! >= 0 and every slope alpha in \[0, 1\] (weak duality; beta-CROWN's Theorem 3.1). In the backward
+//! pass the term enters as beta s added to the coefficient of z_{k,i} after the relaxation of
+//! layer k. The columns of all domains share the products with W_k^T, so a batch costs one
+//! matrix-matrix product per layer.
+//!
+//! Gradients (no automatic differentiation, as in [`crate::bounds::optimized`]): at the minimizer
+//! x* of the support function, d bound / d alpha_{k,i} = lam_{k+1,i} z_{k,i}(x*) where lam_{k+1}
+//! is the coefficient on the layer's output and z the pre-activation of the relaxed network at
+//! x*; d bound / d beta_{k,i} = s z_{k,i}(x*) (Danskin: the bound is a minimum of functions
+//! affine in alpha and beta).
+
+use faer::Mat;
+
+use crate::linalg;
+use crate::network::Network;
+use crate::spec::InputSet;
+
+/// A split decision: hidden layer, neuron, and the side (z >= 0 when `active`, else z <= 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Hidden layer index (0 = first hidden layer).
+    pub layer: usize,
+    /// Neuron index in the layer.
+    pub neuron: usize,
+    /// Active (z >= 0) or inactive (z <= 0).
+    pub active: bool,
+}
+
+impl Split {
+    /// The sign s of the Lagrangian term beta s z (see the module's documentation).
+    pub fn sign(&self) -> f64 {
+        if self.active { -1.0 } else { 1.0 }
+    }
+}
+
+/// Pre-activation bounds of the hidden layers of a domain, valid on every point of the domain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HiddenBounds {
+    /// Lower bounds, per hidden layer.
+    pub lower: Vec<Vec<f64>>,
+    /// Upper bounds, per hidden layer.
+    pub upper: Vec<Vec<f64>>,
+}
+
+impl HiddenBounds {
+    /// Clips the split neuron's bounds at 0 (its side of the split).
+    pub fn apply(&mut self, s: Split) {
+        if s.active {
+            self.lower[s.layer][s.neuron] = self.lower[s.layer][s.neuron].max(0.0);
+        } else {
+            self.upper[s.layer][s.neuron] = self.upper[s.layer][s.neuron].min(0.0);
+        }
+    }
+
+    /// Whether some neuron's bounds cross (the domain is empty).
+    pub fn is_empty_domain(&self) -> bool {
+        self.lower.iter().zip(&self.upper).any(|(l, u)| l.iter().zip(u).any(|(a, b)| a > b))
+    }
+
+    /// The unstable neurons (l < 0 < u), as (layer, neuron).
+    pub fn unstable(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (k, (l, u)) in self.lower.iter().zip(&self.upper).enumerate() {
+            for i in 0..l.len() {
+                if l[i] < 0.0 && u[i] > 0.0 {
+                    out.push((k, i));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// How one column of a batched backward pass relaxes the network: the bounds of its domain, its
+/// slopes (None: CROWN's adaptive slope), its splits with their multipliers, and optionally one
+/// extra split that is tried without being made (filtered smart branching).
+#[derive(Clone, Copy)]
+pub struct Column<'a> {
+    /// The domain's bounds.
+    pub bounds: &'a HiddenBounds,
+    /// Lower slopes of the unstable ReLUs, per hidden layer (None: 1 if u > -l else 0).
+    pub alpha: Option<&'a [Vec<f64>]>,
+    /// The domain's splits.
+    pub splits: &'a [Split],
+    /// One multiplier per split (empty: none).
+    pub beta: &'a [f64],
+    /// A split applied to this column only.
+    pub extra: Option<Split>,
+}
+
+impl Column<'_> {
+    fn neuron_bounds(&self, k: usize, i: usize) -> (f64, f64) {
+        let (mut l, mut u) = (self.bounds.lower[k][i], self.bounds.upper[k][i]);
+        if let Some(s) = self.extra
+            && s.layer == k
+            && s.neuron == i
+        {
+            if s.active {
+                l = l.max(0.0);
+            } else {
+                u = u.min(0.0);
+            }
+        }
+        (l, u)
+    }
+
+    /// Relaxes hidden layer k's ReLU for the coefficient vector `lam` (on the layer's output) in
+    /// place, turning it into the coefficient on the pre-activation; returns the constant.
+    fn relax(&self, k: usize, lam: &mut [f64]) -> f64 {
+        let mut c = 0.0;
+        for (i, v) in lam.iter_mut().enumerate() {
+            let x = *v;
+            if x == 0.0 {
+                continue;
+            }
+            let (l, u) = self.neuron_bounds(k, i);
+            if l >= 0.0 {
+                continue;
+            }
+            if u <= 0.0 {
+                *v = 0.0;
+                continue;
+            }
+            if x >= 0.0 {
+                let a = match self.alpha {
+                    Some(a) => a[k][i],
+                    None => {
+                        if u > -l {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    }
+                };
+                *v = x * a;
+            } else {
+                let s = u / (u - l);
+                *v = x * s;
+                c -= x * s * l;
+            }
+        }
+        for (s, b) in self.splits.iter().zip(self.beta) {
+            if s.layer == k {
+                lam[s.neuron] += s.sign() * b;
+            }
+        }
+        c
+    }
+
+    /// The relaxed network's output of hidden layer k at pre-activation `z`, for the line chosen
+    /// by the sign of the coefficient `lam` on that output (the forward pass of the gradient).
+    fn relaxed_output(&self, k: usize, i: usize, z: f64, lam: f64) -> f64 {
+        let (l, u) = self.neuron_bounds(k, i);
+        if l >= 0.0 {
+            z
+        } else if u <= 0.0 {
+            0.0
+        } else if lam >= 0.0 {
+            let a = match self.alpha {
+                Some(a) => a[k][i],
+                None => {
+                    if u > -l {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }
+            };
+            a * z
+        } else {
+            let s = u / (u - l);
+            s * (z - l)
+        }
+    }
+}
+
+/// The result of a batched backward pass.
+pub struct Backward {
+    /// Lower bound per column.
+    pub values: Vec<f64>,
+    /// The coefficients on the input, per column (input dimension x columns).
+    pub input_coeffs: Mat<f64>,
+    /// The coefficient on the output of each hidden layer below `top`, before its relaxation
+    /// (neurons x columns), when asked for.
+    pub saved: Vec<Mat<f64>>,
+}
+
+/// Lower bounds on lam\[:, s\]^T x_top + consts\[s\] over X for each column s, relaxing hidden
+/// layers 0..top with column s's relaxation `cols[s]` (x_top is the output of hidden layer top-1,
+/// the input of layer `top`).
+pub fn backward(
+    net: &Network,
+    set: &InputSet,
+    top: usize,
+    mut lam: Mat<f64>,
+    mut consts: Vec<f64>,
+    cols: &[Column<'_>],
+    save: bool,
+) -> Backward {
+    let layers = net.layers();
+    let mut saved = Vec::new();
+    for k in (0..top).rev() {
+        if save {
+            saved.push(lam.clone());
+        }
+        for (s, col) in cols.iter().enumerate() {
+            let v = lam.col_as_slice_mut(s);
+            consts[s] += col.relax(k, v);
+            consts[s] += linalg::dot(v, layers[k].bias());
+        }
+        lam = linalg::mul(layers[k].weight_t(), lam.as_ref());
+    }
+    saved.reverse();
+    let support = set.min_linear_columns(lam.as_ref());
+    let values = support.iter().zip(&consts).map(|(a, b)| a + b).collect();
+    Backward { values, input_coeffs: lam, saved }
+}
+
+/// The minimizers x* of the support function for each column of `coeffs` (input x columns).
+pub fn minimizers(set: &InputSet, coeffs: &Mat<f64>) -> Mat<f64> {
+    let mut x = Mat::<f64>::zeros(coeffs.nrows(), coeffs.ncols());
+    for s in 0..coeffs.ncols() {
+        let xs = set.argmin_linear(coeffs.col_as_slice(s));
+        x.col_as_slice_mut(s).copy_from_slice(&xs);
+    }
+    x
+}
+
+/// Gradients of each column's bound with respect to its slopes and its multipliers at the
+/// minimizers `x` (input x columns), from the saved coefficients of [`backward`] (`top` = the
+/// number of hidden layers). Calls `alpha_grad(column, layer, neuron, g)` for every unstable neuron
+/// whose lower line was used and `beta_grad(column, split index, g)` for every split.
+pub fn gradients(
+    net: &Network,
+    x: &Mat<f64>,
+    back: &Backward,
+    cols: &[Column<'_>],
+    mut alpha_grad: impl FnMut(usize, usize, usize, f64),
+    mut beta_grad: impl FnMut(usize, usize, f64),
+) {
+    let layers = net.layers();
+    let mut h = x.clone();
+    for (k, lam) in back.saved.iter().enumerate() {
+        let mut z = linalg::mul(layers[k].weight(), h.as_ref());
+        let b = layers[k].bias();
+        for (s, col) in cols.iter().enumerate() {
+            let zc = z.col_as_slice_mut(s);
+            let lc = lam.col_as_slice(s);
+            for i in 0..zc.len() {
+                zc[i] += b[i];
+            }
+            for (j, sp) in col.splits.iter().enumerate() {
+                if sp.layer == k {
+                    beta_grad(s, j, sp.sign() * zc[sp.neuron]);
+                }
+            }
+            for i in 0..zc.len() {
+                let (l, u) = col.neuron_bounds(k, i);
+                if l < 0.0 && u > 0.0 && lc[i] >= 0.0 && col.alpha.is_some() {
+                    alpha_grad(s, k, i, lc[i] * zc[i]);
+                }
+                zc[i] = col.relaxed_output(k, i, zc[i], lc[i]);
+            }
+        }
+        h = z;
+    }
+}

@@ -1,0 +1,543 @@
+//! Branch and bound over ReLU splits (high-dimensional inputs).
+//!
+//! A domain is a set of split decisions ([`Split`]) with the pre-activation bounds that hold on
+//! it. Each round takes the open domains with the worst bounds (a batch), splits each on the
+//! neuron its branching score picks, and bounds the children:
+//! 1. the children's intermediate bounds are recomputed under their splits (a backward pass per
+//!    unstable neuron of every layer after the split, CROWN's slopes, batched over the children)
+//!    and intersected with the parent's (both valid on the child);
+//! 2. the bound on each constraint of the property is raised by projected gradient ascent (Adam)
+//!    on the ReLU slopes alpha and the split multipliers beta ([`super::relax`]), warm-started from
+//!    the parent's;
+//! 3. the relaxation's minimizers are tried as counterexamples (a forward pass decides);
+//! 4. open children get their branching decision: the candidates with the best BaBSR intercept
+//!    score (Bunel et al. 2020) are tried by one extra backward pass each side (filtered smart
+//!    branching, De Palma et al. 2021) and the split whose worse child bound is highest wins.
+//!
+//! A domain with no unstable neuron left is exact: its linear program (the network is affine on
+//! it) is solved by clarabel ([`TriangleProgram`]); the LP's dual bound decides it, or its primal
+//! point, checked by a forward pass, is a counterexample.
+
+use faer::Mat;
+use rayon::prelude::*;
+
+use super::relax::{self, Column, HiddenBounds, Split};
+use super::{Bab, Outcome, Problem, StopReason, Tracker};
+use crate::bounds::lp::{LpSettings, TriangleProgram};
+use crate::bounds::optimized::{self, SlopeSettings};
+use crate::network::Network;
+use crate::spec::InputSet;
+use crate::bounds::{Interval, PreActivationBounds};
+use crate::error::Result;
+use crate::linalg;
+
+/// An open domain of the search.
+#[derive(Clone)]
+struct Domain {
+    bounds: HiddenBounds,
+    splits: Vec<Split>,
+    /// Slopes per constraint: \[constraint\]\[layer\]\[neuron\].
+    alpha: Vec<Vec<Vec<f64>>>,
+    /// Split multipliers per constraint: \[constraint\]\[split\].
+    beta: Vec<Vec<f64>>,
+    /// Lower bound on c_j^T f(x) + d_j over the domain, per constraint j.
+    values: Vec<f64>,
+    /// The branching decision, once made.
+    branch: Option<Split>,
+    /// The relaxation's minimizer for the constraint closest to refuting the domain.
+    point: Vec<f64>,
+}
+
+impl Domain {
+    /// max_j values\[j\]: the domain is refuted when this is > 0 (see [`Problem::refutes`]).
+    fn score(&self) -> f64 {
+        self.values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// The property's constraints as a matrix (outputs x constraints) with their constants.
+struct Spec {
+    /// W_last^T C: the constraints pulled back onto the last hidden layer's output.
+    top: Mat<f64>,
+    /// C^T b_last + d.
+    consts: Vec<f64>,
+}
+
+impl Spec {
+    fn new(p: &Problem<'_>) -> Self {
+        let layers = p.net.layers();
+        let last = &layers[layers.len() - 1];
+        let m = p.constraints.len();
+        let c = Mat::<f64>::from_fn(p.net.num_classes(), m, |i, j| p.constraints[j].coeffs[i]);
+        let top = linalg::mul(last.weight_t(), c.as_ref());
+        let consts =
+            (0..m).map(|j| linalg::dot(&p.constraints[j].coeffs, last.bias()) + p.constraints[j].constant).collect();
+        Self { top, consts }
+    }
+}
+
+/// Runs the search; `tracker` holds the deadline, the statistics and the progress line.
+pub(super) fn search(
+    p: &Problem<'_>,
+    pre: &PreActivationBounds,
+    settings: &Bab,
+    tracker: &mut Tracker,
+) -> Result<Outcome> {
+    let net = p.net;
+    let hidden = net.layers().len() - 1;
+    let m = p.constraints.len();
+    let spec = Spec::new(p);
+    let bounds = HiddenBounds {
+        lower: pre.layers[..hidden].iter().map(|iv| iv.lower.clone()).collect(),
+        upper: pre.layers[..hidden].iter().map(|iv| iv.upper.clone()).collect(),
+    };
+    let mut root = Domain {
+        alpha: vec![initial_alpha(&bounds); m],
+        beta: vec![Vec::new(); m],
+        values: vec![f64::NEG_INFINITY; m],
+        branch: None,
+        point: p.set.center().to_vec(),
+        bounds,
+        splits: Vec::new(),
+    };
+    if let Some(x) = optimize(p, &spec, std::slice::from_mut(&mut root), settings.root_iterations) {
+        return Ok(Outcome::Falsified { input: x });
+    }
+    tracker.stats.domains += 1;
+    if p.refutes(&root.values) {
+        return Ok(Outcome::Verified { bound: root.score() });
+    }
+    if root.bounds.unstable().is_empty() {
+        return leaf_only(p, root, tracker);
+    }
+    choose_branches(p, &spec, std::slice::from_mut(&mut root), settings);
+    let mut open: Vec<Domain> = vec![root];
+    let mut settled = f64::INFINITY;
+    let mut stuck = false;
+    let mut round = 0usize;
+    loop {
+        let worst = open.iter().map(Domain::score).fold(f64::INFINITY, f64::min);
+        tracker.report(open.len(), worst.min(settled));
+        if open.is_empty() {
+            return Ok(if stuck {
+                Outcome::Unknown { bound: settled.min(worst), reason: StopReason::Stuck }
+            } else {
+                Outcome::Verified { bound: settled }
+            });
+        }
+        if tracker.timed_out() {
+            return Ok(Outcome::Unknown { bound: settled.min(worst), reason: StopReason::Timeout });
+        }
+        if open.len() > settings.max_domains {
+            return Ok(Outcome::Unknown { bound: settled.min(worst), reason: StopReason::DomainLimit });
+        }
+        round += 1;
+        // The worst domains first: sort descending and take from the end.
+        open.sort_by(|a, b| b.score().total_cmp(&a.score()));
+        let take = settings.batch.min(open.len());
+        let batch: Vec<Domain> = open.split_off(open.len() - take);
+        // Counterexample search from the worst domains' minimizers, now and then.
+        if settings.attack_every > 0 && round % settings.attack_every == 0 {
+            let starts: Vec<&Vec<f64>> = batch.iter().rev().take(2).map(|d| &d.point).collect();
+            for x0 in starts {
+                if let Some(x) = super::attack_from(p, x0.clone(), settings.attack_steps / 4 + 1)? {
+                    return Ok(Outcome::Falsified { input: x });
+                }
+            }
+        }
+        let mut children = Vec::with_capacity(2 * batch.len());
+        for d in batch {
+            let Some(s) = d.branch else {
+                continue;
+            };
+            let mut a = d.clone();
+            let mut b = d;
+            for (child, active) in [(&mut a, true), (&mut b, false)] {
+                let split = Split { active, ..s };
+                child.bounds.apply(split);
+                child.splits.push(split);
+                child.beta.iter_mut().for_each(|v| v.push(0.0));
+                child.branch = None;
+            }
+            children.push(a);
+            children.push(b);
+        }
+        let chunk = children.len().div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let found: Vec<Option<Vec<f64>>> = children
+            .par_chunks_mut(chunk)
+            .map(|part| {
+                refresh_intermediate(p, part);
+                let live: Vec<usize> = (0..part.len()).filter(|&i| !part[i].bounds.is_empty_domain()).collect();
+                let mut sub: Vec<Domain> = live.iter().map(|&i| part[i].clone()).collect();
+                let x = optimize(p, &spec, &mut sub, settings.iterations);
+                let open: Vec<usize> = (0..sub.len()).filter(|&i| !p.refutes(&sub[i].values)).collect();
+                let mut to_branch: Vec<Domain> = open.iter().map(|&i| sub[i].clone()).collect();
+                choose_branches(p, &spec, &mut to_branch, settings);
+                for (&i, d) in open.iter().zip(to_branch) {
+                    sub[i] = d;
+                }
+                for (&i, d) in live.iter().zip(sub) {
+                    part[i] = d;
+                }
+                x
+            })
+            .collect();
+        tracker.stats.domains += children.len();
+        if let Some(x) = found.into_iter().flatten().next() {
+            return Ok(Outcome::Falsified { input: x });
+        }
+        for d in children {
+            if d.bounds.is_empty_domain() {
+                continue;
+            }
+            if p.refutes(&d.values) {
+                settled = settled.min(d.score());
+                continue;
+            }
+            if d.branch.is_none() {
+                // No unstable neuron left: the domain's LP is exact.
+                tracker.stats.leaves += 1;
+                match solve_leaf(p, &d)? {
+                    Leaf::Refuted(v) => settled = settled.min(v),
+                    Leaf::Counterexample(x) => return Ok(Outcome::Falsified { input: x }),
+                    Leaf::Unresolved(v) => {
+                        stuck = true;
+                        settled = settled.min(v);
+                    }
+                }
+                continue;
+            }
+            open.push(d);
+        }
+        tracker.stats.max_open = tracker.stats.max_open.max(open.len());
+    }
+}
+
+/// The search when the root has no unstable neuron: the root's LP decides.
+fn leaf_only(p: &Problem<'_>, root: Domain, tracker: &mut Tracker) -> Result<Outcome> {
+    tracker.stats.leaves += 1;
+    Ok(match solve_leaf(p, &root)? {
+        Leaf::Refuted(v) => Outcome::Verified { bound: v },
+        Leaf::Counterexample(x) => Outcome::Falsified { input: x },
+        Leaf::Unresolved(v) => Outcome::Unknown { bound: v, reason: StopReason::Stuck },
+    })
+}
+
+/// CROWN's adaptive slopes as the starting point of the ascent.
+fn initial_alpha(b: &HiddenBounds) -> Vec<Vec<f64>> {
+    b.lower
+        .iter()
+        .zip(&b.upper)
+        .map(|(l, u)| l.iter().zip(u).map(|(l, u)| if *u > -*l { 1.0 } else { 0.0 }).collect())
+        .collect()
+}
+
+/// Recomputes the bounds of the unstable neurons of every hidden layer after each domain's last
+/// split (the root's: every layer after the first), intersecting them with the domain's.
+fn refresh_intermediate(p: &Problem<'_>, domains: &mut [Domain]) {
+    let net = p.net;
+    let layers = net.layers();
+    let hidden = layers.len() - 1;
+    let from: Vec<usize> = domains.iter().map(|d| d.splits.last().map_or(1, |s| s.layer + 1)).collect();
+    for j in 1..hidden {
+        // Columns: (domain, neuron, sign).
+        let mut jobs: Vec<(usize, usize, f64)> = Vec::new();
+        for (di, d) in domains.iter().enumerate() {
+            if from[di] > j || d.bounds.is_empty_domain() {
+                continue;
+            }
+            for i in 0..d.bounds.lower[j].len() {
+                if d.bounds.lower[j][i] < 0.0 && d.bounds.upper[j][i] > 0.0 {
+                    jobs.push((di, i, 1.0));
+                    jobs.push((di, i, -1.0));
+                }
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        let wt = layers[j].weight_t();
+        let lam = Mat::<f64>::from_fn(wt.nrows(), jobs.len(), |r, s| jobs[s].2 * wt[(r, jobs[s].1)]);
+        let consts: Vec<f64> = jobs.iter().map(|&(_, i, sg)| sg * layers[j].bias()[i]).collect();
+        let values = {
+            let cols: Vec<Column<'_>> = jobs
+                .iter()
+                .map(|&(di, _, _)| Column {
+                    bounds: &domains[di].bounds,
+                    alpha: None,
+                    splits: &[],
+                    beta: &[],
+                    extra: None,
+                })
+                .collect();
+            relax::backward(net, p.set, j, lam, consts, &cols, false).values
+        };
+        for (&(di, i, sg), v) in jobs.iter().zip(values) {
+            let b = &mut domains[di].bounds;
+            if sg > 0.0 {
+                b.lower[j][i] = b.lower[j][i].max(v);
+            } else {
+                b.upper[j][i] = b.upper[j][i].min(-v);
+            }
+        }
+    }
+}
+
+/// Raises every domain's bounds by `iterations` steps of Adam on its slopes and multipliers,
+/// keeping the best value of each constraint (every step's value is a valid bound) and the slopes
+/// and multipliers that gave it. Returns a counterexample if a relaxation minimizer is one.
+fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: usize) -> Option<Vec<f64>> {
+    if domains.is_empty() {
+        return None;
+    }
+    let net = p.net;
+    let hidden = net.layers().len() - 1;
+    let m = p.constraints.len();
+    let ncols = domains.len() * m;
+    let top = Mat::<f64>::from_fn(spec.top.nrows(), ncols, |r, c| spec.top[(r, c % m)]);
+    let consts: Vec<f64> = (0..ncols).map(|c| spec.consts[c % m]).collect();
+    // Working copies of alpha and beta, per column; Adam's moments.
+    let mut alpha: Vec<Vec<Vec<f64>>> = domains.iter().flat_map(|d| d.alpha.iter().cloned()).collect();
+    let mut beta: Vec<Vec<f64>> = domains.iter().flat_map(|d| d.beta.iter().cloned()).collect();
+    let zeros_a = |a: &Vec<Vec<Vec<f64>>>| -> Vec<Vec<Vec<f64>>> {
+        a.iter().map(|c| c.iter().map(|l| vec![0.0; l.len()]).collect()).collect()
+    };
+    let (mut ma, mut va) = (zeros_a(&alpha), zeros_a(&alpha));
+    let (mut mb, mut vb): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+        (beta.iter().map(|b| vec![0.0; b.len()]).collect(), beta.iter().map(|b| vec![0.0; b.len()]).collect());
+    let mut best = vec![f64::NEG_INFINITY; ncols];
+    let mut best_point: Vec<Vec<f64>> = vec![Vec::new(); ncols];
+    let mut best_alpha: Vec<Option<Vec<Vec<f64>>>> = vec![None; ncols];
+    let mut best_beta: Vec<Option<Vec<f64>>> = vec![None; ncols];
+    let (lr_a, lr_b, b1, b2): (f64, f64, f64, f64) = (0.1, 0.05, 0.9, 0.999);
+    let mut found = None;
+    for step in 0..=iterations {
+        let cols: Vec<Column<'_>> = (0..ncols)
+            .map(|c| {
+                let d = &domains[c / m];
+                Column { bounds: &d.bounds, alpha: Some(&alpha[c]), splits: &d.splits, beta: &beta[c], extra: None }
+            })
+            .collect();
+        let back = relax::backward(net, p.set, hidden, top.clone(), consts.clone(), &cols, step < iterations);
+        let x = relax::minimizers(p.set, &back.input_coeffs);
+        let mut improved = vec![false; ncols];
+        for c in 0..ncols {
+            if back.values[c] > best[c] {
+                best[c] = back.values[c];
+                improved[c] = true;
+                best_point[c] = x.col_as_slice(c).to_vec();
+            }
+        }
+        // Every domain's minimizers are candidate counterexamples (checked on the real network).
+        if step == 0 || step == iterations {
+            let y = net.forward_batch(x.as_ref());
+            for c in 0..ncols {
+                let yc: Vec<f64> = y.col_as_slice(c).to_vec();
+                if p.violated_by(&yc) {
+                    // Confirmed at the projection onto X (the minimizer may lie on the bounding
+                    // box's outward-rounded corner).
+                    let mut xc = x.col_as_slice(c).to_vec();
+                    p.set.project(&mut xc);
+                    if net.forward(&xc).is_ok_and(|y| p.violated_by(&y)) {
+                        found = Some(xc);
+                    }
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        for c in 0..ncols {
+            if improved[c] {
+                best_alpha[c] = Some(alpha[c].clone());
+                best_beta[c] = Some(beta[c].clone());
+            }
+        }
+        // A domain refuted by one constraint needs no more steps; stop when every one is.
+        let all_refuted = (0..domains.len()).all(|di| p.refutes(&best[di * m..(di + 1) * m]));
+        if step == iterations || all_refuted {
+            break;
+        }
+        let t = (step + 1) as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let mut ga: Vec<(usize, usize, usize, f64)> = Vec::new();
+        let mut gb: Vec<(usize, usize, f64)> = Vec::new();
+        relax::gradients(net, &x, &back, &cols, |c, k, i, g| ga.push((c, k, i, g)), |c, j, g| gb.push((c, j, g)));
+        drop(cols);
+        for (c, k, i, g) in ga {
+            let (mm, vv) = (&mut ma[c][k][i], &mut va[c][k][i]);
+            *mm = b1 * *mm + (1.0 - b1) * g;
+            *vv = b2 * *vv + (1.0 - b2) * g * g;
+            let a = &mut alpha[c][k][i];
+            *a = (*a + lr_a * (*mm / c1) / ((*vv / c2).sqrt() + 1e-12)).clamp(0.0, 1.0);
+        }
+        for (c, j, g) in gb {
+            let (mm, vv) = (&mut mb[c][j], &mut vb[c][j]);
+            *mm = b1 * *mm + (1.0 - b1) * g;
+            *vv = b2 * *vv + (1.0 - b2) * g * g;
+            let b = &mut beta[c][j];
+            *b = (*b + lr_b * (*mm / c1) / ((*vv / c2).sqrt() + 1e-12)).max(0.0);
+        }
+    }
+    for (di, d) in domains.iter_mut().enumerate() {
+        for j in 0..m {
+            let c = di * m + j;
+            if best[c] > d.values[j] {
+                d.values[j] = best[c];
+                if let (Some(a), Some(b)) = (best_alpha[c].take(), best_beta[c].take()) {
+                    d.alpha[j] = a;
+                    d.beta[j] = b;
+                }
+            }
+        }
+        let jbest = (0..m).max_by(|&a, &b| best[di * m + a].total_cmp(&best[di * m + b])).unwrap_or(0);
+        if !best_point[di * m + jbest].is_empty() {
+            d.point = best_point[di * m + jbest].clone();
+        }
+    }
+    found
+}
+
+/// Picks each domain's branching neuron (None when no neuron is unstable): the `fsb_candidates`
+/// unstable neurons with the best BaBSR intercept score for the constraint closest to refuting
+/// the domain, each tried on both sides by one backward pass with the domain's slopes and
+/// multipliers; the neuron whose worse side is best wins.
+fn choose_branches(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], settings: &Bab) {
+    let net = p.net;
+    let hidden = net.layers().len() - 1;
+    let m = p.constraints.len();
+    // The coefficients on every hidden layer's output for each domain's chosen constraint.
+    let chosen: Vec<usize> = domains
+        .iter()
+        .map(|d| (0..m).max_by(|&a, &b| d.values[a].total_cmp(&d.values[b])).unwrap_or(0))
+        .collect();
+    let back = {
+        let cols: Vec<Column<'_>> = domains
+            .iter()
+            .zip(&chosen)
+            .map(|(d, &j)| Column {
+                bounds: &d.bounds,
+                alpha: Some(&d.alpha[j]),
+                splits: &d.splits,
+                beta: &d.beta[j],
+                extra: None,
+            })
+            .collect();
+        let top = Mat::<f64>::from_fn(spec.top.nrows(), domains.len(), |r, c| spec.top[(r, chosen[c])]);
+        let consts: Vec<f64> = chosen.iter().map(|&j| spec.consts[j]).collect();
+        relax::backward(net, p.set, hidden, top, consts, &cols, true)
+    };
+    let mut candidates: Vec<Vec<Split>> = Vec::with_capacity(domains.len());
+    for (di, d) in domains.iter().enumerate() {
+        let mut scored: Vec<(f64, Split)> = Vec::new();
+        for (k, i) in d.bounds.unstable() {
+            let (l, u) = (d.bounds.lower[k][i], d.bounds.upper[k][i]);
+            let lam = back.saved[k][(i, di)];
+            let a = d.alpha[chosen[di]][k][i];
+            // What the relaxation of this neuron costs the bound: the chord's intercept where the
+            // upper line is used, the gap between ReLU and the lower line where it is not.
+            let score = if lam < 0.0 { -lam * (-l * u / (u - l)) } else { lam * (u * (1.0 - a)).min(-l * a) };
+            scored.push((score + 1e-9 * (u - l), Split { layer: k, neuron: i, active: true }));
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.truncate(settings.fsb_candidates.max(1));
+        candidates.push(scored.into_iter().map(|s| s.1).collect());
+    }
+    // Both sides of every candidate, in one backward pass.
+    let mut jobs: Vec<(usize, Split)> = Vec::new();
+    for (di, cands) in candidates.iter().enumerate() {
+        if cands.len() > 1 {
+            for s in cands {
+                jobs.push((di, *s));
+                jobs.push((di, Split { active: false, ..*s }));
+            }
+        }
+    }
+    let mut trial = vec![f64::NEG_INFINITY; jobs.len()];
+    if !jobs.is_empty() {
+        let cols: Vec<Column<'_>> = jobs
+            .iter()
+            .map(|&(di, s)| {
+                let d = &domains[di];
+                let j = chosen[di];
+                Column { bounds: &d.bounds, alpha: Some(&d.alpha[j]), splits: &d.splits, beta: &d.beta[j], extra: Some(s) }
+            })
+            .collect();
+        let top = Mat::<f64>::from_fn(spec.top.nrows(), jobs.len(), |r, c| spec.top[(r, chosen[jobs[c].0])]);
+        let consts: Vec<f64> = jobs.iter().map(|&(di, _)| spec.consts[chosen[di]]).collect();
+        trial = relax::backward(net, p.set, hidden, top, consts, &cols, false).values;
+    }
+    let mut best: Vec<(f64, Option<Split>)> = candidates.iter().map(|c| (f64::NEG_INFINITY, c.first().copied())).collect();
+    for (pair, values) in jobs.chunks(2).zip(trial.chunks(2)) {
+        let (di, s) = pair[0];
+        let worse = values[0].min(values[1]);
+        if worse > best[di].0 {
+            best[di] = (worse, Some(s));
+        }
+    }
+    for (d, (_, s)) in domains.iter_mut().zip(best) {
+        d.branch = s;
+    }
+}
+
+enum Leaf {
+    /// Every point of the domain refutes the conjunction; the value is the bound.
+    Refuted(f64),
+    /// A counterexample (checked by a forward pass).
+    Counterexample(Vec<f64>),
+    /// Neither (the LP's point did not confirm, e.g. a tie at 0 within the solver's accuracy).
+    Unresolved(f64),
+}
+
+/// A domain without unstable neurons: the network is affine on it, and the LP over the domain
+/// (input set, every layer's bounds, the fixed phases) is exact.
+fn solve_leaf(p: &Problem<'_>, d: &Domain) -> Result<Leaf> {
+    let net = p.net;
+    let layers = net.layers();
+    let k = layers.len();
+    let mut pre_layers: Vec<Interval> = d
+        .bounds
+        .lower
+        .iter()
+        .zip(&d.bounds.upper)
+        .map(|(l, u)| Interval { lower: l.clone(), upper: u.clone() })
+        .collect();
+    let nout = layers[k - 1].output_size();
+    pre_layers.push(Interval { lower: vec![f64::NEG_INFINITY; nout], upper: vec![f64::INFINITY; nout] });
+    let pre = PreActivationBounds { layers: pre_layers };
+    let program = TriangleProgram::new(net, p.set, &pre, k - 1, false);
+    let settings = LpSettings { max_iter: 200, tolerance: 1e-10, prune_inactive: false, ..LpSettings::default() };
+    let mut best_value = f64::NEG_INFINITY;
+    let mut values = Vec::with_capacity(p.constraints.len());
+    let mut points = Vec::new();
+    for c in p.constraints {
+        let w = linalg::mat_vec(layers[k - 1].weight_t(), &c.coeffs);
+        let constant = linalg::dot(&c.coeffs, layers[k - 1].bias()) + c.constant;
+        let q = program.objective(&w);
+        let out = program.solver(&q, &settings).minimize(&q, constant);
+        values.push(out.bound);
+        best_value = best_value.max(out.bound);
+        if out.input.len() == p.set.dim() {
+            points.push(out.input);
+        }
+    }
+    if p.refutes(&values) {
+        return Ok(Leaf::Refuted(best_value));
+    }
+    for mut x in points {
+        p.set.project(&mut x);
+        if let Ok(y) = net.forward(&x)
+            && p.violated_by(&y)
+        {
+            return Ok(Leaf::Counterexample(x));
+        }
+    }
+    Ok(Leaf::Unresolved(best_value))
+}
+
+/// The root's intermediate bounds: alpha-CROWN's (CROWN ∩ IBP, then every hidden layer from the
+/// second on with optimized slopes), shared by every constraint on the same input set.
+pub(super) fn root_bounds(net: &Network, set: &InputSet, settings: &Bab) -> Result<PreActivationBounds> {
+    let slopes = SlopeSettings { iterations: settings.root_iterations, ..Default::default() };
+    optimized::optimized_bounds(net, set, &slopes)
+}
