@@ -300,6 +300,74 @@ impl Bab {
         }
     }
 
+    /// Branch and bound on one conjunction of output constraints c_j^T f(x) + d_j <= 0 (or < 0)
+    /// over `set`: verified (no point of `set` satisfies them all), falsified (a counterexample,
+    /// checked by a forward pass) or unknown, with what the search cost.
+    pub fn solve_conjunction(
+        &self,
+        net: &Network,
+        set: &InputSet,
+        constraints: &[OutputConstraint],
+    ) -> Result<(Outcome, SearchStats)> {
+        self.check()?;
+        if set.dim() != net.input_size() {
+            return Err(Error::InputSize { expected: net.input_size(), got: set.dim() });
+        }
+        net.check_input(set.center())?;
+        if let Some(c) = constraints.iter().find(|c| c.coeffs.len() != net.num_classes()) {
+            return Err(Error::InvalidArgument(format!(
+                "a constraint has {} coefficients, the network {} outputs",
+                c.coeffs.len(),
+                net.num_classes()
+            )));
+        }
+        if let Some(c) = constraints.iter().find(|c| !c.constant.is_finite() || c.coeffs.iter().any(|v| !v.is_finite())) {
+            return Err(Error::InvalidArgument(format!("a constraint has a non-finite coefficient: {c:?}")));
+        }
+        let mut tracker = Tracker::new(self.timeout, self.progress);
+        let p = Problem { net, set, constraints };
+        let outcome = self.solve(&p, None, &mut tracker)?;
+        tracker.stats.seconds = tracker.start.elapsed().as_secs_f64();
+        Ok((outcome, tracker.stats))
+    }
+
+    /// Branch and bound on the margin f(x)\[label\] - f(x)\[target\] over `set`: verified means
+    /// the margin is > 0 on the whole set (the bound is a proven lower bound on phi\[target\]),
+    /// falsified gives an input of the set where it is <= 0.
+    ///
+    /// ```
+    /// use nncert::verify::bab::{Bab, Outcome};
+    /// use nncert::{Activation, InputSet, Layer, Network, Norm};
+    ///
+    /// // f(x)[0] - f(x)[1] = relu(x) - relu(x) + 0.1 = 0.1 on [-1, 1]; the triangle relaxation
+    /// // alone gives -0.4.
+    /// let hidden = Layer::from_rows(&[vec![1.0], vec![1.0]], vec![0.0, 0.0], Activation::Relu)?;
+    /// let out = Layer::from_rows(&[vec![1.0, -1.0], vec![0.0, 0.0]], vec![0.1, 0.0], Activation::Identity)?;
+    /// let net = Network::new(vec![1], vec![hidden, out])?;
+    /// let set = InputSet::new(vec![0.0], 1.0, Norm::Linf, None)?;
+    /// let (outcome, _) = Bab { branching: nncert::verify::bab::Branching::Relu, ..Bab::default() }
+    ///     .solve_margin(&net, &set, 0, 1)?;
+    /// let Outcome::Verified { bound } = outcome else { panic!("{outcome:?}") };
+    /// assert!(bound > 0.0 && bound <= 0.1 + 1e-9);
+    /// # Ok::<(), nncert::Error>(())
+    /// ```
+    pub fn solve_margin(
+        &self,
+        net: &Network,
+        set: &InputSet,
+        label: usize,
+        target: usize,
+    ) -> Result<(Outcome, SearchStats)> {
+        super::check_query(net, set, label, &[target])?;
+        if label == target {
+            return Err(Error::InvalidArgument(format!("the target {target} is the label")));
+        }
+        let mut coeffs = vec![0.0; net.num_classes()];
+        coeffs[label] += 1.0;
+        coeffs[target] -= 1.0;
+        self.solve_conjunction(net, set, &[OutputConstraint { coeffs, constant: 0.0, strict: false }])
+    }
+
     /// Branch and bound on one conjunction over `set`; `root` is the ReLU search's root bounds
     /// (computed here when None).
     fn solve(
@@ -346,10 +414,11 @@ pub struct PropertyReport {
 /// use nncert::verify::property::PropertyResult;
 /// use nncert::{Activation, Layer, Network};
 ///
-/// // y0 - y1 = |x| - 0.5 x + 0.1 >= 0.1 > 0 on [-1, 1]: the violation y0 <= y1 is impossible,
-/// // but the triangle relaxation of |x| alone cannot show it (it needs the split at 0).
-/// let hidden = Layer::from_rows(&[vec![1.0], vec![-1.0]], vec![0.0, 0.0], Activation::Relu)?;
-/// let out = Layer::from_rows(&[vec![0.5, 1.5], vec![0.0, 0.0]], vec![0.1, 0.0], Activation::Identity)?;
+/// // y0 - y1 = relu(x) - relu(x) + 0.1 = 0.1 on [-1, 1]: the violation y0 <= y1 is impossible,
+/// // but the triangle relaxation relaxes the two copies of relu(x) independently (its bound is
+/// // -0.4): it takes the splits at 0.
+/// let hidden = Layer::from_rows(&[vec![1.0], vec![1.0]], vec![0.0, 0.0], Activation::Relu)?;
+/// let out = Layer::from_rows(&[vec![1.0, -1.0], vec![0.0, 0.0]], vec![0.1, 0.0], Activation::Identity)?;
 /// let net = Network::new(vec![1], vec![hidden, out])?;
 /// let prop = vnnlib_from_str(
 ///     "(declare-const X_0 Real)(declare-const Y_0 Real)(declare-const Y_1 Real)

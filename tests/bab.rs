@@ -1,0 +1,261 @@
+//! Branch and bound (`verify::bab`) against ground truth: the exact phi of `Exact` on random ReLU
+//! networks with 10-40 inputs and 2-3 hidden layers, sampling, and the two branchings against each
+//! other on every VNN-LIB property form (conjunction, disjunction, disjunction over the inputs).
+
+mod common;
+
+use nncert::io::vnnlib::{OutputConstraint, Property, Region};
+use nncert::io::vnnlib_from_str;
+use nncert::verify::bab::{Bab, Branching, Outcome, check_property_bab};
+use nncert::verify::exact::Exact;
+use nncert::verify::property::PropertyResult;
+use nncert::{Activation, Domain, Error, InputSet, Network, Norm};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The random problems of the exact comparison: (network, input set, label).
+fn cases(count: u64) -> Vec<(Network, InputSet, usize)> {
+    (0..count)
+        .map(|seed| {
+            let mut rng = StdRng::seed_from_u64(9000 + seed);
+            let n_in = 10 + (seed as usize * 7) % 31;
+            let depth = 2 + (seed as usize % 2);
+            let mut sizes = vec![n_in];
+            for _ in 0..depth {
+                sizes.push(8 + rng.random_range(0..13));
+            }
+            sizes.push(3 + (seed as usize % 3));
+            let net = common::random_network(700 + seed, &sizes, Activation::Relu);
+            let x: Vec<f64> = (0..n_in).map(|_| rng.random::<f64>()).collect();
+            let label = net.predict(&x).unwrap();
+            // Radii around where the margins change sign: some targets hold, some break.
+            let (norm, eps) = if seed % 2 == 0 {
+                (Norm::Linf, 0.02 + 0.06 * rng.random::<f64>())
+            } else {
+                (Norm::L2, 0.1 + 0.3 * rng.random::<f64>())
+            };
+            let domain = (seed % 4 != 0).then(|| Domain::uniform(n_in, 0.0, 1.0).unwrap());
+            (net, InputSet::new(x, eps, norm, domain).unwrap(), label)
+        })
+        .collect()
+}
+
+/// Every answer of `bab` agrees with the exact phi: "verified" only where phi > 0 (and its bound
+/// below phi), a counterexample only where phi <= 0 (and it checks: in the set, margin <= 0), and
+/// every case is answered within the timeout.
+#[test]
+fn bab_agrees_with_exact_phi_on_random_networks() {
+    let exact = Exact { max_unstable: 40, ..Exact::default() };
+    let bab = Bab { timeout: 30.0, ..Bab::default() };
+    let mut rng = StdRng::seed_from_u64(5);
+    let (mut verified, mut falsified, mut compared) = (0, 0, 0);
+    for (case, (net, set, label)) in cases(120).into_iter().enumerate() {
+        for target in (0..net.num_classes()).filter(|&t| t != label) {
+            let truth = match exact.phi(&net, &set, label, target) {
+                Ok(r) if r.complete => r,
+                _ => continue,
+            };
+            compared += 1;
+            let (outcome, stats) = bab.solve_margin(&net, &set, label, target).unwrap();
+            match outcome {
+                Outcome::Verified { bound } => {
+                    verified += 1;
+                    assert!(truth.upper > 0.0, "case {case} target {target}: verified but phi <= {}", truth.upper);
+                    assert!(bound > 0.0 && bound <= truth.upper + 1e-9, "case {case}: bound {bound} vs phi {truth:?}");
+                    // No sampled point breaks a verified target.
+                    for _ in 0..50 {
+                        let x = set.sample(&mut rng);
+                        assert!(net.margin(&x, label, target).unwrap() > 0.0, "case {case}: sample breaks it");
+                    }
+                }
+                Outcome::Falsified { input } => {
+                    falsified += 1;
+                    assert!(set.contains(&input, 0.0), "case {case}: counterexample outside the set");
+                    assert!(net.margin(&input, label, target).unwrap() <= 0.0, "case {case}: counterexample holds");
+                    assert!(truth.lower <= 1e-9, "case {case}: a counterexample where phi >= {}", truth.lower);
+                }
+                Outcome::Unknown { bound, reason } => {
+                    // Only a tie at 0 may stay open.
+                    assert!(
+                        truth.upper.abs() < 1e-6,
+                        "case {case} target {target}: unknown ({reason:?}, bound {bound}, {} domains) with phi in \
+                         [{}, {}]",
+                        stats.domains,
+                        truth.lower,
+                        truth.upper
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("{compared} comparisons: {verified} verified, {falsified} falsified");
+    assert!(compared >= 200, "too few cases compared: {compared}");
+    assert!(verified >= 40 && falsified >= 40, "unbalanced cases: {verified} verified, {falsified} falsified");
+}
+
+/// A network whose margin needs splits: relu(x) - relu(x) + 0.1 = 0.1 (the triangle relaxation
+/// relaxes the two copies independently and gives -0.4); and with -0.1 a counterexample.
+fn twin_network(offset: f64) -> Network {
+    let hidden =
+        nncert::Layer::from_rows(&[vec![1.0, 0.5], vec![1.0, 0.5]], vec![0.0, 0.0], Activation::Relu).unwrap();
+    let out = nncert::Layer::from_rows(&[vec![1.0, -1.0], vec![0.0, 0.0]], vec![offset, 0.0], Activation::Identity)
+        .unwrap();
+    Network::new(vec![2], vec![hidden, out]).unwrap()
+}
+
+#[test]
+fn splits_prove_what_the_relaxation_cannot() {
+    let set = InputSet::new(vec![0.0, 0.0], 1.0, Norm::Linf, None).unwrap();
+    let crown = nncert::bounds::crown_and_ibp(&twin_network(0.1), &set).unwrap();
+    let lb = nncert::bounds::margin_lower_bounds(
+        &twin_network(0.1),
+        &set,
+        &crown,
+        nncert::bounds::Propagation::Crown,
+        0,
+        &[1],
+    )
+    .unwrap();
+    assert!(lb[0] < -0.5, "CROWN alone should fail here, got {}", lb[0]);
+    for branching in [Branching::Relu, Branching::Input] {
+        let bab = Bab { branching, ..Bab::default() };
+        let (outcome, _) = bab.solve_margin(&twin_network(0.1), &set, 0, 1).unwrap();
+        match outcome {
+            Outcome::Verified { bound } => assert!(bound > 0.0 && bound <= 0.1 + 1e-9, "{branching:?}: {bound}"),
+            other => panic!("{branching:?}: {other:?}"),
+        }
+        // Margin exactly 0 everywhere when the offset is 0: a tie counts as a violation.
+        let (outcome, _) = bab.solve_margin(&twin_network(0.0), &set, 0, 1).unwrap();
+        assert!(matches!(outcome, Outcome::Falsified { .. }), "{branching:?}: {outcome:?}");
+    }
+}
+
+/// Random output constraints on a 3-input network, checked by dense sampling of the box.
+fn sampled_violation(net: &Network, region: &Region, rng: &mut StdRng) -> bool {
+    (0..20000).any(|_| {
+        let x: Vec<f64> =
+            region.input_lo.iter().zip(&region.input_hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
+        region.violated_by(&net.forward(&x).unwrap())
+    })
+}
+
+fn random_constraint(rng: &mut StdRng, outputs: usize) -> OutputConstraint {
+    let coeffs = (0..outputs).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    OutputConstraint { coeffs, constant: rng.random::<f64>() * 2.0 - 1.0, strict: rng.random::<bool>() }
+}
+
+/// Conjunctions, disjunctions and disjunctions over the inputs: ReLU splitting and input
+/// splitting give the same answer, `unsat` never where sampling finds a violation, and every
+/// counterexample lies in a region and violates it.
+#[test]
+fn property_forms_agree_across_branchings_and_with_sampling() {
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut answers = [0usize; 2];
+    for seed in 0..40u64 {
+        let net = common::random_network(300 + seed, &[3, 10, 8, 4], Activation::Relu);
+        let form = seed % 3;
+        let mut regions = Vec::new();
+        let boxes = if form == 2 { 2 } else { 1 };
+        for _ in 0..boxes {
+            let lo: Vec<f64> = (0..3).map(|_| rng.random::<f64>() * 0.5).collect();
+            let hi: Vec<f64> = lo.iter().map(|l| l + 0.1 + rng.random::<f64>() * 0.4).collect();
+            let disjuncts = match form {
+                // One conjunction of two constraints.
+                0 => vec![vec![random_constraint(&mut rng, 4), random_constraint(&mut rng, 4)]],
+                // A disjunction of three single constraints.
+                1 => (0..3).map(|_| vec![random_constraint(&mut rng, 4)]).collect(),
+                _ => vec![vec![random_constraint(&mut rng, 4)]],
+            };
+            regions.push(Region { input_lo: lo, input_hi: hi, disjuncts });
+        }
+        let prop = Property { outputs: 4, regions };
+        let mut results = Vec::new();
+        for branching in [Branching::Relu, Branching::Input] {
+            let bab = Bab { branching, timeout: 30.0, ..Bab::default() };
+            let r = check_property_bab(&net, &prop, None, &bab).unwrap();
+            match &r.result {
+                PropertyResult::Sat { input, output } => {
+                    assert_eq!(&net.forward(input).unwrap(), output);
+                    assert!(prop.violated_by(input, output), "seed {seed}: a counterexample that does not violate");
+                }
+                PropertyResult::Unsat => {
+                    for region in &prop.regions {
+                        assert!(!sampled_violation(&net, region, &mut rng), "seed {seed} {branching:?}: unsat, but a sample violates");
+                    }
+                }
+                other => panic!("seed {seed} {branching:?}: {other:?} ({:?})", r.stats),
+            }
+            results.push(matches!(r.result, PropertyResult::Sat { .. }));
+        }
+        assert_eq!(results[0], results[1], "seed {seed}: the two branchings disagree");
+        answers[usize::from(results[0])] += 1;
+    }
+    assert!(answers[0] >= 5 && answers[1] >= 5, "unbalanced: {answers:?} (unsat, sat)");
+}
+
+#[test]
+fn input_disjunction_is_parsed_into_regions() {
+    let text = "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)(declare-const Y_1 Real)
+        (assert (or (and (>= X_0 0) (<= X_0 0.5) (>= X_1 0) (<= X_1 1))
+                    (and (>= X_0 0.5) (<= X_0 1) (>= X_1 0) (<= X_1 0.25))))
+        (assert (<= Y_0 Y_1))";
+    let p = vnnlib_from_str(text).unwrap();
+    assert_eq!(p.regions.len(), 2);
+    assert_eq!((p.regions[0].input_lo.clone(), p.regions[0].input_hi.clone()), (vec![0.0, 0.0], vec![0.5, 1.0]));
+    assert_eq!((p.regions[1].input_lo.clone(), p.regions[1].input_hi.clone()), (vec![0.5, 0.0], vec![1.0, 0.25]));
+    assert!(p.regions.iter().all(|r| r.disjuncts.len() == 1 && r.disjuncts[0][0].coeffs == vec![1.0, -1.0]));
+    // A point of the second box that is not in the first is a counterexample only there.
+    assert!(p.violated_by(&[0.75, 0.1], &[0.0, 1.0]));
+    assert!(!p.violated_by(&[0.75, 0.5], &[0.0, 1.0]));
+    // Mixed input and output constraints inside one disjunction: a region per input box.
+    let mixed = "(declare-const X_0 Real)(declare-const Y_0 Real)
+        (assert (or (and (>= X_0 0) (<= X_0 1) (<= Y_0 0)) (and (>= X_0 2) (<= X_0 3) (>= Y_0 5))))";
+    let p = vnnlib_from_str(mixed).unwrap();
+    assert_eq!(p.regions.len(), 2);
+    assert_eq!(p.regions[1].disjuncts[0][0].coeffs, vec![-1.0]);
+    assert_eq!(p.regions[1].disjuncts[0][0].constant, 5.0);
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let relu = common::random_network(1, &[3, 6, 2], Activation::Relu);
+    let tanh = common::random_network(1, &[30, 6, 2], Activation::Tanh);
+    let text = "(declare-const X_0 Real)(declare-const Y_0 Real)(declare-const Y_1 Real)(declare-const Y_2 Real)
+        (assert (>= X_0 0))(assert (<= X_0 1))(assert (<= Y_0 Y_2))";
+    let prop = vnnlib_from_str(text).unwrap();
+    // Outputs (and inputs) the network lacks.
+    let e = check_property_bab(&relu, &prop, None, &Bab::default()).unwrap_err();
+    assert!(e.to_string().contains("outputs"), "{e}");
+    // ReLU splitting of a tanh network names what to use instead.
+    let set = InputSet::new(vec![0.5; 30], 0.1, Norm::Linf, None).unwrap();
+    let bab = Bab { branching: Branching::Relu, ..Bab::default() };
+    let e = bab.solve_margin(&tanh, &set, 0, 1).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)) && e.to_string().contains("input splitting"), "{e}");
+    let e = Bab::default().solve_margin(&tanh, &set, 0, 1).unwrap_err();
+    assert!(e.to_string().contains("crown"), "{e}");
+    // An empty input box is refused when the property is read.
+    let empty = "(declare-const X_0 Real)(declare-const Y_0 Real)(assert (>= X_0 1))(assert (<= X_0 0))(assert (<= Y_0 0))";
+    let e = vnnlib_from_str(empty).unwrap_err();
+    assert!(e.to_string().contains("empty range"), "{e}");
+    // Nonsense settings and queries.
+    let set3 = InputSet::new(vec![0.5; 3], 0.1, Norm::Linf, None).unwrap();
+    assert!(Bab { timeout: f64::NAN, ..Bab::default() }.solve_margin(&relu, &set3, 0, 1).is_err());
+    assert!(Bab::default().solve_margin(&relu, &set3, 0, 0).is_err());
+    assert!(Bab::default().solve_margin(&relu, &set3, 0, 7).is_err());
+}
+
+/// A timeout of zero gives "unknown", never a wrong answer, and the bound stays sound.
+#[test]
+fn a_timeout_gives_unknown_with_a_sound_bound() {
+    let (net, set, label) = cases(3).remove(2);
+    let exact = Exact { max_unstable: 60, ..Exact::default() };
+    let bab = Bab { timeout: 0.0, attack_steps: 0, ..Bab::default() };
+    for target in (0..net.num_classes()).filter(|&t| t != label) {
+        let (outcome, _) = bab.solve_margin(&net, &set, label, target).unwrap();
+        let truth = exact.phi(&net, &set, label, target).unwrap();
+        match outcome {
+            Outcome::Unknown { bound, .. } | Outcome::Verified { bound } => assert!(bound <= truth.upper + 1e-9),
+            Outcome::Falsified { input } => assert!(net.margin(&input, label, target).unwrap() <= 0.0),
+        }
+    }
+}
