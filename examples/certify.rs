@@ -10,7 +10,8 @@
 //!
 //! Flags (stable names): --model --images --labels --norm --eps --domain --method --skip --count
 //! --only-correct --all-targets --threads --json, plus --pgd-steps --pgd-restarts --no-attack.
-//! Methods: ibp, fastlin, crown, alpha-crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, bm-full-lp, crc (l2, smooth activations), pgd.
+//! Methods: ibp, fastlin, crown, alpha-crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, bm-full-lp, crc (l2, smooth activations),
+//! bab (complete branch and bound; --timeout per image, --branching), pgd.
 //! The JSON output is documented in docs/formats.md.
 
 use std::path::PathBuf;
@@ -108,6 +109,14 @@ struct Args {
     /// default 60). A cap only: the iteration budgets decide unless it is reached.
     #[arg(long, allow_negative_numbers = true)]
     bm_time_limit: Option<f64>,
+    /// bab only: wall-clock limit per image in seconds (default 300); an image still open then is
+    /// "unknown".
+    #[arg(long, allow_negative_numbers = true)]
+    timeout: Option<f64>,
+    /// bab only: what to split: auto (input splitting for <= 10 inputs with l_inf, else ReLU
+    /// splitting), relu or input.
+    #[arg(long)]
+    branching: Option<String>,
 }
 
 fn main() {
@@ -171,6 +180,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             return Err(
                 "--bm-iterations, --bm-input-scaling, --bm-restarts, --bm-near-miss-iterations, --bm-time-limit and --bm-products apply to --method bm, bm-full or bm-full-lp only".into()
             );
+        }
+        "bab" => {
+            let timeout = args.timeout.unwrap_or(nncert::verify::bab::Bab::default().timeout);
+            if !(timeout.is_finite() && timeout >= 0.0) {
+                return Err(format!("--timeout must be >= 0, got {timeout}").into());
+            }
+            let branching = match &args.branching {
+                Some(b) => b.parse()?,
+                None => nncert::verify::bab::Branching::Auto,
+            };
+            Some(Box::new(nncert::verify::bab::Bab { timeout, branching, ..Default::default() }))
+        }
+        _ if args.timeout.is_some() || args.branching.is_some() => {
+            return Err("--timeout and --branching apply to --method bab only".into());
         }
         "pgd" => None,
         name if args.all_targets => Some(nncert::verify::by_name_all_targets(name)?),

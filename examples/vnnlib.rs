@@ -41,6 +41,12 @@ struct Args {
     /// Attack steps per disjunct and start.
     #[arg(long, default_value_t = 100)]
     attack_steps: usize,
+    /// Adam steps on the slopes and split multipliers per domain (bab).
+    #[arg(long, default_value_t = Bab::default().iterations)]
+    iterations: usize,
+    /// Domains split per round (bab).
+    #[arg(long, default_value_t = Bab::default().batch)]
+    batch: usize,
     /// Print a progress line every few seconds (bab).
     #[arg(long)]
     progress: bool,
@@ -88,6 +94,8 @@ fn run(args: &Args) -> nncert::Result<()> {
                 branching: args.branching.parse()?,
                 attack_steps: args.attack_steps,
                 progress: args.progress,
+                iterations: args.iterations,
+                batch: args.batch,
                 ..Bab::default()
             };
             let report = check_property_bab(&net, &prop, domain.as_ref(), &settings)?;

@@ -131,7 +131,7 @@ pub fn certify(
             open.retain(|&c| report.upper_bounds[c].is_none_or(|m| m >= 0.0));
         }
     }
-    let broken = report.counterexample.is_some();
+    let mut broken = report.counterexample.is_some();
     if let Some(v) = verifier
         && (!broken || options.all_targets)
         && !open.is_empty()
@@ -140,7 +140,19 @@ pub fn certify(
         for (c, lb) in bounds.bounds {
             report.lower_bounds[c] = Some(lb);
         }
+        // A counterexample the verifier found (branch and bound) counts once a forward pass
+        // confirms it: in X, and the label loses.
+        if let Some(c) = bounds.counterexample
+            && report.counterexample.is_none()
+            && set.contains(&c.input, 0.0)
+            && net.margin(&c.input, label, c.target).is_ok_and(|m| m < 0.0)
+        {
+            let margin = net.margin(&c.input, label, c.target)?;
+            report.upper_bounds[c.target] = Some(report.upper_bounds[c.target].map_or(margin, |u| u.min(margin)));
+            report.counterexample = Some(Counterexample { margin, ..c });
+        }
         report.certified_radius = bounds.stats.certified_radius;
+        broken |= report.counterexample.is_some();
     }
     // A certified l2 radius beyond eps proves the whole ball (so ball ∩ box) keeps the label, when
     // it was computed against every target.

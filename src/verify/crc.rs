@@ -322,6 +322,7 @@ impl Verifier for Crc {
                 lp: None,
                 certified_radius: Some(radius),
             },
+            counterexample: None,
         })
     }
 }

@@ -202,6 +202,7 @@ impl Verifier for Exact {
                 lp: Some(lp),
                 certified_radius: None,
             },
+            counterexample: None,
         })
     }
 }

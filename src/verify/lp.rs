@@ -103,6 +103,7 @@ fn report(
             lp: Some(stats),
             certified_radius: None,
         },
+        counterexample: None,
     })
 }
 

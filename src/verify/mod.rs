@@ -66,6 +66,10 @@ pub struct BoundReport {
     pub bounds: Vec<(usize, f64)>,
     /// What the run cost.
     pub stats: Stats,
+    /// An input of the set where some target's margin is <= 0, when the method found one (branch
+    /// and bound); [`crate::certify::certify`] checks it by a forward pass before reporting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterexample: Option<crate::certify::Counterexample>,
 }
 
 /// A method that proves lower bounds on the margin over an input set.
@@ -187,6 +191,7 @@ pub(crate) fn per_target_report(
             lp: None,
             certified_radius: None,
         },
+        counterexample: None,
     })
 }
 
@@ -219,6 +224,7 @@ fn propagation_report(
             lp: None,
             certified_radius: None,
         },
+        counterexample: None,
     }
 }
 

@@ -445,6 +445,9 @@ pub fn check_property_bab(
         let branching = settings.branching_for(net, &set)?;
         let (lo, hi) = set.bounding_box();
         // The attack first: a confirmed counterexample settles the property.
+        if let Some(x) = margin_attack(net, &set, &region.disjuncts, settings)? {
+            return Ok(found(net, x, tracker));
+        }
         if let Some(x) = super::property::attack(net, &region.disjuncts, &lo, &hi, settings.attack_steps)? {
             return Ok(found(net, x, tracker));
         }
@@ -483,6 +486,50 @@ pub fn check_property_bab(
         Some(_) => PropertyResult::Unknown,
     };
     Ok(PropertyReport { result, reason, stats: tracker.stats })
+}
+
+/// Batched PGD ([`crate::attack::pgd`], 10 starts) on the disjuncts that are margins
+/// y\[a\] - y\[b\] <= 0 (robustness properties: some class scores at least the label's), grouped
+/// by a; a point whose forward pass violates one of them, if found.
+fn margin_attack(
+    net: &Network,
+    set: &InputSet,
+    disjuncts: &[Vec<OutputConstraint>],
+    settings: &Bab,
+) -> Result<Option<Vec<f64>>> {
+    if settings.attack_steps == 0 {
+        return Ok(None);
+    }
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    for d in disjuncts {
+        if let [c] = d.as_slice()
+            && c.constant == 0.0
+            && !c.strict
+        {
+            let pos: Vec<usize> = (0..c.coeffs.len()).filter(|&i| c.coeffs[i] == 1.0).collect();
+            let neg: Vec<usize> = (0..c.coeffs.len()).filter(|&i| c.coeffs[i] == -1.0).collect();
+            let zeros = c.coeffs.iter().filter(|v| **v == 0.0).count();
+            if pos.len() == 1 && neg.len() == 1 && zeros + 2 == c.coeffs.len() {
+                pairs.push((pos[0], neg[0]));
+            }
+        }
+    }
+    let mut labels: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let pgd = crate::attack::PgdSettings { steps: settings.attack_steps, restarts: 10, ..Default::default() };
+    for label in labels {
+        let targets: Vec<usize> = pairs.iter().filter(|p| p.0 == label).map(|p| p.1).collect();
+        for r in crate::attack::pgd(net, set, label, &targets, &pgd)? {
+            if r.margin <= 0.0 {
+                let y = net.forward(&r.input)?;
+                if disjuncts.iter().any(|d| d.iter().all(|c| c.holds(&y))) && set.contains(&r.input, 0.0) {
+                    return Ok(Some(r.input));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The best CROWN bound among a conjunction's constraints over `pre`.
@@ -527,6 +574,7 @@ impl Verifier for Bab {
         order.sort_by(|&a, &b| crown[b].total_cmp(&crown[a]));
         let mut out: Vec<(usize, f64)> = targets.iter().copied().zip(crown.iter().copied()).collect();
         let mut open = true;
+        let mut counterexample = None;
         let mut rng = StdRng::seed_from_u64(0);
         for k in order {
             if !open {
@@ -538,19 +586,25 @@ impl Verifier for Bab {
             let constraint = [OutputConstraint { coeffs, constant: 0.0, strict: false }];
             let p = Problem { net: network, set, constraints: &constraint };
             // A few starts of the attack before the search.
+            let mut broken = None;
             for start in 0..3 {
                 let x0 = if start == 0 { set.center().to_vec() } else { set.sample(&mut rng) };
-                if attack_from(&p, x0, self.attack_steps)?.is_some() {
-                    open = false;
+                if let Some(x) = attack_from(&p, x0, self.attack_steps)? {
+                    broken = Some(x);
                     break;
                 }
             }
-            if !open {
-                continue;
-            }
-            match self.solve(&p, root.as_ref(), &mut tracker)? {
+            let outcome = match broken {
+                Some(input) => Outcome::Falsified { input },
+                None => self.solve(&p, root.as_ref(), &mut tracker)?,
+            };
+            match outcome {
                 Outcome::Verified { bound } => out[k].1 = out[k].1.max(bound),
-                Outcome::Falsified { .. } => open = false,
+                Outcome::Falsified { input } => {
+                    open = false;
+                    let margin = network.margin(&input, label, targets[k])?;
+                    counterexample = Some(crate::certify::Counterexample { target: targets[k], margin, input });
+                }
                 Outcome::Unknown { bound, .. } => {
                     out[k].1 = out[k].1.max(bound);
                     open = false;
@@ -565,6 +619,7 @@ impl Verifier for Bab {
                 lp: None,
                 certified_radius: None,
             },
+            counterexample,
         })
     }
 }

@@ -225,12 +225,28 @@ pub fn backward(
             consts[s] += col.relax(k, v);
             consts[s] += linalg::dot(v, layers[k].bias());
         }
-        lam = linalg::mul(layers[k].weight_t(), lam.as_ref());
+        lam = through_weights(layers[k].weight_t(), &lam);
     }
     saved.reverse();
     let support = set.min_linear_columns(lam.as_ref());
     let values = support.iter().zip(&consts).map(|(a, b)| a + b).collect();
     Backward { values, input_coeffs: lam, saved }
+}
+
+/// W^T lam, leaving out the rows of lam that are zero in every column (neurons inactive in every
+/// domain of the batch): their columns of W^T do not contribute.
+fn through_weights(wt: faer::MatRef<'_, f64>, lam: &Mat<f64>) -> Mat<f64> {
+    let rows: Vec<usize> = (0..lam.nrows()).filter(|&i| (0..lam.ncols()).any(|s| lam[(i, s)] != 0.0)).collect();
+    if rows.len() * 10 >= lam.nrows() * 9 {
+        return linalg::mul(wt, lam.as_ref());
+    }
+    let mut wt_sub = Mat::<f64>::zeros(wt.nrows(), rows.len());
+    let mut sub = Mat::<f64>::zeros(rows.len(), lam.ncols());
+    for (r, &i) in rows.iter().enumerate() {
+        wt_sub.col_mut(r).copy_from(wt.col(i));
+        sub.row_mut(r).copy_from(lam.row(i));
+    }
+    linalg::mul(wt_sub.as_ref(), sub.as_ref())
 }
 
 /// The minimizers x* of the support function for each column of `coeffs` (input x columns).
