@@ -109,11 +109,7 @@ fn run(args: &Args) -> nncert::Result<()> {
     let text = result.to_vnncomp();
     print!("{text}");
     let disjuncts: usize = prop.regions.iter().map(|r| r.disjuncts.len()).sum();
-    eprintln!(
-        "{} region(s), {disjuncts} disjunct(s), {:.3} s",
-        prop.regions.len(),
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("{} region(s), {disjuncts} disjunct(s), {:.3} s", prop.regions.len(), start.elapsed().as_secs_f64());
     if let Some(path) = &args.output {
         std::fs::write(path, &text).map_err(|source| nncert::Error::Io { path: path.clone(), source })?;
     }

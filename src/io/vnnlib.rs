@@ -340,8 +340,10 @@ pub fn vnnlib_from_str(text: &str) -> Result<Property> {
     let mut dnf: Vec<Vec<Atom>> = vec![Vec::new()];
     for a in asserts {
         let f = p.formula(a)?;
-        if let Some((_, _, line)) =
-            f.iter().flatten().find(|(l, _, _)| l.terms.keys().any(|k| k.0 == 'X') && l.terms.keys().any(|k| k.0 == 'Y'))
+        if let Some((_, _, line)) = f
+            .iter()
+            .flatten()
+            .find(|(l, _, _)| l.terms.keys().any(|k| k.0 == 'X') && l.terms.keys().any(|k| k.0 == 'Y'))
         {
             return Err(err(*line, "a constraint mixes inputs and outputs"));
         }

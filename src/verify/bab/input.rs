@@ -3,15 +3,17 @@
 //! A domain is a sub-box of the input box. Each is bounded by CROWN over the box (every layer's
 //! pre-activation bounds recomputed for it: on a small box most ReLUs become stable, so the bound
 //! converges to the exact value as the boxes shrink; any activation works). An open box is
-//! bisected along the coordinate with the largest gradient x width (the gradient of its worst
-//! constraint at the box's centre), and every box's centre and CROWN minimizer are tried as
-//! counterexamples by a forward pass.
+//! bisected along the coordinate with the largest |CROWN input coefficient| x width (the bound's
+//! own sensitivity to the coordinate's width), and every box's centre is tried as a
+//! counterexample by a forward pass.
 
 use rayon::prelude::*;
 
+use super::relax::{Column, HiddenBounds};
 use super::{Bab, Outcome, Problem, StopReason, Tracker};
 use crate::bounds::{self, linear};
 use crate::error::Result;
+use crate::network::Activation;
 use crate::verify::property::box_set;
 
 struct BoxDomain {
@@ -19,6 +21,8 @@ struct BoxDomain {
     hi: Vec<f64>,
     /// Lower bound on c_j^T f(x) + d_j over the box, per constraint j.
     values: Vec<f64>,
+    /// How much bisecting each coordinate is expected to raise the bound.
+    score: Vec<f64>,
 }
 
 impl BoxDomain {
@@ -27,40 +31,105 @@ impl BoxDomain {
     }
 }
 
-/// CROWN's bounds on every constraint over the box lo..hi, and a counterexample if the box's
-/// centre is one.
+/// CROWN's bounds on every constraint over the box lo..hi, the score of each coordinate for
+/// bisection, and a counterexample if the box's centre is one.
+///
+/// The score: CROWN's bound is a^T x over the box plus a constant, whose minimum is
+/// a^T centre - sum_i |a_i| r_i (r the half widths): halving coordinate i raises it by
+/// |a_i| r_i / 2 before any intermediate bound tightens. For ReLU networks a comes from the
+/// backward pass itself ([`super::relax::backward`] with CROWN's slopes, the same bound); for
+/// other activations the gradient of the constraint at the centre stands in for it.
 fn bound_box(p: &Problem<'_>, lo: Vec<f64>, hi: Vec<f64>) -> Result<(BoxDomain, Option<Vec<f64>>)> {
     let set = box_set(lo.clone(), hi.clone())?;
-    let pre = bounds::crown_and_ibp(p.net, &set)?;
     let m = p.constraints.len();
     let lam = faer::Mat::from_fn(p.net.num_classes(), m, |i, j| p.constraints[j].coeffs[i]);
-    let lower = linear::spec_lower_bounds(p.net, &set, &pre, lam.as_ref(), linear::Slope::Adaptive);
-    let values = lower.iter().zip(p.constraints).map(|(v, c)| v + c.constant).collect();
+    let layers = p.net.layers();
+    let hidden = layers.len() - 1;
+    let relu = layers[..hidden].iter().all(|l| l.activation() == Activation::Relu)
+        && layers[hidden].activation() == Activation::Identity;
+    let (values, coeffs): (Vec<f64>, Option<faer::Mat<f64>>) = if relu {
+        let hb = relu_bounds(p, &set);
+        let cols: Vec<Column<'_>> =
+            (0..m).map(|_| Column { bounds: &hb, alpha: None, splits: &[], beta: &[], extra: None }).collect();
+        let top = crate::linalg::mul(layers[hidden].weight_t(), lam.as_ref());
+        let consts: Vec<f64> = (0..m).map(|j| crate::linalg::dot(lam.col_as_slice(j), layers[hidden].bias())).collect();
+        let back = super::relax::backward(p.net, &set, hidden, top, consts, &cols, false);
+        (back.values, Some(back.input_coeffs))
+    } else {
+        let pre = bounds::crown_and_ibp(p.net, &set)?;
+        (linear::spec_lower_bounds(p.net, &set, &pre, lam.as_ref(), linear::Slope::Adaptive), None)
+    };
+    let values: Vec<f64> = values.iter().zip(p.constraints).map(|(v, c)| v + c.constant).collect();
     let centre = set.center().to_vec();
+    let j = (0..m).max_by(|&a, &b| values[a].total_cmp(&values[b])).unwrap_or(0);
+    let sensitivity: Vec<f64> = match &coeffs {
+        Some(a) => a.col_as_slice(j).iter().map(|v| v.abs()).collect(),
+        None => p.net.spec_gradient(&centre, &p.constraints[j].coeffs)?.1.iter().map(|v| v.abs()).collect(),
+    };
+    let score = sensitivity.iter().zip(lo.iter().zip(&hi)).map(|(a, (l, h))| a * (h - l)).collect();
     let y = p.net.forward(&centre)?;
     let found = (p.violated_by(&y) && p.set.contains(&centre, 0.0)).then_some(centre);
-    Ok((BoxDomain { lo, hi, values }, found))
+    Ok((BoxDomain { lo, hi, values, score }, found))
 }
 
-/// The coordinate to bisect: the largest |gradient| x width of the box's worst constraint at the
-/// centre, or the widest coordinate when the gradient vanishes.
-fn split_dimension(p: &Problem<'_>, d: &BoxDomain) -> Result<Option<usize>> {
+/// CROWN ∩ IBP bounds of the hidden layers of a ReLU network over `set`, with CROWN's backward
+/// passes only for the neurons IBP leaves unstable (on a small box most are stable, and a stable
+/// ReLU's relaxation is exact whatever its bounds): the same relaxation as
+/// [`bounds::crown_and_ibp`] at a fraction of the cost.
+fn relu_bounds(p: &Problem<'_>, set: &crate::spec::InputSet) -> HiddenBounds {
+    let layers = p.net.layers();
+    let hidden = layers.len() - 1;
+    let ibp = bounds::interval::ibp(p.net, set);
+    let mut hb = HiddenBounds {
+        lower: ibp.layers[..hidden].iter().map(|iv| iv.lower.clone()).collect(),
+        upper: ibp.layers[..hidden].iter().map(|iv| iv.upper.clone()).collect(),
+    };
+    for j in 1..hidden {
+        let jobs: Vec<(usize, f64)> = (0..hb.lower[j].len())
+            .filter(|&i| hb.lower[j][i] < 0.0 && hb.upper[j][i] > 0.0)
+            .flat_map(|i| [(i, 1.0), (i, -1.0)])
+            .collect();
+        if jobs.is_empty() {
+            continue;
+        }
+        let wt = layers[j].weight_t();
+        let lam = faer::Mat::<f64>::from_fn(wt.nrows(), jobs.len(), |r, c| jobs[c].1 * wt[(r, jobs[c].0)]);
+        let consts: Vec<f64> = jobs.iter().map(|&(i, sg)| sg * layers[j].bias()[i]).collect();
+        let values = {
+            let col = Column { bounds: &hb, alpha: None, splits: &[], beta: &[], extra: None };
+            super::relax::backward(p.net, set, j, lam, consts, &vec![col; jobs.len()], false).values
+        };
+        for (&(i, sg), v) in jobs.iter().zip(values) {
+            if sg > 0.0 {
+                hb.lower[j][i] = hb.lower[j][i].max(v);
+            } else {
+                hb.upper[j][i] = hb.upper[j][i].min(-v);
+            }
+        }
+    }
+    hb
+}
+
+/// The coordinate to bisect: the best score (see [`bound_box`]) when bisecting it can close the
+/// box's gap (score / 4 >= -bound: the linear part of the bound rises by |a_i| w_i / 4); otherwise
+/// the gap comes from the relaxed ReLUs, which every coordinate's width feeds, and the widest
+/// coordinate relative to the root box is bisected. None when no coordinate can be halved in
+/// floating point.
+fn split_dimension(d: &BoxDomain, root_width: &[f64]) -> Option<usize> {
     let n = d.lo.len();
-    let centre: Vec<f64> = d.lo.iter().zip(&d.hi).map(|(a, b)| a + 0.5 * (b - a)).collect();
-    let j = (0..d.values.len()).max_by(|&a, &b| d.values[a].total_cmp(&d.values[b])).unwrap_or(0);
-    let (_, g) = p.net.spec_gradient(&centre, &p.constraints[j].coeffs)?;
     let splittable = |i: usize| {
         let mid = d.lo[i] + 0.5 * (d.hi[i] - d.lo[i]);
         mid > d.lo[i] && mid < d.hi[i]
     };
-    let score = |i: usize| g[i].abs() * (d.hi[i] - d.lo[i]);
-    let best = (0..n).filter(|&i| splittable(i)).max_by(|&a, &b| score(a).total_cmp(&score(b)));
-    Ok(match best {
-        Some(i) if score(i) > 0.0 => Some(i),
-        _ => (0..n)
-            .filter(|&i| splittable(i))
-            .max_by(|&a, &b| (d.hi[a] - d.lo[a]).total_cmp(&(d.hi[b] - d.lo[b]))),
-    })
+    let best = (0..n).filter(|&i| splittable(i)).max_by(|&a, &b| d.score[a].total_cmp(&d.score[b]));
+    let gap = -d.score();
+    match best {
+        Some(i) if d.score[i] > 0.0 && d.score[i] / 4.0 >= gap => Some(i),
+        _ => {
+            let rel = |i: usize| if root_width[i] > 0.0 { (d.hi[i] - d.lo[i]) / root_width[i] } else { 0.0 };
+            (0..n).filter(|&i| splittable(i)).max_by(|&a, &b| rel(a).total_cmp(&rel(b)))
+        }
+    }
 }
 
 /// Runs the input-splitting search over the problem's box (its set must be a box: an l_inf set).
@@ -74,6 +143,7 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
     if p.refutes(&root.values) {
         return Ok(Outcome::Verified { bound: root.score() });
     }
+    let root_width: Vec<f64> = root.lo.iter().zip(&root.hi).map(|(l, h)| h - l).collect();
     let mut open = vec![root];
     let mut settled = f64::INFINITY;
     let mut stuck = false;
@@ -108,7 +178,7 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
         let results: Vec<Result<Vec<(BoxDomain, Option<Vec<f64>>)>>> = batch
             .par_iter()
             .map(|d| -> Result<Vec<(BoxDomain, Option<Vec<f64>>)>> {
-                let Some(i) = split_dimension(p, d)? else {
+                let Some(i) = split_dimension(d, &root_width) else {
                     return Ok(Vec::new());
                 };
                 let mid = d.lo[i] + 0.5 * (d.hi[i] - d.lo[i]);
@@ -127,7 +197,11 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
                 continue;
             }
             tracker.stats.domains += children.len();
-            for (child, found) in children {
+            for (mut child, found) in children {
+                // The parent's bounds hold on the child's box too.
+                for (c, p) in child.values.iter_mut().zip(&d.values) {
+                    *c = c.max(*p);
+                }
                 if let Some(x) = found {
                     return Ok(Outcome::Falsified { input: x });
                 }

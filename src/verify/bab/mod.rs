@@ -321,7 +321,8 @@ impl Bab {
                 net.num_classes()
             )));
         }
-        if let Some(c) = constraints.iter().find(|c| !c.constant.is_finite() || c.coeffs.iter().any(|v| !v.is_finite())) {
+        if let Some(c) = constraints.iter().find(|c| !c.constant.is_finite() || c.coeffs.iter().any(|v| !v.is_finite()))
+        {
             return Err(Error::InvalidArgument(format!("a constraint has a non-finite coefficient: {c:?}")));
         }
         let mut tracker = Tracker::new(self.timeout, self.progress);

@@ -25,11 +25,11 @@ use super::relax::{self, Column, HiddenBounds, Split};
 use super::{Bab, Outcome, Problem, StopReason, Tracker};
 use crate::bounds::lp::{LpSettings, TriangleProgram};
 use crate::bounds::optimized::{self, SlopeSettings};
-use crate::network::Network;
-use crate::spec::InputSet;
 use crate::bounds::{Interval, PreActivationBounds};
 use crate::error::Result;
 use crate::linalg;
+use crate::network::Network;
+use crate::spec::InputSet;
 
 /// An open domain of the search.
 #[derive(Clone)]
@@ -407,10 +407,8 @@ fn choose_branches(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], setting
     let hidden = net.layers().len() - 1;
     let m = p.constraints.len();
     // The coefficients on every hidden layer's output for each domain's chosen constraint.
-    let chosen: Vec<usize> = domains
-        .iter()
-        .map(|d| (0..m).max_by(|&a, &b| d.values[a].total_cmp(&d.values[b])).unwrap_or(0))
-        .collect();
+    let chosen: Vec<usize> =
+        domains.iter().map(|d| (0..m).max_by(|&a, &b| d.values[a].total_cmp(&d.values[b])).unwrap_or(0)).collect();
     let back = {
         let cols: Vec<Column<'_>> = domains
             .iter()
@@ -460,14 +458,21 @@ fn choose_branches(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], setting
             .map(|&(di, s)| {
                 let d = &domains[di];
                 let j = chosen[di];
-                Column { bounds: &d.bounds, alpha: Some(&d.alpha[j]), splits: &d.splits, beta: &d.beta[j], extra: Some(s) }
+                Column {
+                    bounds: &d.bounds,
+                    alpha: Some(&d.alpha[j]),
+                    splits: &d.splits,
+                    beta: &d.beta[j],
+                    extra: Some(s),
+                }
             })
             .collect();
         let top = Mat::<f64>::from_fn(spec.top.nrows(), jobs.len(), |r, c| spec.top[(r, chosen[jobs[c].0])]);
         let consts: Vec<f64> = jobs.iter().map(|&(di, _)| spec.consts[chosen[di]]).collect();
         trial = relax::backward(net, p.set, hidden, top, consts, &cols, false).values;
     }
-    let mut best: Vec<(f64, Option<Split>)> = candidates.iter().map(|c| (f64::NEG_INFINITY, c.first().copied())).collect();
+    let mut best: Vec<(f64, Option<Split>)> =
+        candidates.iter().map(|c| (f64::NEG_INFINITY, c.first().copied())).collect();
     for (pair, values) in jobs.chunks(2).zip(trial.chunks(2)) {
         let (di, s) = pair[0];
         let worse = values[0].min(values[1]);
