@@ -285,3 +285,39 @@ fn a_timeout_gives_unknown_with_a_sound_bound() {
         }
     }
 }
+
+/// `certify` with `bab` on the bundled digits model: every image is answered (robust, or a
+/// counterexample confirmed by a forward pass), never "robust" where CROWN's verdict or PGD says
+/// otherwise, and at least CROWN's robust count.
+#[test]
+fn certify_with_bab_answers_every_digits_image() {
+    use nncert::certify::{CertifyOptions, certify};
+    use nncert::{Verdict, verify::Crown};
+    let net = nncert::io::load_model(concat!(env!("CARGO_MANIFEST_DIR"), "/data/models/digits-relu-adv.json")).unwrap();
+    let (_, test) = nncert::data::digits_split().unwrap();
+    let bab = Bab { timeout: 60.0, ..Bab::default() };
+    let (mut robust, mut crown_robust, mut broken) = (0, 0, 0);
+    for (x, &label) in test.images.iter().zip(&test.labels).take(120) {
+        let set = InputSet::new(x.clone(), 0.1, Norm::Linf, Some(Domain::uniform(64, 0.0, 1.0).unwrap())).unwrap();
+        let r = certify(&net, &set, label, Some(&bab), &CertifyOptions::default()).unwrap();
+        let c = certify(&net, &set, label, Some(&Crown), &CertifyOptions::default()).unwrap();
+        match r.verdict {
+            Verdict::Robust => {
+                robust += 1;
+                assert_ne!(c.verdict, Verdict::NotRobust, "bab proves what PGD breaks");
+            }
+            Verdict::NotRobust => {
+                broken += 1;
+                let ce = r.counterexample.as_ref().unwrap();
+                assert!(set.contains(&ce.input, 0.0));
+                assert!(net.margin(&ce.input, label, ce.target).unwrap() < 0.0);
+                assert_ne!(c.verdict, Verdict::Robust, "CROWN proves what bab breaks");
+            }
+            Verdict::Misclassified => assert_eq!(c.verdict, Verdict::Misclassified),
+            Verdict::Unknown => panic!("bab left an image unknown: {r:?}"),
+        }
+        crown_robust += usize::from(c.verdict == Verdict::Robust);
+    }
+    eprintln!("bab: {robust} robust, {broken} broken; CROWN: {crown_robust} robust");
+    assert!(robust > crown_robust && broken > 0, "bab {robust} robust, CROWN {crown_robust}");
+}

@@ -23,18 +23,22 @@ fn parses_every_construct() {
                 (assert (<= (+ Y_0 (* 2 Y_1) (- 3)) (- Y_2 0.5)))\n\
                 (assert (or (and (> Y_0 Y_1) (< Y_2 1)) (and (>= (* -1 Y_2) (- Y_1)))))\n";
     let p = vnnlib_from_str(text).unwrap();
-    assert_eq!((p.input_lo.clone(), p.input_hi.clone(), p.outputs), (vec![-0.5, 0.25], vec![0.5, 1.0], 3));
+    assert_eq!((p.regions.len(), p.outputs), (1, 3));
+    let r = &p.regions[0];
+    assert_eq!((r.input_lo.clone(), r.input_hi.clone()), (vec![-0.5, 0.25], vec![0.5, 1.0]));
     // (Y0 + 2 Y1 - 3) - (Y2 - 0.5) <= 0, distributed over the two disjuncts of the or.
-    assert_eq!(p.disjuncts.len(), 2);
-    let first = &p.disjuncts[0][0];
+    assert_eq!(r.disjuncts.len(), 2);
+    let first = &r.disjuncts[0][0];
     assert_eq!((first.coeffs.clone(), first.constant, first.strict), (vec![1.0, 2.0, -1.0], -2.5, false));
     // Y0 > Y1  ->  Y1 - Y0 < 0; Y2 < 1 -> Y2 - 1 < 0.
-    assert_eq!((p.disjuncts[0][1].coeffs.clone(), p.disjuncts[0][1].strict), (vec![-1.0, 1.0, 0.0], true));
-    assert_eq!((p.disjuncts[0][2].coeffs.clone(), p.disjuncts[0][2].constant), (vec![0.0, 0.0, 1.0], -1.0));
+    assert_eq!((r.disjuncts[0][1].coeffs.clone(), r.disjuncts[0][1].strict), (vec![-1.0, 1.0, 0.0], true));
+    assert_eq!((r.disjuncts[0][2].coeffs.clone(), r.disjuncts[0][2].constant), (vec![0.0, 0.0, 1.0], -1.0));
     // -Y2 >= -Y1  ->  -Y1 + Y2 <= 0.
-    assert_eq!(p.disjuncts[1][1].coeffs, vec![0.0, -1.0, 1.0]);
-    assert!(p.violated_by(&[0.0, 2.0, 1.5]));
-    assert!(!p.violated_by(&[9.0, 0.0, 0.0]));
+    assert_eq!(r.disjuncts[1][1].coeffs, vec![0.0, -1.0, 1.0]);
+    assert!(p.violated_by(&[0.0, 0.5], &[0.0, 2.0, 1.5]));
+    assert!(!p.violated_by(&[0.0, 0.5], &[9.0, 0.0, 0.0]));
+    // Outside every input box nothing is a counterexample.
+    assert!(!p.violated_by(&[0.0, 2.0], &[0.0, 2.0, 1.5]));
 }
 
 #[test]
@@ -50,17 +54,18 @@ fn malformed_properties_name_their_line() {
             "not linear",
         ),
         (format!("{head}(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (<= Y_0 X_0))\n"), "line 5", "mixes"),
+        (
+            format!("{head}(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (<= (+ X_0 X_0 Y_0) 0))\n"),
+            "line 5",
+            "mixes",
+        ),
         (format!("{head}(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (=> Y_0 0))\n"), "line 5", "unsupported"),
         (format!("{head}(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (<= Y_0 0 1))\n"), "line 5", "two arguments"),
         (format!("{head}(assert (>= X_0 0))\n"), "line 1", "finite lower and upper"),
         (format!("{head}(declare-const X_0 Real)\n"), "line 3", "declared twice"),
         ("(declare-const X_0 Int)\n".to_string(), "line 1", "Real only"),
         ("(declare-const foo Real)\n".to_string(), "line 1", "X_i or Y_j"),
-        (
-            format!("{head}(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (or (<= X_0 0) (<= X_0 1)))\n"),
-            "line 5",
-            "disjunctions over the inputs",
-        ),
+        (format!("{head}(assert (>= X_0 1))\n(assert (<= X_0 0))\n(assert (<= Y_0 0))\n"), "line 1", "empty range"),
     ];
     for (text, line, what) in cases {
         let detail = line_of(vnnlib_from_str(&text).unwrap_err());
@@ -87,7 +92,8 @@ fn bundled_property_agrees_with_certify() {
     .unwrap();
     let (lo, hi) = set.bounding_box();
     for i in 0..64 {
-        assert!((lo[i] - prop.input_lo[i]).abs() < 1e-15 && (hi[i] - prop.input_hi[i]).abs() < 1e-15);
+        let r = &prop.regions[0];
+        assert!((lo[i] - r.input_lo[i]).abs() < 1e-15 && (hi[i] - r.input_hi[i]).abs() < 1e-15);
     }
     let report =
         nncert::certify::certify(&net, &set, test.labels[0], Some(&nncert::verify::Crown), &Default::default())
@@ -105,8 +111,8 @@ fn bundled_property_agrees_with_certify() {
     .unwrap();
     let (lo, hi) = wide.bounding_box();
     let mut p = prop.clone();
-    p.input_lo = lo.clone();
-    p.input_hi = hi.clone();
+    p.regions[0].input_lo = lo.clone();
+    p.regions[0].input_hi = hi.clone();
     let report =
         nncert::certify::certify(&net, &wide, test.labels[0], Some(&nncert::verify::Crown), &Default::default())
             .unwrap();
@@ -115,7 +121,7 @@ fn bundled_property_agrees_with_certify() {
         PropertyResult::Sat { input, output } => {
             assert!(input.iter().enumerate().all(|(i, v)| *v >= lo[i] && *v <= hi[i]));
             assert_eq!(net.forward(&input).unwrap(), output);
-            assert!(p.violated_by(&output));
+            assert!(p.violated_by(&input, &output));
             let text = PropertyResult::Sat { input, output }.to_vnncomp();
             assert!(text.starts_with("sat\n((X_0 ") && text.contains("(Y_9 "));
         }

@@ -31,6 +31,9 @@ impl BoxDomain {
     }
 }
 
+/// A bounded box and a counterexample found at its centre.
+type Bounded = (BoxDomain, Option<Vec<f64>>);
+
 /// CROWN's bounds on every constraint over the box lo..hi, the score of each coordinate for
 /// bisection, and a counterexample if the box's centre is one.
 ///
@@ -39,7 +42,7 @@ impl BoxDomain {
 /// |a_i| r_i / 2 before any intermediate bound tightens. For ReLU networks a comes from the
 /// backward pass itself ([`super::relax::backward`] with CROWN's slopes, the same bound); for
 /// other activations the gradient of the constraint at the centre stands in for it.
-fn bound_box(p: &Problem<'_>, lo: Vec<f64>, hi: Vec<f64>) -> Result<(BoxDomain, Option<Vec<f64>>)> {
+fn bound_box(p: &Problem<'_>, lo: Vec<f64>, hi: Vec<f64>) -> Result<Bounded> {
     let set = box_set(lo.clone(), hi.clone())?;
     let m = p.constraints.len();
     let lam = faer::Mat::from_fn(p.net.num_classes(), m, |i, j| p.constraints[j].coeffs[i]);
@@ -168,16 +171,16 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
         open.sort_by(|a, b| b.score().total_cmp(&a.score()));
         let take = (4 * settings.batch).min(open.len());
         let batch: Vec<BoxDomain> = open.split_off(open.len() - take);
-        if settings.attack_every > 0 && round % settings.attack_every == 0 {
+        if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) {
             let worst = &batch[batch.len() - 1];
             let centre: Vec<f64> = worst.lo.iter().zip(&worst.hi).map(|(a, b)| a + 0.5 * (b - a)).collect();
             if let Some(x) = super::attack_from(p, centre, settings.attack_steps / 4 + 1)? {
                 return Ok(Outcome::Falsified { input: x });
             }
         }
-        let results: Vec<Result<Vec<(BoxDomain, Option<Vec<f64>>)>>> = batch
+        let results: Vec<Result<Vec<Bounded>>> = batch
             .par_iter()
-            .map(|d| -> Result<Vec<(BoxDomain, Option<Vec<f64>>)>> {
+            .map(|d| -> Result<Vec<Bounded>> {
                 let Some(i) = split_dimension(d, &root_width) else {
                     return Ok(Vec::new());
                 };

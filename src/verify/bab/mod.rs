@@ -262,7 +262,7 @@ pub(crate) fn attack_from(p: &Problem<'_>, mut x: Vec<f64>, steps: usize) -> Res
 
 impl Bab {
     fn check(&self) -> Result<()> {
-        if !(self.timeout >= 0.0) || self.batch == 0 || self.max_domains == 0 {
+        if self.timeout.is_nan() || self.timeout < 0.0 || self.batch == 0 || self.max_domains == 0 {
             return Err(Error::InvalidArgument(format!(
                 "branch and bound needs timeout >= 0, batch >= 1 and max_domains >= 1 (got {}, {}, {})",
                 self.timeout, self.batch, self.max_domains

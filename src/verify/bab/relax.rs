@@ -14,8 +14,8 @@
 //! ```
 //!
 //! with s = -1 for an active split (constraint -z <= 0) and s = +1 for an inactive one (z <= 0):
-//! the added terms are <= 0 on the domain, so the right side is a lower bound for *every* beta
-//! >= 0 and every slope alpha in \[0, 1\] (weak duality; beta-CROWN's Theorem 3.1). In the backward
+//! the added terms are <= 0 on the domain, so the right side is a lower bound for every choice of
+//! beta >= 0 and of the slopes alpha in \[0, 1\] (weak duality; beta-CROWN's Theorem 3.1). In the backward
 //! pass the term enters as beta s added to the coefficient of z_{k,i} after the relaxation of
 //! layer k. The columns of all domains share the products with W_k^T, so a batch costs one
 //! matrix-matrix product per layer.

@@ -137,7 +137,7 @@ pub(super) fn search(
         let take = settings.batch.min(open.len());
         let batch: Vec<Domain> = open.split_off(open.len() - take);
         // Counterexample search from the worst domains' minimizers, now and then.
-        if settings.attack_every > 0 && round % settings.attack_every == 0 {
+        if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) {
             let starts: Vec<&Vec<f64>> = batch.iter().rev().take(2).map(|d| &d.point).collect();
             for x0 in starts {
                 if let Some(x) = super::attack_from(p, x0.clone(), settings.attack_steps / 4 + 1)? {
