@@ -44,6 +44,9 @@ struct Args {
     /// Adam steps on the slopes and split multipliers per domain (bab).
     #[arg(long, default_value_t = Bab::default().iterations)]
     iterations: usize,
+    /// Hidden layers after a split whose bounds a child recomputes (bab; default all).
+    #[arg(long)]
+    refresh_layers: Option<usize>,
     /// Domains split per round (bab).
     #[arg(long, default_value_t = Bab::default().batch)]
     batch: usize,
@@ -96,6 +99,7 @@ fn run(args: &Args) -> nncert::Result<()> {
                 progress: args.progress,
                 iterations: args.iterations,
                 batch: args.batch,
+                refresh_layers: args.refresh_layers.unwrap_or(usize::MAX),
                 ..Bab::default()
             };
             let report = check_property_bab(&net, &prop, domain.as_ref(), &settings)?;

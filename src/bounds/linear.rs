@@ -190,24 +190,26 @@ fn backward(
         for (s, c) in consts.iter_mut().enumerate() {
             *c += linalg::dot(column(&lam, s), layer.bias());
         }
-        // Neurons whose relaxed coefficient is zero in every column (inactive ReLUs) drop out of
-        // the product: W_k^T lam only needs the rows of lam that are not identically zero.
-        let rows: Vec<usize> = (0..lam.nrows()).filter(|&i| (0..lam.ncols()).any(|s| lam[(i, s)] != 0.0)).collect();
-        let wt = layer.weight_t();
-        lam = if rows.len() == lam.nrows() {
-            linalg::mul(wt, lam.as_ref())
-        } else {
-            let mut wt_sub = Mat::<f64>::zeros(wt.nrows(), rows.len());
-            let mut sub = Mat::<f64>::zeros(rows.len(), lam.ncols());
-            for (r, &i) in rows.iter().enumerate() {
-                wt_sub.col_mut(r).copy_from(wt.col(i));
-                sub.row_mut(r).copy_from(lam.row(i));
-            }
-            linalg::mul(wt_sub.as_ref(), sub.as_ref())
-        };
+        lam = mul_nonzero_rows(layer.weight_t(), &lam);
     }
     let support = set.min_linear_columns(lam.as_ref());
     support.iter().zip(&consts).map(|(a, b)| a + b).collect()
+}
+
+/// W^T lam, leaving out the rows of lam that are zero in every column: neurons whose relaxed
+/// coefficient vanishes everywhere (inactive ReLUs) drop out of the product.
+pub(crate) fn mul_nonzero_rows(wt: MatRef<'_, f64>, lam: &Mat<f64>) -> Mat<f64> {
+    let rows: Vec<usize> = (0..lam.nrows()).filter(|&i| (0..lam.ncols()).any(|s| lam[(i, s)] != 0.0)).collect();
+    if rows.len() == lam.nrows() {
+        return linalg::mul(wt, lam.as_ref());
+    }
+    let mut wt_sub = Mat::<f64>::zeros(wt.nrows(), rows.len());
+    let mut sub = Mat::<f64>::zeros(rows.len(), lam.ncols());
+    for (r, &i) in rows.iter().enumerate() {
+        wt_sub.col_mut(r).copy_from(wt.col(i));
+        sub.row_mut(r).copy_from(lam.row(i));
+    }
+    linalg::mul(wt_sub.as_ref(), sub.as_ref())
 }
 
 fn column(m: &Mat<f64>, s: usize) -> &[f64] {

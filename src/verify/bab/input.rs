@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::relax::{Column, HiddenBounds};
-use super::{Bab, Outcome, Problem, StopReason, Tracker};
+use super::{Bab, Outcome, Problem, Tracker};
 use crate::bounds::{self, linear};
 use crate::error::Result;
 use crate::network::Activation;
@@ -153,19 +153,8 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
     let mut round = 0usize;
     loop {
         let worst = open.iter().map(BoxDomain::score).fold(f64::INFINITY, f64::min);
-        tracker.report(open.len(), worst.min(settled));
-        if open.is_empty() {
-            return Ok(if stuck {
-                Outcome::Unknown { bound: settled, reason: StopReason::Stuck }
-            } else {
-                Outcome::Verified { bound: settled }
-            });
-        }
-        if tracker.timed_out() {
-            return Ok(Outcome::Unknown { bound: settled.min(worst), reason: StopReason::Timeout });
-        }
-        if open.len() > settings.max_domains {
-            return Ok(Outcome::Unknown { bound: settled.min(worst), reason: StopReason::DomainLimit });
+        if let Some(outcome) = tracker.stop(open.len(), worst, settled, stuck, settings.max_domains) {
+            return Ok(outcome);
         }
         round += 1;
         open.sort_by(|a, b| b.score().total_cmp(&a.score()));
@@ -174,7 +163,7 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
         if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) {
             let worst = &batch[batch.len() - 1];
             let centre: Vec<f64> = worst.lo.iter().zip(&worst.hi).map(|(a, b)| a + 0.5 * (b - a)).collect();
-            if let Some(x) = super::attack_from(p, centre, settings.attack_steps / 4 + 1)? {
+            if let Some(x) = super::attack_from(p, centre, settings.attack_steps / 4 + 1, 0.25)? {
                 return Ok(Outcome::Falsified { input: x });
             }
         }

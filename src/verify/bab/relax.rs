@@ -69,9 +69,14 @@ impl HiddenBounds {
         }
     }
 
-    /// Whether some neuron's bounds cross (the domain is empty).
+    /// Whether some neuron's bounds cross by more than their rounding could explain (the domain is
+    /// empty). Bounds that cross by less are kept: a domain is dropped only when it is certainly
+    /// empty, since dropping one that is not would be unsound.
     pub fn is_empty_domain(&self) -> bool {
-        self.lower.iter().zip(&self.upper).any(|(l, u)| l.iter().zip(u).any(|(a, b)| a > b))
+        self.lower
+            .iter()
+            .zip(&self.upper)
+            .any(|(l, u)| l.iter().zip(u).any(|(a, b)| a - b > 1e-9 * (1.0 + a.abs() + b.abs())))
     }
 
     /// The unstable neurons (l < 0 < u), as (layer, neuron).
@@ -121,6 +126,16 @@ impl Column<'_> {
         (l, u)
     }
 
+    /// The lower slope of unstable neuron i of layer k with bounds \[l, u\]: the column's alpha, or
+    /// CROWN's adaptive choice (1 if u > -l, else 0).
+    fn lower_slope(&self, k: usize, i: usize, l: f64, u: f64) -> f64 {
+        match self.alpha {
+            Some(a) => a[k][i],
+            None if u > -l => 1.0,
+            None => 0.0,
+        }
+    }
+
     /// Relaxes hidden layer k's ReLU for the coefficient vector `lam` (on the layer's output) in
     /// place, turning it into the coefficient on the pre-activation; returns the constant.
     fn relax(&self, k: usize, lam: &mut [f64]) -> f64 {
@@ -139,17 +154,7 @@ impl Column<'_> {
                 continue;
             }
             if x >= 0.0 {
-                let a = match self.alpha {
-                    Some(a) => a[k][i],
-                    None => {
-                        if u > -l {
-                            1.0
-                        } else {
-                            0.0
-                        }
-                    }
-                };
-                *v = x * a;
+                *v = x * self.lower_slope(k, i, l, u);
             } else {
                 let s = u / (u - l);
                 *v = x * s;
@@ -173,17 +178,7 @@ impl Column<'_> {
         } else if u <= 0.0 {
             0.0
         } else if lam >= 0.0 {
-            let a = match self.alpha {
-                Some(a) => a[k][i],
-                None => {
-                    if u > -l {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                }
-            };
-            a * z
+            self.lower_slope(k, i, l, u) * z
         } else {
             let s = u / (u - l);
             s * (z - l)
@@ -225,28 +220,12 @@ pub fn backward(
             consts[s] += col.relax(k, v);
             consts[s] += linalg::dot(v, layers[k].bias());
         }
-        lam = through_weights(layers[k].weight_t(), &lam);
+        lam = crate::bounds::linear::mul_nonzero_rows(layers[k].weight_t(), &lam);
     }
     saved.reverse();
     let support = set.min_linear_columns(lam.as_ref());
     let values = support.iter().zip(&consts).map(|(a, b)| a + b).collect();
     Backward { values, input_coeffs: lam, saved }
-}
-
-/// W^T lam, leaving out the rows of lam that are zero in every column (neurons inactive in every
-/// domain of the batch): their columns of W^T do not contribute.
-fn through_weights(wt: faer::MatRef<'_, f64>, lam: &Mat<f64>) -> Mat<f64> {
-    let rows: Vec<usize> = (0..lam.nrows()).filter(|&i| (0..lam.ncols()).any(|s| lam[(i, s)] != 0.0)).collect();
-    if rows.len() * 10 >= lam.nrows() * 9 {
-        return linalg::mul(wt, lam.as_ref());
-    }
-    let mut wt_sub = Mat::<f64>::zeros(wt.nrows(), rows.len());
-    let mut sub = Mat::<f64>::zeros(rows.len(), lam.ncols());
-    for (r, &i) in rows.iter().enumerate() {
-        wt_sub.col_mut(r).copy_from(wt.col(i));
-        sub.row_mut(r).copy_from(lam.row(i));
-    }
-    linalg::mul(wt_sub.as_ref(), sub.as_ref())
 }
 
 /// The minimizers x* of the support function for each column of `coeffs` (input x columns).

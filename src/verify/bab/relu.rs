@@ -117,19 +117,8 @@ pub(super) fn search(
     let mut round = 0usize;
     loop {
         let worst = open.iter().map(Domain::score).fold(f64::INFINITY, f64::min);
-        tracker.report(open.len(), worst.min(settled));
-        if open.is_empty() {
-            return Ok(if stuck {
-                Outcome::Unknown { bound: settled.min(worst), reason: StopReason::Stuck }
-            } else {
-                Outcome::Verified { bound: settled }
-            });
-        }
-        if tracker.timed_out() {
-            return Ok(Outcome::Unknown { bound: settled.min(worst), reason: StopReason::Timeout });
-        }
-        if open.len() > settings.max_domains {
-            return Ok(Outcome::Unknown { bound: settled.min(worst), reason: StopReason::DomainLimit });
+        if let Some(outcome) = tracker.stop(open.len(), worst, settled, stuck, settings.max_domains) {
+            return Ok(outcome);
         }
         round += 1;
         // The worst domains first: sort descending and take from the end.
@@ -140,7 +129,7 @@ pub(super) fn search(
         if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) {
             let starts: Vec<&Vec<f64>> = batch.iter().rev().take(2).map(|d| &d.point).collect();
             for x0 in starts {
-                if let Some(x) = super::attack_from(p, x0.clone(), settings.attack_steps / 4 + 1)? {
+                if let Some(x) = super::attack_from(p, x0.clone(), settings.attack_steps / 4 + 1, 0.25)? {
                     return Ok(Outcome::Falsified { input: x });
                 }
             }
@@ -166,7 +155,7 @@ pub(super) fn search(
         let found: Vec<Option<Vec<f64>>> = children
             .par_chunks_mut(chunk)
             .map(|part| {
-                refresh_intermediate(p, part);
+                refresh_intermediate(p, part, settings.refresh_layers);
                 let live: Vec<usize> = (0..part.len()).filter(|&i| !part[i].bounds.is_empty_domain()).collect();
                 let mut sub: Vec<Domain> = live.iter().map(|&i| part[i].clone()).collect();
                 let x = optimize(p, &spec, &mut sub, settings.iterations);
@@ -232,9 +221,10 @@ fn initial_alpha(b: &HiddenBounds) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Recomputes the bounds of the unstable neurons of every hidden layer after each domain's last
-/// split (the root's: every layer after the first), intersecting them with the domain's.
-fn refresh_intermediate(p: &Problem<'_>, domains: &mut [Domain]) {
+/// Recomputes the bounds of the unstable neurons of the `depth` hidden layers after each domain's
+/// last split, intersecting them with the domain's (the layers further on keep the parent's
+/// bounds, which hold on the child too).
+fn refresh_intermediate(p: &Problem<'_>, domains: &mut [Domain], depth: usize) {
     let net = p.net;
     let layers = net.layers();
     let hidden = layers.len() - 1;
@@ -243,7 +233,7 @@ fn refresh_intermediate(p: &Problem<'_>, domains: &mut [Domain]) {
         // Columns: (domain, neuron, sign).
         let mut jobs: Vec<(usize, usize, f64)> = Vec::new();
         for (di, d) in domains.iter().enumerate() {
-            if from[di] > j || d.bounds.is_empty_domain() {
+            if from[di] > j || j >= from[di].saturating_add(depth) || d.bounds.is_empty_domain() {
                 continue;
             }
             for i in 0..d.bounds.lower[j].len() {
