@@ -10,10 +10,10 @@
 use rayon::prelude::*;
 
 use super::relax::{Column, HiddenBounds};
+use super::relu::Spec;
 use super::{Bab, Outcome, Problem, Tracker};
 use crate::bounds::{self, linear};
 use crate::error::Result;
-use crate::network::Activation;
 use crate::verify::property::box_set;
 
 struct BoxDomain {
@@ -40,29 +40,28 @@ type Bounded = (BoxDomain, Option<Vec<f64>>);
 /// The score: CROWN's bound is a^T x over the box plus a constant, whose minimum is
 /// a^T centre - sum_i |a_i| r_i (r the half widths): halving coordinate i raises it by
 /// |a_i| r_i / 2 before any intermediate bound tightens. For ReLU networks a comes from the
-/// backward pass itself ([`super::relax::backward`] with CROWN's slopes, the same bound); for
-/// other activations the gradient of the constraint at the centre stands in for it.
-fn bound_box(p: &Problem<'_>, lo: Vec<f64>, hi: Vec<f64>) -> Result<Bounded> {
+/// backward pass itself ([`super::relax::backward`] with CROWN's slopes, the same bound; `spec`
+/// is the constraints pulled back once per search, given for ReLU networks only); for other
+/// activations the gradient of the constraint at the centre stands in for it.
+fn bound_box(p: &Problem<'_>, spec: Option<&Spec>, lo: Vec<f64>, hi: Vec<f64>) -> Result<Bounded> {
     let set = box_set(lo.clone(), hi.clone())?;
     let m = p.constraints.len();
-    let lam = faer::Mat::from_fn(p.net.num_classes(), m, |i, j| p.constraints[j].coeffs[i]);
-    let layers = p.net.layers();
-    let hidden = layers.len() - 1;
-    let relu = layers[..hidden].iter().all(|l| l.activation() == Activation::Relu)
-        && layers[hidden].activation() == Activation::Identity;
-    let (values, coeffs): (Vec<f64>, Option<faer::Mat<f64>>) = if relu {
-        let hb = relu_bounds(p, &set);
-        let cols: Vec<Column<'_>> =
-            (0..m).map(|_| Column { bounds: &hb, alpha: None, splits: &[], beta: &[], extra: None }).collect();
-        let top = crate::linalg::mul(layers[hidden].weight_t(), lam.as_ref());
-        let consts: Vec<f64> = (0..m).map(|j| crate::linalg::dot(lam.col_as_slice(j), layers[hidden].bias())).collect();
-        let back = super::relax::backward(p.net, &set, hidden, top, consts, &cols, false);
-        (back.values, Some(back.input_coeffs))
-    } else {
-        let pre = bounds::crown_and_ibp(p.net, &set)?;
-        (linear::spec_lower_bounds(p.net, &set, &pre, lam.as_ref(), linear::Slope::Adaptive), None)
+    let (values, coeffs): (Vec<f64>, Option<faer::Mat<f64>>) = match spec {
+        Some(spec) => {
+            let hb = relu_bounds(p, &set);
+            let cols: Vec<Column<'_>> =
+                (0..m).map(|_| Column { bounds: &hb, alpha: None, splits: &[], beta: &[], extra: None }).collect();
+            let hidden = p.net.layers().len() - 1;
+            let back = super::relax::backward(p.net, &set, hidden, spec.top.clone(), spec.consts.clone(), &cols, false);
+            (back.values, Some(back.input_coeffs))
+        }
+        None => {
+            let lam = faer::Mat::from_fn(p.net.num_classes(), m, |i, j| p.constraints[j].coeffs[i]);
+            let pre = bounds::crown_and_ibp(p.net, &set)?;
+            let lower = linear::spec_lower_bounds(p.net, &set, &pre, lam.as_ref(), linear::Slope::Adaptive);
+            (lower.iter().zip(p.constraints).map(|(v, c)| v + c.constant).collect(), None)
+        }
     };
-    let values: Vec<f64> = values.iter().zip(p.constraints).map(|(v, c)| v + c.constant).collect();
     let centre = set.center().to_vec();
     let j = (0..m).max_by(|&a, &b| values[a].total_cmp(&values[b])).unwrap_or(0);
     let sensitivity: Vec<f64> = match &coeffs {
@@ -88,27 +87,7 @@ fn relu_bounds(p: &Problem<'_>, set: &crate::spec::InputSet) -> HiddenBounds {
         upper: ibp.layers[..hidden].iter().map(|iv| iv.upper.clone()).collect(),
     };
     for j in 1..hidden {
-        let jobs: Vec<(usize, f64)> = (0..hb.lower[j].len())
-            .filter(|&i| hb.lower[j][i] < 0.0 && hb.upper[j][i] > 0.0)
-            .flat_map(|i| [(i, 1.0), (i, -1.0)])
-            .collect();
-        if jobs.is_empty() {
-            continue;
-        }
-        let wt = layers[j].weight_t();
-        let lam = faer::Mat::<f64>::from_fn(wt.nrows(), jobs.len(), |r, c| jobs[c].1 * wt[(r, jobs[c].0)]);
-        let consts: Vec<f64> = jobs.iter().map(|&(i, sg)| sg * layers[j].bias()[i]).collect();
-        let values = {
-            let col = Column { bounds: &hb, alpha: None, splits: &[], beta: &[], extra: None };
-            super::relax::backward(p.net, set, j, lam, consts, &vec![col; jobs.len()], false).values
-        };
-        for (&(i, sg), v) in jobs.iter().zip(values) {
-            if sg > 0.0 {
-                hb.lower[j][i] = hb.lower[j][i].max(v);
-            } else {
-                hb.upper[j][i] = hb.upper[j][i].min(-v);
-            }
-        }
+        super::relax::tighten_layer(p.net, set, &mut [&mut hb], j);
     }
     hb
 }
@@ -138,7 +117,9 @@ fn split_dimension(d: &BoxDomain, root_width: &[f64]) -> Option<usize> {
 /// Runs the input-splitting search over the problem's box (its set must be a box: an l_inf set).
 pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> Result<Outcome> {
     let (lo, hi) = p.set.bounding_box();
-    let (root, found) = bound_box(p, lo, hi)?;
+    // The constraints pulled back onto the last hidden layer once (ReLU networks).
+    let spec = super::relu_network(p.net).then(|| Spec::new(p));
+    let (root, found) = bound_box(p, spec.as_ref(), lo, hi)?;
     tracker.stats.domains += 1;
     if let Some(x) = found {
         return Ok(Outcome::Falsified { input: x });
@@ -177,7 +158,10 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
                 let (mut hi_left, mut lo_right) = (d.hi.clone(), d.lo.clone());
                 hi_left[i] = mid;
                 lo_right[i] = mid;
-                Ok(vec![bound_box(p, d.lo.clone(), hi_left)?, bound_box(p, lo_right, d.hi.clone())?])
+                Ok(vec![
+                    bound_box(p, spec.as_ref(), d.lo.clone(), hi_left)?,
+                    bound_box(p, spec.as_ref(), lo_right, d.hi.clone())?,
+                ])
             })
             .collect();
         for (d, r) in batch.iter().zip(results) {

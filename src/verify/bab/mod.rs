@@ -228,6 +228,14 @@ impl Tracker {
     }
 }
 
+/// Whether the hidden layers are ReLU and the last layer affine (what ReLU splitting and the
+/// batched relaxation of [`relax`] handle).
+pub(crate) fn relu_network(net: &Network) -> bool {
+    let layers = net.layers();
+    layers[..layers.len() - 1].iter().all(|l| l.activation() == Activation::Relu)
+        && layers[layers.len() - 1].activation() == Activation::Identity
+}
+
 /// One conjunction on one input set.
 pub(crate) struct Problem<'a> {
     pub(crate) net: &'a Network,
@@ -300,9 +308,7 @@ impl Bab {
     /// The branching this network and set get: [`Branching::Auto`] resolved, and an error when
     /// ReLU splitting is asked of a network it does not apply to.
     pub fn branching_for(&self, net: &Network, set: &InputSet) -> Result<Branching> {
-        let layers = net.layers();
-        let relu = layers[..layers.len() - 1].iter().all(|l| l.activation() == Activation::Relu)
-            && layers[layers.len() - 1].activation() == Activation::Identity;
+        let relu = relu_network(net);
         let few_inputs = net.input_size() <= self.input_split_max_dim && set.norm() == Norm::Linf;
         match self.branching {
             Branching::Input => Ok(Branching::Input),

@@ -228,6 +228,44 @@ pub fn backward(
     Backward { values, input_coeffs: lam, saved }
 }
 
+/// Tightens the bounds of the unstable neurons of hidden layer `j` in each of `domains` by one
+/// backward pass each way (CROWN's slopes over the domain's own bounds of the layers before `j`,
+/// no multipliers), all domains in one batch, intersecting the results with the bounds held.
+pub fn tighten_layer(net: &Network, set: &InputSet, domains: &mut [&mut HiddenBounds], j: usize) {
+    let layer = &net.layers()[j];
+    // Columns: (domain, neuron, sign).
+    let mut jobs: Vec<(usize, usize, f64)> = Vec::new();
+    for (di, b) in domains.iter().enumerate() {
+        for i in 0..b.lower[j].len() {
+            if b.lower[j][i] < 0.0 && b.upper[j][i] > 0.0 {
+                jobs.push((di, i, 1.0));
+                jobs.push((di, i, -1.0));
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    let wt = layer.weight_t();
+    let lam = Mat::<f64>::from_fn(wt.nrows(), jobs.len(), |r, s| jobs[s].2 * wt[(r, jobs[s].1)]);
+    let consts: Vec<f64> = jobs.iter().map(|&(_, i, sg)| sg * layer.bias()[i]).collect();
+    let values = {
+        let cols: Vec<Column<'_>> = jobs
+            .iter()
+            .map(|&(di, _, _)| Column { bounds: &*domains[di], alpha: None, splits: &[], beta: &[], extra: None })
+            .collect();
+        backward(net, set, j, lam, consts, &cols, false).values
+    };
+    for (&(di, i, sg), v) in jobs.iter().zip(values) {
+        let b = &mut *domains[di];
+        if sg > 0.0 {
+            b.lower[j][i] = b.lower[j][i].max(v);
+        } else {
+            b.upper[j][i] = b.upper[j][i].min(-v);
+        }
+    }
+}
+
 /// The minimizers x* of the support function for each column of `coeffs` (input x columns).
 pub fn minimizers(set: &InputSet, coeffs: &Mat<f64>) -> Mat<f64> {
     let mut x = Mat::<f64>::zeros(coeffs.nrows(), coeffs.ncols());

@@ -56,15 +56,15 @@ impl Domain {
 }
 
 /// The property's constraints as a matrix (outputs x constraints) with their constants.
-struct Spec {
+pub(super) struct Spec {
     /// W_last^T C: the constraints pulled back onto the last hidden layer's output.
-    top: Mat<f64>,
+    pub(super) top: Mat<f64>,
     /// C^T b_last + d.
-    consts: Vec<f64>,
+    pub(super) consts: Vec<f64>,
 }
 
 impl Spec {
-    fn new(p: &Problem<'_>) -> Self {
+    pub(super) fn new(p: &Problem<'_>) -> Self {
         let layers = p.net.layers();
         let last = &layers[layers.len() - 1];
         let m = p.constraints.len();
@@ -230,46 +230,13 @@ fn refresh_intermediate(p: &Problem<'_>, domains: &mut [Domain], depth: usize) {
     let hidden = layers.len() - 1;
     let from: Vec<usize> = domains.iter().map(|d| d.splits.last().map_or(1, |s| s.layer + 1)).collect();
     for j in 1..hidden {
-        // Columns: (domain, neuron, sign).
-        let mut jobs: Vec<(usize, usize, f64)> = Vec::new();
-        for (di, d) in domains.iter().enumerate() {
-            if from[di] > j || j >= from[di].saturating_add(depth) || d.bounds.is_empty_domain() {
-                continue;
-            }
-            for i in 0..d.bounds.lower[j].len() {
-                if d.bounds.lower[j][i] < 0.0 && d.bounds.upper[j][i] > 0.0 {
-                    jobs.push((di, i, 1.0));
-                    jobs.push((di, i, -1.0));
-                }
-            }
-        }
-        if jobs.is_empty() {
-            continue;
-        }
-        let wt = layers[j].weight_t();
-        let lam = Mat::<f64>::from_fn(wt.nrows(), jobs.len(), |r, s| jobs[s].2 * wt[(r, jobs[s].1)]);
-        let consts: Vec<f64> = jobs.iter().map(|&(_, i, sg)| sg * layers[j].bias()[i]).collect();
-        let values = {
-            let cols: Vec<Column<'_>> = jobs
-                .iter()
-                .map(|&(di, _, _)| Column {
-                    bounds: &domains[di].bounds,
-                    alpha: None,
-                    splits: &[],
-                    beta: &[],
-                    extra: None,
-                })
-                .collect();
-            relax::backward(net, p.set, j, lam, consts, &cols, false).values
-        };
-        for (&(di, i, sg), v) in jobs.iter().zip(values) {
-            let b = &mut domains[di].bounds;
-            if sg > 0.0 {
-                b.lower[j][i] = b.lower[j][i].max(v);
-            } else {
-                b.upper[j][i] = b.upper[j][i].min(-v);
-            }
-        }
+        let mut live: Vec<&mut HiddenBounds> = domains
+            .iter_mut()
+            .zip(&from)
+            .filter(|(d, f)| **f <= j && j < f.saturating_add(depth) && !d.bounds.is_empty_domain())
+            .map(|(d, _)| &mut d.bounds)
+            .collect();
+        relax::tighten_layer(net, p.set, &mut live, j);
     }
 }
 
