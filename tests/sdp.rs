@@ -146,6 +146,7 @@ fn sdp_fo_against_the_reference_sdp() {
         let target = (label + 1) % 3;
         let sdp = reference_sdp(net, set, &rel, *label, target).unwrap();
         if sdp.status != "Solved" {
+            eprintln!("case {ci}: the reference SDP stopped with {} at {:.5}", sdp.status, sdp.value);
             continue;
         }
         let exact = Exact::default().phi(net, set, *label, target).unwrap();
