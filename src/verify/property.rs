@@ -220,7 +220,7 @@ fn check_region(
 }
 
 /// Sign-gradient descent on max_k (c_k^T f(x) + d_k) over the box for each disjunct, from the
-/// center and random starts; returns an input whose forward pass violates the property.
+/// center, the box's upper and lower corners and random starts; returns an input whose forward pass violates the property.
 pub(crate) fn attack(
     net: &Network,
     disjuncts: &[Vec<OutputConstraint>],
@@ -235,13 +235,16 @@ pub(crate) fn attack(
             let x: Vec<f64> = lo.iter().zip(hi).map(|(a, b)| 0.5 * (a + b)).collect();
             return Ok(Some(x));
         }
-        for restart in 0..3 {
-            let x: Vec<f64> =
-                (0..n)
-                    .map(|i| {
-                        if restart == 0 { 0.5 * (lo[i] + hi[i]) } else { lo[i] + rng.random::<f64>() * (hi[i] - lo[i]) }
-                    })
-                    .collect();
+        // The center, the upper and lower corners (see `attack::pgd::start_point`), two random points.
+        for restart in 0..5 {
+            let x: Vec<f64> = (0..n)
+                .map(|i| match restart {
+                    0 => 0.5 * (lo[i] + hi[i]),
+                    1 => hi[i],
+                    2 => lo[i],
+                    _ => lo[i] + rng.random::<f64>() * (hi[i] - lo[i]),
+                })
+                .collect();
             if let Some(x) = descend(net, d, lo, hi, x, steps, 0.25)? {
                 return Ok(Some(x));
             }

@@ -90,7 +90,8 @@ pub struct Bab {
     pub fsb_candidates: usize,
     /// Hidden layers after a split whose intermediate bounds a child recomputes (default: all).
     pub refresh_layers: usize,
-    /// Attack steps at the root (sign-gradient descent, 3 starts per disjunct; default 100).
+    /// Attack steps at the root (default 100): batched PGD (2 x 5 starts) on the disjuncts that are
+    /// margins, sign-gradient descent (5 starts) on the others.
     pub attack_steps: usize,
     /// Every this many rounds, attack from the worst domains' relaxation minimizers (0: never;
     /// default 5).
@@ -481,7 +482,10 @@ pub fn check_property_bab(
         if let Some(x) = margin_attack(net, &set, &region.disjuncts, settings)? {
             return Ok(found(net, x, tracker));
         }
-        if let Some(x) = super::property::attack(net, &region.disjuncts, &lo, &hi, settings.attack_steps)? {
+        // Sign-gradient descent on the disjuncts the batched PGD did not attack.
+        let others: Vec<Vec<OutputConstraint>> =
+            region.disjuncts.iter().filter(|d| margin_pair(d).is_none()).cloned().collect();
+        if let Some(x) = super::property::attack(net, &others, &lo, &hi, settings.attack_steps)? {
             return Ok(found(net, x, tracker));
         }
         let root = match branching {
@@ -533,20 +537,7 @@ fn margin_attack(
     if settings.attack_steps == 0 {
         return Ok(None);
     }
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
-    for d in disjuncts {
-        if let [c] = d.as_slice()
-            && c.constant == 0.0
-            && !c.strict
-        {
-            let pos: Vec<usize> = (0..c.coeffs.len()).filter(|&i| c.coeffs[i] == 1.0).collect();
-            let neg: Vec<usize> = (0..c.coeffs.len()).filter(|&i| c.coeffs[i] == -1.0).collect();
-            let zeros = c.coeffs.iter().filter(|v| **v == 0.0).count();
-            if pos.len() == 1 && neg.len() == 1 && zeros + 2 == c.coeffs.len() {
-                pairs.push((pos[0], neg[0]));
-            }
-        }
-    }
+    let pairs: Vec<(usize, usize)> = disjuncts.iter().filter_map(|d| margin_pair(d)).collect();
     let mut labels: Vec<usize> = pairs.iter().map(|p| p.0).collect();
     labels.sort_unstable();
     labels.dedup();
@@ -569,6 +560,19 @@ fn margin_attack(
         }
     }
     Ok(None)
+}
+
+/// The classes (label, target) when the conjunction is the single constraint
+/// y\[label\] - y\[target\] <= 0 (a robustness margin), which [`margin_attack`] attacks.
+fn margin_pair(d: &[OutputConstraint]) -> Option<(usize, usize)> {
+    let [c] = d else { return None };
+    if c.constant != 0.0 || c.strict {
+        return None;
+    }
+    let pos: Vec<usize> = (0..c.coeffs.len()).filter(|&i| c.coeffs[i] == 1.0).collect();
+    let neg: Vec<usize> = (0..c.coeffs.len()).filter(|&i| c.coeffs[i] == -1.0).collect();
+    let zeros = c.coeffs.iter().filter(|v| **v == 0.0).count();
+    (pos.len() == 1 && neg.len() == 1 && zeros + 2 == c.coeffs.len()).then(|| (pos[0], neg[0]))
 }
 
 /// The best CROWN bound among a conjunction's constraints over `pre`.
