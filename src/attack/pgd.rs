@@ -160,3 +160,47 @@ pub fn pgd(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{Activation, Layer};
+    use crate::spec::Domain;
+
+    /// margin(x) = 0.5 + m - 10 relu(m - 0.8), m the mean of x in [0, 1]^20: rising from the
+    /// center (m = 0.5, margin 1) in every direction that raises m, so descent from the center
+    /// or from uniform points (m within ~0.2 of 0.5) ends at x = 0 (margin 0.5); negative only
+    /// where m > 0.85, e.g. at the upper corner (margin -0.5).
+    fn valley_network(n: usize) -> Network {
+        let w1 = Mat::from_fn(2, n, |_, _| 1.0 / n as f64);
+        let hidden = Layer::new(w1, vec![0.0, -0.8], Activation::Relu);
+        let w2 = Mat::from_fn(2, 2, |i, j| match (i, j) {
+            (0, 0) => 1.0,
+            (0, 1) => -10.0,
+            _ => 0.0,
+        });
+        let out = Layer::new(w2, vec![0.5, 0.0], Activation::Identity);
+        Network::new(vec![n], vec![hidden, out]).unwrap()
+    }
+
+    #[test]
+    fn the_corner_starts_reach_what_descent_from_the_center_cannot() {
+        let n = 20;
+        let net = valley_network(n);
+        let set = InputSet::new(vec![0.5; n], 0.5, Norm::Linf, Some(Domain::uniform(n, 0.0, 1.0).unwrap())).unwrap();
+        assert!((net.margin(set.center(), 0, 1).unwrap() - 1.0).abs() < 1e-12);
+        // The center only: descent ends at the lower corner.
+        let center_only = pgd(&net, &set, 0, &[1], &PgdSettings { restarts: 1, ..Default::default() }).unwrap();
+        assert!((center_only[0].margin - 0.5).abs() < 1e-9, "{}", center_only[0].margin);
+        // With the corners (the default three starts): the upper corner, margin -0.5.
+        let r = pgd(&net, &set, 0, &[1], &PgdSettings::default()).unwrap();
+        assert!((r[0].margin + 0.5).abs() < 1e-9, "{}", r[0].margin);
+        assert!(set.contains(&r[0].input, 0.0));
+        // The l2 corner: c + eps (1, ..., 1) / sqrt(n), inside the ball.
+        let l2 = InputSet::new(vec![0.5; n], 0.5, Norm::L2, Some(Domain::uniform(n, 0.0, 1.0).unwrap())).unwrap();
+        let mut rng = StdRng::seed_from_u64(0);
+        let up = start_point(&l2, 1, &mut rng);
+        assert!(l2.contains(&up, 1e-12));
+        assert!((up[0] - (0.5 + 0.5 / (n as f64).sqrt())).abs() < 1e-12);
+    }
+}

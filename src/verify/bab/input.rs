@@ -2,7 +2,9 @@
 //!
 //! A domain is a sub-box of the input box. Each is bounded by CROWN over the box (every layer's
 //! pre-activation bounds recomputed for it: on a small box most ReLUs become stable, so the bound
-//! converges to the exact value as the boxes shrink; any activation works). An open box is
+//! converges to the exact value as the boxes shrink; any activation works). For ReLU networks a
+//! box's hidden bounds start from its parent's (they hold on the sub-box), so a neuron the parent
+//! has made stable costs nothing more and the child's bounds are never looser. An open box is
 //! bisected along the coordinate with the largest |CROWN input coefficient| x width (the bound's
 //! own sensitivity to the coordinate's width), and every box's centre is tried as a
 //! counterexample by a forward pass.
@@ -12,7 +14,7 @@ use rayon::prelude::*;
 use super::relax::{Column, HiddenBounds};
 use super::relu::Spec;
 use super::{Bab, Outcome, Problem, Tracker};
-use crate::bounds::{self, linear};
+use crate::bounds::{self, interval, linear};
 use crate::error::Result;
 use crate::verify::property::box_set;
 
@@ -23,7 +25,15 @@ struct BoxDomain {
     values: Vec<f64>,
     /// How much bisecting each coordinate is expected to raise the bound.
     score: Vec<f64>,
+    /// The hidden layers' pre-activation bounds over the box (ReLU networks of at most
+    /// [`INHERIT_MAX_NEURONS`] hidden neurons): they hold on every sub-box too, so the children
+    /// start from them.
+    hidden: Option<HiddenBounds>,
 }
+
+/// Up to this many hidden neurons a box keeps its hidden bounds for its children (at the domain
+/// cap of 200,000 open boxes, 3.3 GB).
+const INHERIT_MAX_NEURONS: usize = 1024;
 
 impl BoxDomain {
     fn score(&self) -> f64 {
@@ -43,16 +53,27 @@ type Bounded = (BoxDomain, Option<Vec<f64>>);
 /// backward pass itself ([`super::relax::backward`] with CROWN's slopes, the same bound; `spec`
 /// is the constraints pulled back once per search, given for ReLU networks only); for other
 /// activations the gradient of the constraint at the centre stands in for it.
-fn bound_box(p: &Problem<'_>, spec: Option<&Spec>, lo: Vec<f64>, hi: Vec<f64>) -> Result<Bounded> {
+fn bound_box(
+    p: &Problem<'_>,
+    spec: Option<&Spec>,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    parent: Option<&HiddenBounds>,
+) -> Result<Bounded> {
     let set = box_set(lo.clone(), hi.clone())?;
     let m = p.constraints.len();
+    let mut kept = None;
     let (values, coeffs): (Vec<f64>, Option<faer::Mat<f64>>) = match spec {
         Some(spec) => {
-            let hb = relu_bounds(p, &set);
+            let hb = relu_bounds(p, &set, parent);
             let cols: Vec<Column<'_>> =
                 (0..m).map(|_| Column { bounds: &hb, alpha: None, splits: &[], beta: &[], extra: None }).collect();
             let hidden = p.net.layers().len() - 1;
             let back = super::relax::backward(p.net, &set, hidden, spec.top.clone(), spec.consts.clone(), &cols, false);
+            let neurons: usize = hb.lower.iter().map(Vec::len).sum();
+            if neurons <= INHERIT_MAX_NEURONS {
+                kept = Some(hb);
+            }
             (back.values, Some(back.input_coeffs))
         }
         None => {
@@ -71,23 +92,40 @@ fn bound_box(p: &Problem<'_>, spec: Option<&Spec>, lo: Vec<f64>, hi: Vec<f64>) -
     let score = sensitivity.iter().zip(lo.iter().zip(&hi)).map(|(a, (l, h))| a * (h - l)).collect();
     let y = p.net.forward(&centre)?;
     let found = (p.violated_by(&y) && p.set.contains(&centre, 0.0)).then_some(centre);
-    Ok((BoxDomain { lo, hi, values, score }, found))
+    Ok((BoxDomain { lo, hi, values, score, hidden: kept }, found))
 }
 
-/// CROWN ∩ IBP bounds of the hidden layers of a ReLU network over `set`, with CROWN's backward
-/// passes only for the neurons IBP leaves unstable (on a small box most are stable, and a stable
-/// ReLU's relaxation is exact whatever its bounds): the same relaxation as
-/// [`bounds::crown_and_ibp`] at a fraction of the cost.
-fn relu_bounds(p: &Problem<'_>, set: &crate::spec::InputSet) -> HiddenBounds {
+/// CROWN ∩ IBP bounds of the hidden layers of a ReLU network over `set`, intersected with the
+/// bounds of the box it was cut from (`parent`), layer by layer: each layer's IBP box comes from
+/// the previous layer's final bounds, CROWN's backward passes run only for the neurons still
+/// unstable (on a small box most are stable, and a stable ReLU's relaxation is exact whatever its
+/// bounds): the relaxation of [`bounds::crown_and_ibp`] or tighter, at a fraction of the cost.
+fn relu_bounds(p: &Problem<'_>, set: &crate::spec::InputSet, parent: Option<&HiddenBounds>) -> HiddenBounds {
     let layers = p.net.layers();
     let hidden = layers.len() - 1;
-    let ibp = bounds::interval::ibp(p.net, set);
-    let mut hb = HiddenBounds {
-        lower: ibp.layers[..hidden].iter().map(|iv| iv.lower.clone()).collect(),
-        upper: ibp.layers[..hidden].iter().map(|iv| iv.upper.clone()).collect(),
-    };
-    for j in 1..hidden {
-        super::relax::tighten_layer(p.net, set, &mut [&mut hb], j);
+    let mut hb = HiddenBounds { lower: Vec::with_capacity(hidden), upper: Vec::with_capacity(hidden) };
+    for j in 0..hidden {
+        let iv = if j == 0 {
+            interval::first_layer(layers[0].weight(), layers[0].bias(), set)
+        } else {
+            let lo: Vec<f64> = hb.lower[j - 1].iter().map(|v| v.max(0.0)).collect();
+            let hi: Vec<f64> = hb.upper[j - 1].iter().map(|v| v.max(0.0)).collect();
+            interval::affine_box(layers[j].weight(), layers[j].bias(), &lo, &hi)
+        };
+        let (mut lower, mut upper) = (iv.lower, iv.upper);
+        if let Some(parent) = parent {
+            for i in 0..lower.len() {
+                let (l, u) = (lower[i].max(parent.lower[j][i]), upper[i].min(parent.upper[j][i]));
+                // Both hold on the box; bounds that cross can only do so by rounding, and then
+                // the interval between them is kept.
+                (lower[i], upper[i]) = if l <= u { (l, u) } else { (u, l) };
+            }
+        }
+        hb.lower.push(lower);
+        hb.upper.push(upper);
+        if j > 0 {
+            super::relax::tighten_layer(p.net, set, &mut [&mut hb], j);
+        }
     }
     hb
 }
@@ -119,7 +157,7 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
     let (lo, hi) = p.set.bounding_box();
     // The constraints pulled back onto the last hidden layer once (ReLU networks).
     let spec = super::relu_network(p.net).then(|| Spec::new(p));
-    let (root, found) = bound_box(p, spec.as_ref(), lo, hi)?;
+    let (root, found) = bound_box(p, spec.as_ref(), lo, hi, None)?;
     tracker.stats.domains += 1;
     if let Some(x) = found {
         return Ok(Outcome::Falsified { input: x });
@@ -159,8 +197,8 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
                 hi_left[i] = mid;
                 lo_right[i] = mid;
                 Ok(vec![
-                    bound_box(p, spec.as_ref(), d.lo.clone(), hi_left)?,
-                    bound_box(p, spec.as_ref(), lo_right, d.hi.clone())?,
+                    bound_box(p, spec.as_ref(), d.lo.clone(), hi_left, d.hidden.as_ref())?,
+                    bound_box(p, spec.as_ref(), lo_right, d.hi.clone(), d.hidden.as_ref())?,
                 ])
             })
             .collect();
