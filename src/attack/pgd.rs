@@ -21,8 +21,8 @@ use crate::spec::{InputSet, Norm};
 pub struct PgdSettings {
     /// Gradient steps per restart (default 100).
     pub steps: usize,
-    /// Number of starts: the center, the two far corners of X, then random points of X (default 3;
-    /// see [`start_point`]).
+    /// Number of starts: the center, the two far corners of X along the all-ones direction, then
+    /// random points of X (default 3).
     pub restarts: usize,
     /// Initial step as a fraction of eps; it decays to 0 along a cosine (default 0.25).
     pub step_fraction: f64,
