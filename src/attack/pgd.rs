@@ -21,8 +21,8 @@ use crate::spec::{InputSet, Norm};
 pub struct PgdSettings {
     /// Gradient steps per restart (default 100).
     pub steps: usize,
-    /// Number of starts: the center, the two far corners of X along the all-ones direction, then
-    /// random points of X (default 3).
+    /// Number of starts: the center, a random point, the two far corners of X along the all-ones
+    /// direction, then random points of X (default 3: the center, a random point, the upper corner).
     pub restarts: usize,
     /// Initial step as a fraction of eps; it decays to 0 along a cosine (default 0.25).
     pub step_fraction: f64,
@@ -47,9 +47,10 @@ pub struct AttackResult {
     pub input: Vec<f64>,
 }
 
-/// The start of restart `r`: the center, then the two far corners of X along the all-ones
-/// direction (x = Proj_X(c + eps u) and Proj_X(c - eps u), u = (1, ..., 1) scaled to the norm's
-/// unit sphere), then random points of X.
+/// The start of restart `r`: the center, a random point of X, the two far corners of X along the
+/// all-ones direction (x = Proj_X(c + eps u) and Proj_X(c - eps u), u = (1, ..., 1) scaled to the
+/// norm's unit sphere), then random points of X. (The random point comes before the corners so
+/// that two restarts, BM-r's start, are what they were before the corners.)
 ///
 /// The corners are there because gradient steps from the center can stay in the center's basin:
 /// on VNN-COMP 2022's mnist_fc 256x6 prop_1_0.05 every one of 50 PGD starts from the center and
@@ -57,13 +58,13 @@ pub struct AttackResult {
 pub(crate) fn start_point(set: &InputSet, r: usize, rng: &mut StdRng) -> Vec<f64> {
     match r {
         0 => set.center().to_vec(),
-        1 | 2 => {
+        2 | 3 => {
             let n = set.dim().max(1) as f64;
             let step = match set.norm() {
                 Norm::Linf => set.eps(),
                 Norm::L2 => set.eps() / n.sqrt(),
             };
-            let sign = if r == 1 { 1.0 } else { -1.0 };
+            let sign = if r == 2 { 1.0 } else { -1.0 };
             let mut x: Vec<f64> = set.center().iter().map(|c| c + sign * step).collect();
             set.project(&mut x);
             x
@@ -192,14 +193,14 @@ mod tests {
         // The center only: descent ends at the lower corner.
         let center_only = pgd(&net, &set, 0, &[1], &PgdSettings { restarts: 1, ..Default::default() }).unwrap();
         assert!((center_only[0].margin - 0.5).abs() < 1e-9, "{}", center_only[0].margin);
-        // With the corners (the default three starts): the upper corner, margin -0.5.
+        // The default three starts (center, random, upper corner): the upper corner, margin -0.5.
         let r = pgd(&net, &set, 0, &[1], &PgdSettings::default()).unwrap();
         assert!((r[0].margin + 0.5).abs() < 1e-9, "{}", r[0].margin);
         assert!(set.contains(&r[0].input, 0.0));
         // The l2 corner: c + eps (1, ..., 1) / sqrt(n), inside the ball.
         let l2 = InputSet::new(vec![0.5; n], 0.5, Norm::L2, Some(Domain::uniform(n, 0.0, 1.0).unwrap())).unwrap();
         let mut rng = StdRng::seed_from_u64(0);
-        let up = start_point(&l2, 1, &mut rng);
+        let up = start_point(&l2, 2, &mut rng);
         assert!(l2.contains(&up, 1e-12));
         assert!((up[0] - (0.5 + 0.5 / (n as f64).sqrt())).abs() < 1e-12);
     }
