@@ -2,4 +2,5 @@
 
 mod pgd;
 
+pub(crate) use pgd::start_point;
 pub use pgd::{AttackResult, PgdSettings, pgd};

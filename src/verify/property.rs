@@ -8,8 +8,8 @@
 //! triangle LP on CROWN's pre-activation bounds (`lp`) or on LP-Full's (`lp-full`). Complete
 //! answers (branch and bound) come from [`crate::verify::bab::check_property_bab`].
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::bounds::lp::LpSettings;
@@ -220,7 +220,8 @@ fn check_region(
 }
 
 /// Sign-gradient descent on max_k (c_k^T f(x) + d_k) over the box for each disjunct, from the
-/// center, the box's upper and lower corners and random starts; returns an input whose forward pass violates the property.
+/// starts of PGD ([`crate::attack::pgd()`]: the center, the box's upper and lower corners and random
+/// points); returns an input whose forward pass violates the property.
 pub(crate) fn attack(
     net: &Network,
     disjuncts: &[Vec<OutputConstraint>],
@@ -228,23 +229,16 @@ pub(crate) fn attack(
     hi: &[f64],
     steps: usize,
 ) -> Result<Option<Vec<f64>>> {
-    let n = lo.len();
     let mut rng = StdRng::seed_from_u64(0);
+    let set = box_set(lo.to_vec(), hi.to_vec())?;
     for d in disjuncts {
         if d.is_empty() {
-            let x: Vec<f64> = lo.iter().zip(hi).map(|(a, b)| 0.5 * (a + b)).collect();
-            return Ok(Some(x));
+            return Ok(Some(set.center().to_vec()));
         }
-        // The center, the upper and lower corners (see `attack::pgd::start_point`), two random points.
+        // PGD's starts over the box: the center, a random point, the upper and lower corners, a
+        // random point.
         for restart in 0..5 {
-            let x: Vec<f64> = (0..n)
-                .map(|i| match restart {
-                    0 => 0.5 * (lo[i] + hi[i]),
-                    1 => hi[i],
-                    2 => lo[i],
-                    _ => lo[i] + rng.random::<f64>() * (hi[i] - lo[i]),
-                })
-                .collect();
+            let x = crate::attack::start_point(&set, restart, &mut rng);
             if let Some(x) = descend(net, d, lo, hi, x, steps, 0.25)? {
                 return Ok(Some(x));
             }
