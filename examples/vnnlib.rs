@@ -50,6 +50,13 @@ struct Args {
     /// Domains split per round (bab).
     #[arg(long, default_value_t = Bab::default().batch)]
     batch: usize,
+    /// Share of the timeout spent refining the root's intermediate bounds by branch and bound (bab,
+    /// ReLU splitting; 0: off).
+    #[arg(long, default_value_t = Bab::default().refine)]
+    refine: f64,
+    /// Domains per neuron of that refinement (bab).
+    #[arg(long, default_value_t = Bab::default().refine_domains)]
+    refine_domains: usize,
     /// Print a progress line every few seconds (bab).
     #[arg(long)]
     progress: bool,
@@ -100,6 +107,8 @@ fn run(args: &Args) -> nncert::Result<()> {
                 iterations: args.iterations,
                 batch: args.batch,
                 refresh_layers: args.refresh_layers.unwrap_or(usize::MAX),
+                refine: args.refine,
+                refine_domains: args.refine_domains,
                 ..Bab::default()
             };
             let report = check_property_bab(&net, &prop, domain.as_ref(), &settings)?;

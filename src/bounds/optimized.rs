@@ -186,8 +186,9 @@ fn neurons(iv: &Interval) -> Vec<Neuron> {
         .collect()
 }
 
-/// Bounds of the unstable neurons of hidden layer `depth` (the others keep `pre`'s).
-fn tighten_layer(
+/// Bounds of the unstable neurons of hidden layer `depth` (the others keep `pre`'s), each from the
+/// backward relaxation over `pre`'s bounds of the layers before it with slopes optimized per neuron.
+pub(crate) fn tighten_layer(
     net: &Network,
     set: &InputSet,
     pre: &PreActivationBounds,

@@ -25,6 +25,8 @@
 //! solver's accuracy (reported as unknown).
 
 pub mod input;
+mod refine;
+pub use refine::RefineStats;
 pub mod relax;
 pub mod relu;
 
@@ -98,6 +100,13 @@ pub struct Bab {
     pub attack_every: usize,
     /// A progress line on standard error every few seconds (default false).
     pub progress: bool,
+    /// The share of [`Bab::timeout`] that ReLU splitting may spend refining the root's
+    /// intermediate bounds by branch and bound, one small search per unstable neuron (see
+    /// [`refine`]; default 0.3, 0 turns it off). Only run when the root's CROWN bound leaves the
+    /// property open.
+    pub refine: f64,
+    /// Domains each of those searches may bound (default 256).
+    pub refine_domains: usize,
 }
 
 impl Default for Bab {
@@ -115,6 +124,8 @@ impl Default for Bab {
             attack_steps: 100,
             attack_every: 5,
             progress: false,
+            refine: 0.3,
+            refine_domains: 256,
         }
     }
 }
@@ -173,6 +184,8 @@ pub(crate) struct Tracker {
     deadline: Instant,
     last: Instant,
     progress: bool,
+    /// The most domains to bound (a refinement's search; usize::MAX otherwise).
+    budget: usize,
     pub(crate) stats: SearchStats,
 }
 
@@ -185,8 +198,15 @@ impl Tracker {
             deadline: start.checked_add(limit).unwrap_or(start + Duration::from_secs(1 << 40)),
             last: start,
             progress,
+            budget: usize::MAX,
             stats: SearchStats::default(),
         }
+    }
+
+    /// A silent tracker with a `deadline` that stops after `budget` bounded domains.
+    fn until(deadline: Instant, budget: usize) -> Self {
+        let start = Instant::now();
+        Self { start, deadline, last: start, progress: false, budget, stats: SearchStats::default() }
     }
 
     fn timed_out(&self) -> bool {
@@ -208,7 +228,7 @@ impl Tracker {
             })
         } else if self.timed_out() {
             Some(Outcome::Unknown { bound, reason: StopReason::Timeout })
-        } else if open > max_domains {
+        } else if open > max_domains || self.stats.domains >= self.budget {
             Some(Outcome::Unknown { bound, reason: StopReason::DomainLimit })
         } else {
             None
@@ -303,7 +323,79 @@ impl Bab {
                 self.timeout, self.batch, self.max_domains
             )));
         }
+        if !(0.0..=1.0).contains(&self.refine) {
+            return Err(Error::InvalidArgument(format!(
+                "refine is a share of the time limit, in [0, 1] (got {})",
+                self.refine
+            )));
+        }
         Ok(())
+    }
+
+    /// alpha-CROWN's pre-activation bounds of a ReLU network over `set`, with the hidden layers
+    /// after the first refined by branch and bound: one small search per unstable neuron, within
+    /// `self.refine * self.timeout` seconds and [`Bab::refine_domains`] domains per search (the
+    /// module `refine`'s documentation says how). What ReLU splitting starts from when CROWN
+    /// leaves a property open; also a way to hand tighter bounds to the LP, SDP and BM bounds.
+    ///
+    /// ```
+    /// use nncert::bounds::optimized::{optimized_bounds, SlopeSettings};
+    /// use nncert::verify::bab::Bab;
+    /// use nncert::{Activation, InputSet, Layer, Network, Norm};
+    ///
+    /// // z2 = relu(x) - relu(x) + 0.1 = 0.1 on [-1, 1]; the triangle relaxation of the two copies of
+    /// // relu(x) puts z2's lower bound at -0.4 whatever the slopes, so z2's ReLU looks unstable.
+    /// let l1 = Layer::from_rows(&[vec![1.0], vec![1.0]], vec![0.0, 0.0], Activation::Relu)?;
+    /// let l2 = Layer::from_rows(&[vec![1.0, -1.0]], vec![0.1], Activation::Relu)?;
+    /// let out = Layer::from_rows(&[vec![1.0], vec![-1.0]], vec![0.0, 0.0], Activation::Identity)?;
+    /// let net = Network::new(vec![1], vec![l1, l2, out])?;
+    /// let set = InputSet::new(vec![0.0], 1.0, Norm::Linf, None)?;
+    /// let alpha = optimized_bounds(&net, &set, &SlopeSettings::default())?;
+    /// let (refined, stats) = Bab { refine: 1.0, timeout: 10.0, ..Bab::default() }.refined_bounds(&net, &set)?;
+    /// assert!(alpha.layers[1].lower[0] < -0.39);
+    /// // Proven stable: the search's bound is the exact minimum, 0.1.
+    /// assert!(refined.layers[1].lower[0] > 0.1 - 1e-6 && refined.layers[1].lower[0] <= 0.1 + 1e-9);
+    /// assert_eq!((stats.searches, stats.unstable_before, stats.unstable_after), (1, 1, 0));
+    /// # Ok::<(), nncert::Error>(())
+    /// ```
+    pub fn refined_bounds(&self, net: &Network, set: &InputSet) -> Result<(bounds::PreActivationBounds, RefineStats)> {
+        self.check()?;
+        if set.dim() != net.input_size() {
+            return Err(Error::InputSize { expected: net.input_size(), got: set.dim() });
+        }
+        net.check_input(set.center())?;
+        if !relu_network(net) {
+            return Err(Error::Unsupported(
+                "refined bounds split ReLUs: they need ReLU hidden layers and an affine last layer".into(),
+            ));
+        }
+        let tracker = Tracker::new(self.timeout, self.progress);
+        let mut pre = relu::root_bounds(net, set, self)?;
+        let stats = refine::refine(net, set, self, &mut pre, self.refine * self.timeout, &tracker)?;
+        Ok((pre, stats))
+    }
+
+    /// The ReLU search's root bounds: alpha-CROWN's ([`relu::root_bounds`]), refined by branch and
+    /// bound ([`refine`]) when `open` says that CROWN's bound over them leaves the question open.
+    fn root_bounds(
+        &self,
+        net: &Network,
+        set: &InputSet,
+        tracker: &Tracker,
+        open: impl Fn(&bounds::PreActivationBounds) -> bool,
+    ) -> Result<bounds::PreActivationBounds> {
+        let mut pre = relu::root_bounds(net, set, self)?;
+        if self.refine > 0.0 && net.layers().len() > 2 && open(&pre) {
+            let r = refine::refine(net, set, self, &mut pre, self.refine * self.timeout, tracker)?;
+            if self.progress {
+                eprintln!(
+                    "bab: root bounds refined by {} searches ({} domains) in {:.1} s: {} -> {} unstable neurons \
+                     after the first layer",
+                    r.searches, r.domains, r.seconds, r.unstable_before, r.unstable_after
+                );
+            }
+        }
+        Ok(pre)
     }
 
     /// The branching this network and set get: [`Branching::Auto`] resolved, and an error when
@@ -419,7 +511,8 @@ impl Bab {
             _ => match root {
                 Some(pre) => relu::search(p, pre, self, tracker),
                 None => {
-                    let pre = relu::root_bounds(p.net, p.set, self)?;
+                    let pre =
+                        self.root_bounds(p.net, p.set, tracker, |pre| crown_score(p.net, p.set, pre, p.constraints) <= 0.0)?;
                     relu::search(p, &pre, self, tracker)
                 }
             },
@@ -489,7 +582,9 @@ pub fn check_property_bab(
             return Ok(found(net, x, tracker));
         }
         let root = match branching {
-            Branching::Relu => Some(relu::root_bounds(net, &set, settings)?),
+            Branching::Relu => Some(settings.root_bounds(net, &set, &tracker, |pre| {
+                region.disjuncts.iter().any(|d| crown_score(net, &set, pre, d) <= 0.0)
+            })?),
             _ => None,
         };
         // Cheapest first (the root's CROWN bound, largest first), so that a hard disjunct that
@@ -605,7 +700,10 @@ impl Verifier for Bab {
         let mut tracker = Tracker::new(self.timeout, self.progress);
         let branching = self.branching_for(network, set)?;
         let root = match branching {
-            Branching::Relu => Some(relu::root_bounds(network, set, self)?),
+            Branching::Relu => Some(self.root_bounds(network, set, &tracker, |pre| {
+                bounds::margin_lower_bounds(network, set, pre, bounds::Propagation::Crown, label, targets)
+                    .is_ok_and(|v| v.iter().any(|b| *b <= 0.0))
+            })?),
             _ => None,
         };
         let pre = match &root {
