@@ -27,7 +27,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{Bab, Outcome, Problem, Tracker};
+use super::{Bab, Outcome, Problem, StopReason, Tracker};
 use crate::bounds::PreActivationBounds;
 use crate::bounds::optimized::{self, SlopeSettings};
 use crate::error::Result;
@@ -56,7 +56,10 @@ fn unstable(l: f64, u: f64) -> bool {
 }
 
 /// Refines `pre` (valid for `set`, e.g. alpha-CROWN's) in place, within `budget` seconds (and the
-/// tracker's deadline).
+/// tracker's deadline): passes over the layers with [`Bab::refine_domains`] domains per search,
+/// then 4 times as many on the neurons still unstable, and so on while time is left and a pass
+/// tightened something with a search that stopped at its budget (one that finished cannot do better
+/// with more domains).
 pub(super) fn refine(
     net: &Network,
     set: &InputSet,
@@ -71,12 +74,33 @@ pub(super) fn refine(
         pre.layers[1..hidden].iter().map(|iv| (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count()).sum()
     };
     let mut stats = RefineStats { unstable_before: count(pre), ..RefineStats::default() };
+    let deadline = tracker.deadline.min(start + std::time::Duration::from_secs_f64(budget.max(0.0)));
+    let mut domains = settings.refine_domains.max(1);
+    while Instant::now() < deadline && pass(net, set, settings, pre, domains, deadline, &mut stats)? == (true, true) {
+        domains = domains.saturating_mul(4);
+    }
+    stats.unstable_after = count(pre);
+    stats.seconds = start.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// One pass over hidden layers 1.. (module documentation, steps 1-3) with `domains` per search:
+/// whether it tightened any bound, and whether a search stopped at its budget.
+fn pass(
+    net: &Network,
+    set: &InputSet,
+    settings: &Bab,
+    pre: &mut PreActivationBounds,
+    domains: usize,
+    deadline: Instant,
+    stats: &mut RefineStats,
+) -> Result<(bool, bool)> {
+    let hidden = net.layers().len() - 1;
     let sub_settings = Bab { progress: false, refine: 0.0, ..settings.clone() };
     let slopes = SlopeSettings { iterations: settings.root_iterations, ..Default::default() };
-    let mut changed = false;
+    let (mut changed, mut stopped) = (false, false);
     for j in 1..hidden {
-        let left = budget - start.elapsed().as_secs_f64();
-        if left <= 0.0 || tracker.timed_out() {
+        if Instant::now() >= deadline {
             break;
         }
         if changed {
@@ -97,8 +121,7 @@ pub(super) fn refine(
         layers.push(Layer::new(layer.weight().to_owned(), layer.bias().to_vec(), Activation::Identity));
         let sub = Network::new(net.input_shape().to_vec(), layers)?;
         let sub_pre = PreActivationBounds { layers: pre.layers[..=j].to_vec() };
-        let deadline = tracker.deadline.min(start + std::time::Duration::from_secs_f64(budget.max(0.0)));
-        let results: Vec<Result<(usize, bool, Option<f64>, usize)>> = order
+        let results: Vec<Result<(usize, bool, Option<f64>, usize, bool)>> = order
             .par_iter()
             .map(|&i| {
                 // Lower side (prove z > 0) when the neuron is nearer to active.
@@ -107,22 +130,24 @@ pub(super) fn refine(
                 coeffs[i] = if lower_side { 1.0 } else { -1.0 };
                 let constraint = [OutputConstraint { coeffs, constant: 0.0, strict: false }];
                 let p = Problem { net: &sub, set, constraints: &constraint };
-                let mut t = Tracker::until(deadline, settings.refine_domains);
+                let mut t = Tracker::until(deadline, domains);
                 if t.timed_out() {
-                    return Ok((i, lower_side, None, 0));
+                    return Ok((i, lower_side, None, 0, false));
                 }
-                let bound = match super::relu::search(&p, &sub_pre, &sub_settings, &mut t)? {
-                    Outcome::Verified { bound } | Outcome::Unknown { bound, .. } => Some(bound),
-                    Outcome::Falsified { .. } => None,
+                let (bound, stopped) = match super::relu::search(&p, &sub_pre, &sub_settings, &mut t)? {
+                    Outcome::Verified { bound } => (Some(bound), false),
+                    Outcome::Unknown { bound, reason } => (Some(bound), reason == StopReason::DomainLimit),
+                    Outcome::Falsified { .. } => (None, false),
                 };
-                Ok((i, lower_side, bound, t.stats.domains))
+                Ok((i, lower_side, bound, t.stats.domains, stopped))
             })
             .collect();
         let iv = &mut pre.layers[j];
         for r in results {
-            let (i, lower_side, bound, domains) = r?;
-            stats.searches += usize::from(domains > 0);
-            stats.domains += domains;
+            let (i, lower_side, bound, n, budget_hit) = r?;
+            stopped |= budget_hit;
+            stats.searches += usize::from(n > 0);
+            stats.domains += n;
             let Some(b) = bound.filter(|b| b.is_finite()) else { continue };
             if lower_side && b > iv.lower[i] {
                 iv.lower[i] = b;
@@ -133,7 +158,5 @@ pub(super) fn refine(
             }
         }
     }
-    stats.unstable_after = count(pre);
-    stats.seconds = start.elapsed().as_secs_f64();
-    Ok(stats)
+    Ok((changed, stopped))
 }
