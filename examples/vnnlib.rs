@@ -116,6 +116,13 @@ fn run(args: &Args) -> nncert::Result<()> {
                 "bab: {} domains bounded, {} LP leaves, at most {} open",
                 report.stats.domains, report.stats.leaves, report.stats.max_open
             );
+            let r = &report.stats.refine;
+            if r.searches > 0 {
+                eprintln!(
+                    "bab: the root's bounds refined by {} searches ({} domains, {:.1} s): {} -> {} unstable neurons",
+                    r.searches, r.domains, r.seconds, r.unstable_before, r.unstable_after
+                );
+            }
             report.result
         }
     };

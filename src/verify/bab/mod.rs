@@ -11,7 +11,9 @@
 //! * [`Branching::Relu`] ([`relu`]): a part is a set of ReLU split decisions, bounded by the
 //!   backward relaxation with optimized slopes and split multipliers (beta-CROWN, [`relax`]),
 //!   with intermediate bounds recomputed under the splits; the branching neuron by filtered smart
-//!   branching. For networks with many inputs.
+//!   branching. For networks with many inputs. When CROWN leaves the property open at the root,
+//!   the root's intermediate bounds are first refined by small searches of the same kind, one per
+//!   unstable neuron ([`refine`], [`Bab::refined_bounds`]), so that fewer neurons need splits.
 //! * [`Branching::Input`] ([`input`]): a part is a sub-box of the input box, bounded by CROWN; for
 //!   networks with few inputs (ACAS Xu), any activation.
 //!
@@ -25,7 +27,7 @@
 //! solver's accuracy (reported as unknown).
 
 pub mod input;
-mod refine;
+pub mod refine;
 pub use refine::RefineStats;
 pub mod relax;
 pub mod relu;
@@ -176,6 +178,9 @@ pub struct SearchStats {
     pub max_open: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// The refinement of the root's intermediate bounds (zero when none ran; its domains are not
+    /// counted in `domains`).
+    pub refine: RefineStats,
 }
 
 /// The deadline, the statistics and the progress line of one query.
@@ -334,8 +339,8 @@ impl Bab {
 
     /// alpha-CROWN's pre-activation bounds of a ReLU network over `set`, with the hidden layers
     /// after the first refined by branch and bound: one small search per unstable neuron, within
-    /// `self.refine * self.timeout` seconds and [`Bab::refine_domains`] domains per search (the
-    /// module `refine`'s documentation says how). What ReLU splitting starts from when CROWN
+    /// `self.refine * self.timeout` seconds and [`Bab::refine_domains`] domains per search (see
+    /// [`refine`]). What ReLU splitting starts from when CROWN
     /// leaves a property open; also a way to hand tighter bounds to the LP, SDP and BM bounds.
     ///
     /// ```
@@ -381,12 +386,18 @@ impl Bab {
         &self,
         net: &Network,
         set: &InputSet,
-        tracker: &Tracker,
+        tracker: &mut Tracker,
         open: impl Fn(&bounds::PreActivationBounds) -> bool,
     ) -> Result<bounds::PreActivationBounds> {
         let mut pre = relu::root_bounds(net, set, self)?;
         if self.refine > 0.0 && net.layers().len() > 2 && open(&pre) {
             let r = refine::refine(net, set, self, &mut pre, self.refine * self.timeout, tracker)?;
+            let t = &mut tracker.stats.refine;
+            t.unstable_before += r.unstable_before;
+            t.unstable_after += r.unstable_after;
+            t.searches += r.searches;
+            t.domains += r.domains;
+            t.seconds += r.seconds;
             if self.progress {
                 eprintln!(
                     "bab: root bounds refined by {} searches ({} domains) in {:.1} s: {} -> {} unstable neurons \
@@ -511,8 +522,9 @@ impl Bab {
             _ => match root {
                 Some(pre) => relu::search(p, pre, self, tracker),
                 None => {
-                    let pre =
-                        self.root_bounds(p.net, p.set, tracker, |pre| crown_score(p.net, p.set, pre, p.constraints) <= 0.0)?;
+                    let pre = self.root_bounds(p.net, p.set, tracker, |pre| {
+                        crown_score(p.net, p.set, pre, p.constraints) <= 0.0
+                    })?;
                     relu::search(p, &pre, self, tracker)
                 }
             },
@@ -582,7 +594,7 @@ pub fn check_property_bab(
             return Ok(found(net, x, tracker));
         }
         let root = match branching {
-            Branching::Relu => Some(settings.root_bounds(net, &set, &tracker, |pre| {
+            Branching::Relu => Some(settings.root_bounds(net, &set, &mut tracker, |pre| {
                 region.disjuncts.iter().any(|d| crown_score(net, &set, pre, d) <= 0.0)
             })?),
             _ => None,
@@ -700,7 +712,7 @@ impl Verifier for Bab {
         let mut tracker = Tracker::new(self.timeout, self.progress);
         let branching = self.branching_for(network, set)?;
         let root = match branching {
-            Branching::Relu => Some(self.root_bounds(network, set, &tracker, |pre| {
+            Branching::Relu => Some(self.root_bounds(network, set, &mut tracker, |pre| {
                 bounds::margin_lower_bounds(network, set, pre, bounds::Propagation::Crown, label, targets)
                     .is_ok_and(|v| v.iter().any(|b| *b <= 0.0))
             })?),

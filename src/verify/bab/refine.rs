@@ -71,7 +71,10 @@ pub(super) fn refine(
     let start = Instant::now();
     let hidden = net.layers().len() - 1;
     let count = |pre: &PreActivationBounds| -> usize {
-        pre.layers[1..hidden].iter().map(|iv| (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count()).sum()
+        pre.layers[1..hidden]
+            .iter()
+            .map(|iv| (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count())
+            .sum()
     };
     let mut stats = RefineStats { unstable_before: count(pre), ..RefineStats::default() };
     let deadline = tracker.deadline.min(start + std::time::Duration::from_secs_f64(budget.max(0.0)));
@@ -82,6 +85,17 @@ pub(super) fn refine(
     stats.unstable_after = count(pre);
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// What one neuron's search gave: the side searched, the proven bound on s z (None after a
+/// counterexample or when the time ran out first), domains bounded, and whether it stopped at its
+/// domain budget.
+struct Searched {
+    neuron: usize,
+    lower_side: bool,
+    bound: Option<f64>,
+    domains: usize,
+    stopped: bool,
 }
 
 /// One pass over hidden layers 1.. (module documentation, steps 1-3) with `domains` per search:
@@ -121,7 +135,7 @@ fn pass(
         layers.push(Layer::new(layer.weight().to_owned(), layer.bias().to_vec(), Activation::Identity));
         let sub = Network::new(net.input_shape().to_vec(), layers)?;
         let sub_pre = PreActivationBounds { layers: pre.layers[..=j].to_vec() };
-        let results: Vec<Result<(usize, bool, Option<f64>, usize, bool)>> = order
+        let results: Vec<Result<Searched>> = order
             .par_iter()
             .map(|&i| {
                 // Lower side (prove z > 0) when the neuron is nearer to active.
@@ -132,19 +146,19 @@ fn pass(
                 let p = Problem { net: &sub, set, constraints: &constraint };
                 let mut t = Tracker::until(deadline, domains);
                 if t.timed_out() {
-                    return Ok((i, lower_side, None, 0, false));
+                    return Ok(Searched { neuron: i, lower_side, bound: None, domains: 0, stopped: false });
                 }
                 let (bound, stopped) = match super::relu::search(&p, &sub_pre, &sub_settings, &mut t)? {
                     Outcome::Verified { bound } => (Some(bound), false),
                     Outcome::Unknown { bound, reason } => (Some(bound), reason == StopReason::DomainLimit),
                     Outcome::Falsified { .. } => (None, false),
                 };
-                Ok((i, lower_side, bound, t.stats.domains, stopped))
+                Ok(Searched { neuron: i, lower_side, bound, domains: t.stats.domains, stopped })
             })
             .collect();
         let iv = &mut pre.layers[j];
         for r in results {
-            let (i, lower_side, bound, n, budget_hit) = r?;
+            let Searched { neuron: i, lower_side, bound, domains: n, stopped: budget_hit } = r?;
             stopped |= budget_hit;
             stats.searches += usize::from(n > 0);
             stats.domains += n;

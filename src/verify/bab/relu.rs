@@ -44,6 +44,9 @@ struct Domain {
     values: Vec<f64>,
     /// The branching decision, once made.
     branch: Option<Split>,
+    /// The constraint whose relaxation chose the branch, and the coefficient lam on the branching
+    /// neuron's output in that constraint's backward pass (what starts the split's multiplier).
+    branch_lam: (usize, f64),
     /// The relaxation's minimizer for the constraint closest to refuting the domain.
     point: Vec<f64>,
 }
@@ -96,6 +99,7 @@ pub(super) fn search(
         beta: vec![Vec::new(); m],
         values: vec![f64::NEG_INFINITY; m],
         branch: None,
+        branch_lam: (0, 0.0),
         point: p.set.center().to_vec(),
         bounds,
         splits: Vec::new(),
@@ -145,7 +149,11 @@ pub(super) fn search(
                 let split = Split { active, ..s };
                 child.bounds.apply(split);
                 child.splits.push(split);
-                child.beta.iter_mut().for_each(|v| v.push(0.0));
+                let (j, lam) = child.branch_lam;
+                for (c, v) in child.beta.iter_mut().enumerate() {
+                    let slope = child.alpha[c][s.layer][s.neuron];
+                    v.push(if c == j { initial_beta(split, lam, slope) } else { 0.0 });
+                }
                 child.branch = None;
             }
             children.push(a);
@@ -210,6 +218,22 @@ fn leaf_only(p: &Problem<'_>, root: Domain, tracker: &mut Tracker) -> Result<Out
         Leaf::Counterexample(x) => Outcome::Falsified { input: x },
         Leaf::Unresolved(v) => Outcome::Unknown { bound: v, reason: StopReason::Stuck },
     })
+}
+
+/// The multiplier a new split starts from, given the coefficient `lam` on the neuron's output
+/// and its lower slope `alpha` in the parent's relaxation. Where the parent used the lower line
+/// (lam >= 0) the child's term lam z (active: z = relu(z)) or 0 (inactive) plus the Lagrangian
+/// term beta s z equals the parent's lam alpha z for beta = lam (1 - alpha) (active, s = -1) or
+/// beta = lam alpha (inactive, s = +1): with the parent's bounds the child starts at the parent's
+/// bound rather than below it. Where the parent used the upper line, 0 (any beta >= 0 is sound).
+fn initial_beta(split: Split, lam: f64, alpha: f64) -> f64 {
+    if lam <= 0.0 || !lam.is_finite() {
+        0.0
+    } else if split.active {
+        lam * (1.0 - alpha)
+    } else {
+        lam * alpha
+    }
 }
 
 /// CROWN's adaptive slopes as the starting point of the ascent.
@@ -437,8 +461,9 @@ fn choose_branches(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], setting
             best[di] = (worse, Some(s));
         }
     }
-    for (d, (_, s)) in domains.iter_mut().zip(best) {
+    for (di, (d, (_, s))) in domains.iter_mut().zip(best).enumerate() {
         d.branch = s;
+        d.branch_lam = (chosen[di], s.map_or(0.0, |s| back.saved[s.layer][(s.neuron, di)]));
     }
 }
 
