@@ -409,3 +409,58 @@ fn cut_value(net: &Network, j: usize, i: usize, x: &[f64]) -> f64 {
     let layer = &net.layers()[j];
     (0..a.len()).map(|c| layer.weight()[(i, c)] * a[c]).sum::<f64>() + layer.bias()[i]
 }
+
+/// `relax::matching_beta`: a child that keeps its parent's bounds and slopes and starts its new
+/// split's multiplier there has exactly the parent's bound when the parent relaxed the neuron by
+/// its lower line (lam >= 0), on both sides of the split; with beta = 0 it is lower on one side
+/// at least somewhere (why the warm start matters).
+#[test]
+fn a_split_multiplier_started_by_matching_beta_keeps_the_parents_bound() {
+    use faer::Mat;
+    use nncert::verify::bab::relax::{Column, HiddenBounds, Split, backward, matching_beta};
+    let mut rng = StdRng::seed_from_u64(21);
+    let (mut checked, mut lower_without) = (0, 0);
+    for seed in 0..20u64 {
+        let sizes = [8, 12, 10, 3];
+        let net = common::random_network(5100 + seed, &sizes, Activation::Relu);
+        let x: Vec<f64> = (0..8).map(|_| rng.random::<f64>()).collect();
+        let set = InputSet::new(x, 0.3, Norm::Linf, None).unwrap();
+        let pre = nncert::bounds::crown_and_ibp(&net, &set).unwrap();
+        let bounds = HiddenBounds {
+            lower: pre.layers[..2].iter().map(|iv| iv.lower.clone()).collect(),
+            upper: pre.layers[..2].iter().map(|iv| iv.upper.clone()).collect(),
+        };
+        let alpha: Vec<Vec<f64>> =
+            bounds.lower.iter().map(|l| l.iter().map(|_| rng.random::<f64>()).collect()).collect();
+        // The constraint y0 - y1, pulled back onto the last hidden layer's output.
+        let last = &net.layers()[2];
+        let top = Mat::<f64>::from_fn(10, 1, |r, _| last.weight()[(0, r)] - last.weight()[(1, r)]);
+        let consts = vec![last.bias()[0] - last.bias()[1]];
+        let col = Column { bounds: &bounds, alpha: Some(&alpha), splits: &[], beta: &[], extra: None };
+        let parent = backward(&net, &set, 2, top.clone(), consts.clone(), &[col], true);
+        for (k, i) in bounds.unstable() {
+            let lam = parent.saved[k][(i, 0)];
+            if lam <= 0.0 {
+                continue;
+            }
+            for active in [true, false] {
+                let split = Split { layer: k, neuron: i, active };
+                let mut child = bounds.clone();
+                child.apply(split);
+                let splits = [split];
+                let with = [matching_beta(split, lam, alpha[k][i])];
+                let value = |beta: &[f64]| {
+                    let col = Column { bounds: &child, alpha: Some(&alpha), splits: &splits, beta, extra: None };
+                    backward(&net, &set, 2, top.clone(), consts.clone(), &[col], false).values[0]
+                };
+                let (v, v0) = (value(&with), value(&[0.0]));
+                let p = parent.values[0];
+                assert!((v - p).abs() <= 1e-9 * (1.0 + p.abs()), "seed {seed} {split:?}: {v} vs parent {p}");
+                lower_without += usize::from(v0 < p - 1e-6);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 40, "too few splits checked: {checked}");
+    assert!(lower_without >= 5, "beta = 0 was never worse: {lower_without} of {checked}");
+}

@@ -50,6 +50,23 @@ impl Split {
     }
 }
 
+/// The multiplier a new split starts from (see [`Split::sign`]), given the coefficient `lam` on
+/// the neuron's output and its lower slope `alpha` in the parent's relaxation. Where the parent
+/// used the lower line (lam >= 0), the child's term lam z (active: relu(z) = z) or 0 (inactive)
+/// plus the Lagrangian term beta s z equals the parent's lam alpha z for beta = lam (1 - alpha)
+/// (active, s = -1) or beta = lam alpha (inactive, s = +1): with the parent's bounds the child
+/// starts at the parent's bound rather than below it. Where the parent used the upper line, 0
+/// (any beta >= 0 is sound).
+pub fn matching_beta(split: Split, lam: f64, alpha: f64) -> f64 {
+    if lam <= 0.0 || !lam.is_finite() {
+        0.0
+    } else if split.active {
+        lam * (1.0 - alpha)
+    } else {
+        lam * alpha
+    }
+}
+
 /// Pre-activation bounds of the hidden layers of a domain, valid on every point of the domain.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HiddenBounds {

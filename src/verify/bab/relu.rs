@@ -152,7 +152,7 @@ pub(super) fn search(
                 let (j, lam) = child.branch_lam;
                 for (c, v) in child.beta.iter_mut().enumerate() {
                     let slope = child.alpha[c][s.layer][s.neuron];
-                    v.push(if c == j { initial_beta(split, lam, slope) } else { 0.0 });
+                    v.push(if c == j { relax::matching_beta(split, lam, slope) } else { 0.0 });
                 }
                 child.branch = None;
             }
@@ -218,22 +218,6 @@ fn leaf_only(p: &Problem<'_>, root: Domain, tracker: &mut Tracker) -> Result<Out
         Leaf::Counterexample(x) => Outcome::Falsified { input: x },
         Leaf::Unresolved(v) => Outcome::Unknown { bound: v, reason: StopReason::Stuck },
     })
-}
-
-/// The multiplier a new split starts from, given the coefficient `lam` on the neuron's output
-/// and its lower slope `alpha` in the parent's relaxation. Where the parent used the lower line
-/// (lam >= 0) the child's term lam z (active: z = relu(z)) or 0 (inactive) plus the Lagrangian
-/// term beta s z equals the parent's lam alpha z for beta = lam (1 - alpha) (active, s = -1) or
-/// beta = lam alpha (inactive, s = +1): with the parent's bounds the child starts at the parent's
-/// bound rather than below it. Where the parent used the upper line, 0 (any beta >= 0 is sound).
-fn initial_beta(split: Split, lam: f64, alpha: f64) -> f64 {
-    if lam <= 0.0 || !lam.is_finite() {
-        0.0
-    } else if split.active {
-        lam * (1.0 - alpha)
-    } else {
-        lam * alpha
-    }
 }
 
 /// CROWN's adaptive slopes as the starting point of the ascent.
