@@ -85,13 +85,18 @@ pub trait Verifier: Send + Sync {
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport>;
 }
 
-/// The checks every verifier makes before any work: the set has the network's input size, its
-/// center is finite, and the label and targets are classes of the network.
-pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<()> {
+/// The set has the network's input size and a finite center.
+pub(crate) fn check_set(net: &Network, set: &InputSet) -> Result<()> {
     if set.dim() != net.input_size() {
         return Err(Error::InputSize { expected: net.input_size(), got: set.dim() });
     }
-    net.check_input(set.center())?;
+    net.check_input(set.center())
+}
+
+/// The checks every verifier makes before any work: the set has the network's input size, its
+/// center is finite, and the label and targets are classes of the network.
+pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<()> {
+    check_set(net, set)?;
     net.check_label(label)?;
     targets.iter().try_for_each(|&t| net.check_label(t))
 }

@@ -365,10 +365,7 @@ impl Bab {
     /// ```
     pub fn refined_bounds(&self, net: &Network, set: &InputSet) -> Result<(bounds::PreActivationBounds, RefineStats)> {
         self.check()?;
-        if set.dim() != net.input_size() {
-            return Err(Error::InputSize { expected: net.input_size(), got: set.dim() });
-        }
-        net.check_input(set.center())?;
+        super::check_set(net, set)?;
         if !relu_network(net) {
             return Err(Error::Unsupported(
                 "refined bounds split ReLUs: they need ReLU hidden layers and an affine last layer".into(),
@@ -446,10 +443,7 @@ impl Bab {
         constraints: &[OutputConstraint],
     ) -> Result<(Outcome, SearchStats)> {
         self.check()?;
-        if set.dim() != net.input_size() {
-            return Err(Error::InputSize { expected: net.input_size(), got: set.dim() });
-        }
-        net.check_input(set.center())?;
+        super::check_set(net, set)?;
         if let Some(c) = constraints.iter().find(|c| c.coeffs.len() != net.num_classes()) {
             return Err(Error::InvalidArgument(format!(
                 "a constraint has {} coefficients, the network {} outputs",
