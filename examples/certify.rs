@@ -95,7 +95,7 @@ struct Args {
     #[arg(long)]
     bm_near_miss_iterations: Option<usize>,
     /// bm-full and bm-full-lp only: first tighten the pre-activation bounds of this many of the last hidden
-    /// layer's unstable neurons with BM-r itself (`Bm::tighten`; default 0, as in the paper).
+    /// layer's unstable neurons with BM-r itself (`bm_bounds::Tightened`; default 0, as in the paper).
     #[arg(long)]
     bm_tighten: Option<usize>,
     /// bm, bm-full and bm-full-lp: add the input-box products (RLT cuts of the input box with the
@@ -165,7 +165,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let bm = Bm {
                 max_iterations: args.bm_iterations.unwrap_or(base.max_iterations),
                 input_scaling: args.bm_input_scaling.or(base.input_scaling),
-                tighten: args.bm_tighten.unwrap_or(base.tighten),
                 restarts: args.bm_restarts.unwrap_or(base.restarts),
                 near_miss_iterations: args.bm_near_miss_iterations.unwrap_or(base.near_miss_iterations),
                 time_limit: args.bm_time_limit.unwrap_or(base.time_limit),
@@ -174,7 +173,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ..base
             };
             bm.input_scaling_for(norm)?;
-            Some(Box::new(bm))
+            match args.bm_tighten {
+                Some(neurons) if neurons > 0 => Some(Box::new(nncert::verify::bm_bounds::Tightened { bm, neurons })),
+                _ => Some(Box::new(bm)),
+            }
         }
         _ if bm_flags => {
             return Err(
@@ -302,6 +304,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         summary.misclassified,
         summary.seconds_per_image
     );
+    if let (Some(n), Some(at)) = (summary.bm_targets, summary.bm_at_optimum) {
+        let mut gaps: Vec<f64> = reports.iter().flat_map(|r| r.bm.iter().flatten()).filter_map(|t| t.gap).collect();
+        gaps.sort_by(f64::total_cmp);
+        let median = gaps.get(gaps.len() / 2).map_or("-".to_string(), |g| format!("{g:.2e}"));
+        println!(
+            "BM-r solved {n} targets: {at} at the relaxation's optimum (certified gap <= {:.0e} (1 + |primal|)); \
+             median gap {median}",
+            nncert::verify::bm::Bm::default().gap_tolerance
+        );
+    }
     if let Some(path) = &args.json {
         let doc = RunReport::new(
             model_path.display().to_string(),

@@ -84,6 +84,9 @@ pub struct ImageReport {
     /// The proven l2 radius within which the label wins (CRC only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certified_radius: Option<f64>,
+    /// What BM-r did per target it solved (BM methods only; [`crate::verify::bm::BmTarget`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bm: Option<Vec<crate::verify::bm::BmTarget>>,
 }
 
 /// Certifies one input: classify the center, attack every target, then bound the targets the
@@ -109,6 +112,7 @@ pub fn certify(
         counterexample: None,
         seconds: 0.0,
         certified_radius: None,
+        bm: None,
     };
     if predicted != label {
         report.verdict = Verdict::Misclassified;
@@ -152,6 +156,7 @@ pub fn certify(
             report.counterexample = Some(Counterexample { margin, ..c });
         }
         report.certified_radius = bounds.stats.certified_radius;
+        report.bm = bounds.stats.bm.clone();
         broken |= report.counterexample.is_some();
     }
     // A certified l2 radius beyond eps proves the whole ball (so ball ∩ box) keeps the label, when
@@ -187,6 +192,13 @@ pub struct Summary {
     pub misclassified: usize,
     /// Mean wall-clock seconds per input.
     pub seconds_per_image: f64,
+    /// Targets solved by BM-r (BM methods), and how many of them ended at the relaxation's
+    /// optimum ([`crate::verify::bm::BmTarget::at_optimum`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bm_targets: Option<usize>,
+    /// See `bm_targets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bm_at_optimum: Option<usize>,
 }
 
 impl Summary {
@@ -203,6 +215,11 @@ impl Summary {
         }
         if !reports.is_empty() {
             s.seconds_per_image = reports.iter().map(|r| r.seconds).sum::<f64>() / reports.len() as f64;
+        }
+        let bm: Vec<&crate::verify::bm::BmTarget> = reports.iter().flat_map(|r| r.bm.iter().flatten()).collect();
+        if reports.iter().any(|r| r.bm.is_some()) {
+            s.bm_targets = Some(bm.len());
+            s.bm_at_optimum = Some(bm.iter().filter(|t| t.at_optimum).count());
         }
         s
     }

@@ -148,3 +148,47 @@ pub fn tighten_last_hidden(
     }
     Ok(out)
 }
+
+/// BM-Full with the last hidden layer's most costly neurons tightened by BM-r first
+/// ([`tighten_last_hidden`]; `certify --bm-tighten N`): a verifier over [`Bm`] (with pre-activation
+/// bounds from LP-Full or optimized slopes), not part of it, so that this module depends on
+/// [`Bm`] and not the other way round. Each neuron costs two BM-r solves with a quarter of the
+/// budget. Networks with fewer than two hidden layers, `neurons` = 0 or `bm` with CROWN's bounds
+/// (plain `bm`) get `bm` alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tightened {
+    /// The BM-Full settings (`bounds` must not be [`crate::verify::sdp::BoundSource::CrownIbp`]).
+    pub bm: Bm,
+    /// How many of the last hidden layer's unstable neurons to tighten.
+    pub neurons: usize,
+}
+
+impl crate::verify::Verifier for Tightened {
+    fn name(&self) -> &'static str {
+        self.bm.name()
+    }
+
+    fn lower_bounds(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        targets: &[usize],
+    ) -> Result<crate::verify::BoundReport> {
+        use crate::verify::sdp::BoundSource;
+        if self.neurons == 0 || self.bm.bounds == BoundSource::CrownIbp || network.layers().len() < 3 {
+            return self.bm.lower_bounds(network, set, label, targets);
+        }
+        crate::verify::check_query(network, set, label, targets)?;
+        let rel = Relaxation::new(network, set, self.bm.bounds)?;
+        let neuron_bm = Bm {
+            stop_when_positive: false,
+            max_iterations: self.bm.max_iterations / 4,
+            time_limit: self.bm.time_limit / 4.0,
+            ..self.bm.clone()
+        };
+        let pre = tighten_last_hidden(network, set, &rel.pre, label, self.neurons, &neuron_bm)?;
+        let rel = Relaxation::from_bounds(network, set, self.bm.bounds, pre)?;
+        self.bm.lower_bounds_with(network, set, label, targets, rel)
+    }
+}

@@ -321,6 +321,7 @@ impl Verifier for Crc {
                 unstable_neurons: None,
                 lp: None,
                 certified_radius: Some(radius),
+                bm: None,
             },
             counterexample: None,
         })

@@ -201,6 +201,7 @@ impl Verifier for Exact {
                 unstable_neurons: Some(pre.unstable_neurons()),
                 lp: Some(lp),
                 certified_radius: None,
+                bm: None,
             },
             counterexample: None,
         })

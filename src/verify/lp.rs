@@ -102,6 +102,7 @@ fn report(
             unstable_neurons: Some(pre.unstable_neurons()),
             lp: Some(stats),
             certified_radius: None,
+            bm: None,
         },
         counterexample: None,
     })

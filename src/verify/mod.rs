@@ -57,6 +57,10 @@ pub struct Stats {
     /// The proven l2 radius around the center within which the label wins (CRC only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certified_radius: Option<f64>,
+    /// Per target solved by BM-r: its proven bound, primal value, certified gap, infeasibility,
+    /// rank path and iterations (BM methods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bm: Option<Vec<bm::BmTarget>>,
 }
 
 /// Lower bounds on phi\[c\] for the requested targets, in the order requested.
@@ -129,7 +133,7 @@ pub(crate) fn per_target_report(
     source: sdp::BoundSource,
     prebuilt: Option<sdp::Relaxation>,
     verdict_only: bool,
-    bound: impl Fn(&sdp::Relaxation, usize) -> Result<Option<f64>> + Sync,
+    bound: impl Fn(&sdp::Relaxation, usize) -> Result<(Option<f64>, Option<bm::BmTarget>)> + Sync,
 ) -> Result<BoundReport> {
     let start = Instant::now();
     check_query(network, set, label, targets)?;
@@ -157,7 +161,8 @@ pub(crate) fn per_target_report(
     let mut out: Vec<(usize, f64)> = targets.iter().copied().zip(crown.iter().copied()).collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<(usize, Result<Option<f64>>)>> = Mutex::new(Vec::new());
+    type Found = Result<(Option<f64>, Option<bm::BmTarget>)>;
+    let results: Mutex<Vec<(usize, Found)>> = Mutex::new(Vec::new());
     let worker = || {
         loop {
             let i = next.fetch_add(1, Ordering::SeqCst);
@@ -166,7 +171,7 @@ pub(crate) fn per_target_report(
             }
             let k = order[i];
             let r = bound(&rel, targets[k]);
-            let settled_bad = r.as_ref().map_or(true, |b| b.unwrap_or(f64::NEG_INFINITY).max(crown[k]) <= 0.0);
+            let settled_bad = r.as_ref().map_or(true, |b| b.0.unwrap_or(f64::NEG_INFINITY).max(crown[k]) <= 0.0);
             if settled_bad {
                 failed.store(true, Ordering::SeqCst);
             }
@@ -185,8 +190,11 @@ pub(crate) fn per_target_report(
     }
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     results.sort_by_key(|(k, _)| *k);
+    let mut bm_stats = Vec::new();
     for (k, r) in results {
-        out[k].1 = r?.unwrap_or(f64::NEG_INFINITY).max(crown[k]);
+        let (b, stats) = r?;
+        out[k].1 = b.unwrap_or(f64::NEG_INFINITY).max(crown[k]);
+        bm_stats.extend(stats);
     }
     Ok(BoundReport {
         bounds: out,
@@ -195,6 +203,7 @@ pub(crate) fn per_target_report(
             unstable_neurons: Some(pre.unstable_neurons()),
             lp: None,
             certified_radius: None,
+            bm: (!bm_stats.is_empty()).then_some(bm_stats),
         },
         counterexample: None,
     })
@@ -228,6 +237,7 @@ fn propagation_report(
             unstable_neurons: Some(pre.unstable_neurons()),
             lp: None,
             certified_radius: None,
+            bm: None,
         },
         counterexample: None,
     }

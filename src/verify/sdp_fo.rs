@@ -471,7 +471,7 @@ impl Verifier for SdpFo {
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
         super::per_target_report(network, set, label, targets, self.bounds, None, self.stop_when_positive, |rel, t| {
-            self.certify_target(network, set, rel, label, t).map(|c| c.map(|c| c.bound))
+            self.certify_target(network, set, rel, label, t).map(|c| (c.map(|c| c.bound), None))
         })
     }
 }

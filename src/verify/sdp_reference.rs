@@ -72,7 +72,7 @@ pub fn reference_sdp(
     };
     let (f, _) = lagrangian_matrix(net, set, &rel.boxes, label, target, &zero)?;
     let n = f.nrows();
-    if n > 60 {
+    if n > 130 {
         return Err(Error::Unsupported(format!("the reference SDP is for small networks; this one has n = {n}")));
     }
     let nv = n * (n + 1) / 2;
@@ -151,6 +151,7 @@ pub fn reference_sdp(
         .tol_gap_abs(1e-8)
         .tol_gap_rel(1e-8)
         .tol_feas(1e-8)
+        .direct_solve_method("faer".into())
         .build()
         .map_err(|e| Error::InvalidArgument(format!("clarabel settings: {e}")))?;
     let mut solver = DefaultSolver::new(&p, &q, &a, &b, &cones, settings)

@@ -765,6 +765,7 @@ impl Verifier for Bab {
                 unstable_neurons: Some(pre.unstable_neurons()),
                 lp: None,
                 certified_radius: None,
+                bm: None,
             },
             counterexample,
         })
