@@ -30,8 +30,8 @@
 //! ([`BmResult::gap`]), says how far from the relaxation's optimum the answer can be; a solve
 //! continues, round after round of outer iterations and rank lifts, until that gap is below
 //! [`Bm::gap_tolerance`] (1 + |primal|) at a nearly feasible point ([`BmResult::at_optimum`]),
-//! a proven bound is positive in verdict mode, or the iteration budget ([`Bm::max_iterations`])
-//! is spent. The steps are in `bm/solve.rs`, the augmented Lagrangian in `bm/alm.rs`.
+//! a proven bound is positive in verdict mode, the iteration budget ([`Bm::max_iterations`])
+//! is spent, or the slack matrix is positive semidefinite below the largest rank. The steps are in `bm/solve.rs`, the augmented Lagrangian in `bm/alm.rs`.
 //!
 //! Set the environment variable `NNCERT_BM_TRACE` to print the progress of each outer iteration
 //! (objective, infeasibility, penalty, time) and each round's proven bound to standard error.
