@@ -163,10 +163,15 @@ impl<'a> Solve<'a> {
         values(p.net, p.set, &p.rel.boxes, p.label, p.target, &self.y, false).0
     }
 
+    /// The multipliers of the original (unscaled) constraints, flattened (`alm.mult` is for
+    /// g_i / s_i).
+    fn original(&self) -> Vec<f64> {
+        self.alm.mult.iter().zip(&self.alm.scale).map(|(m, s)| m / s).collect()
+    }
+
     /// The multipliers of the original (unscaled) constraints.
     fn multipliers(&self) -> Multipliers {
-        let m: Vec<f64> = self.alm.mult.iter().zip(&self.alm.scale).map(|(m, s)| m / s).collect();
-        unflatten(&m, &self.like)
+        unflatten(&self.original(), &self.like)
     }
 
     /// Up to [`Bm::outer`] outer iterations: an L-BFGS solve of the augmented Lagrangian, then the
@@ -270,9 +275,10 @@ impl<'a> Solve<'a> {
         crate::verify::sdp_fo::repair_quadratic_part(p.net, p.set, p.rel, p.label, p.target, m, steps)
     }
 
-    /// The certified gap: the primal value minus the best proven bound (+inf before any proof).
-    pub(super) fn gap(&self) -> f64 {
-        self.best.as_ref().map_or(f64::INFINITY, |c| self.primal() - c.bound)
+    /// The certified gap at primal value `primal`: minus the best proven bound (+inf before any
+    /// proof).
+    fn gap(&self, primal: f64) -> f64 {
+        self.best.as_ref().map_or(f64::INFINITY, |c| primal - c.bound)
     }
 
     /// Whether the solve is at the relaxation's optimum: the point nearly feasible
@@ -282,7 +288,8 @@ impl<'a> Solve<'a> {
     /// optimum. A primal value below the proven bound by more than the tolerance says that the
     /// remaining infeasibility still lowers it: not there yet.
     pub(super) fn at_optimum(&self) -> bool {
-        self.infeasibility <= NEAR_FEASIBLE && self.gap().abs() <= self.bm.gap_tolerance * (1.0 + self.primal().abs())
+        let primal = self.primal();
+        self.infeasibility <= NEAR_FEASIBLE && self.gap(primal).abs() <= self.bm.gap_tolerance * (1.0 + primal.abs())
     }
 
     /// In verdict mode, a target still unproven when the budget runs out gets
@@ -422,10 +429,9 @@ impl<'a> Solve<'a> {
         let p = &self.p;
         let primal = self.primal();
         let at_optimum = self.at_optimum();
-        let gap = self.best.is_some().then(|| self.gap());
-        let m: Vec<f64> = self.alm.mult.iter().zip(&self.alm.scale).map(|(m, s)| m / s).collect();
+        let gap = self.best.is_some().then(|| self.gap(primal));
         let (kkt_residual, complementarity) =
-            kkt_errors(p.net, p.set, p.rel, p.label, p.target, &self.y, &m, &self.like)?;
+            kkt_errors(p.net, p.set, p.rel, p.label, p.target, &self.y, &self.original(), &self.like)?;
         Ok(BmResult {
             certificate: self.best,
             primal,
