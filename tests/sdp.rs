@@ -317,14 +317,12 @@ fn medium_relu_cases(count: u64) -> Vec<(Network, InputSet, usize, usize)> {
 }
 
 /// Default BM-Full against the relaxation it solves (the same boxes and cuts, solved exactly by
-/// clarabel's PSD cone) on 100 seeded networks beyond the paper's (issue #22, item 4): never above
-/// it, never above PGD's margin, and within 1e-3 (relative to max(1, |value|)) on at least the
-/// share measured when the certified-gap stop landed (13 of 100 in tight mode with the defaults;
-/// issue #22 asks for
-/// 95, which 25200 iterations, no stop at a PSD slack matrix and a penalty cap of 3000 with
-/// growth 4 reach on these networks, but which costs
-/// BM-Full 3 of 7 robust images on adv-mnist-mlp-2x100 at l2 1.0: docs/experiments.md). Ignored:
-/// the 100 reference SDPs (up to n = 100) take about 20 minutes on 2 cores; run with
+/// clarabel's PSD cone) on 100 seeded networks beyond the paper's (issue #22, items 3-4): never
+/// above it, never above PGD's margin, and within 1e-3 (relative to max(1, |value|)) on at least
+/// 95% of the cases clarabel solves to full accuracy, with the default settings in tight mode
+/// (measured when the penalty cap at the final rank, `Bm::rho_final`, landed: 96 of 100 in all,
+/// about 2 s per target). Ignored: the 100 reference SDPs (up to n = 100) take about 20 minutes
+/// on 2 cores; run with
 /// `cargo test --release --features sdp-reference --test sdp -- --ignored --nocapture`.
 #[cfg(feature = "sdp-reference")]
 #[test]
@@ -372,5 +370,5 @@ fn default_bm_full_against_the_exact_relaxation_on_100_networks() {
         start.elapsed().as_secs_f64()
     );
     assert!(compared >= 50, "clarabel solved only {compared} of 100 to full accuracy");
-    assert!(within * 100 >= compared * 10, "BM-Full within 1e-3 of the SDP on {within} of {compared}");
+    assert!(within * 100 >= compared * 95, "BM-Full within 1e-3 of the SDP on {within} of {compared}");
 }

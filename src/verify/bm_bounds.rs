@@ -184,6 +184,8 @@ impl crate::verify::Verifier for Tightened {
         let neuron_bm = Bm {
             stop_when_positive: false,
             max_iterations: self.bm.max_iterations / 4,
+            // Boxes for the final solve, not bounds reported at their optimum.
+            tight_iterations: 0,
             time_limit: self.bm.time_limit / 4.0,
             ..self.bm.clone()
         };

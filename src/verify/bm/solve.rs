@@ -5,9 +5,11 @@
 //! The solve ends when (in this order) a proven bound is positive in verdict mode, the point is
 //! at the relaxation's optimum ([`Solve::at_optimum`]: nearly feasible, and the primal value
 //! <F, Y Y^T> exceeds the proven bound by at most [`Bm::gap_tolerance`] (1 + |primal|)), the
-//! iteration budget or the time limit is spent, the slack matrix is positive semidefinite below
-//! the largest rank (no rank to lift to), or nothing moves any more. At the largest rank the
-//! rounds go on until one of the other stops.
+//! iteration budget or the time limit is spent, or nothing moves any more: the budget decides,
+//! not a count of outer iterations. Once a lift finds no direction (the slack matrix positive
+//! semidefinite, or the largest rank) the rounds go on at that rank with the penalty allowed to
+//! grow to [`Bm::rho_final`]: a moderate penalty while the rank grows, a large one to close the
+//! last infeasibility (docs/experiments.md, session 16).
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +65,9 @@ pub(super) struct Solve<'a> {
     /// The proven bound of the augmented Lagrangian's best multipliers when they were last
     /// repaired and polished ([`Solve::polish`]): polishing them again gains nothing.
     polished: Option<f64>,
+    /// Whether the last rank lift found no direction (the slack matrix PSD, or the largest rank):
+    /// the penalty may then grow up to [`Bm::rho_final`].
+    final_rank: bool,
     trace: bool,
 }
 
@@ -144,6 +149,7 @@ impl<'a> Solve<'a> {
             best_alm: None,
             attack_margin: attack[0].margin,
             polished: None,
+            final_rank: false,
             trace: std::env::var_os("NNCERT_BM_TRACE").is_some(),
         })
     }
@@ -175,8 +181,9 @@ impl<'a> Solve<'a> {
     }
 
     /// Up to [`Bm::outer`] outer iterations: an L-BFGS solve of the augmented Lagrangian, then the
-    /// multiplier step and the penalty rule (x [`Bm::rho_growth`], up to [`Bm::rho_max`], when the
-    /// infeasibility did not fall 4x). Returns the L-BFGS iterations used.
+    /// multiplier step and the penalty rule (x [`Bm::rho_growth`] when the infeasibility did not
+    /// fall 4x, up to [`Bm::rho_max`] while the rank still grows and up to [`Bm::rho_final`] once
+    /// it is final). Returns the L-BFGS iterations used.
     pub(super) fn round(&mut self) -> Result<usize> {
         let before = self.iterations;
         let mut prev = f64::INFINITY;
@@ -219,8 +226,9 @@ impl<'a> Solve<'a> {
                 break;
             }
             if infeasibility > 0.25 * prev {
+                let cap = if self.final_rank { self.bm.rho_final.max(self.bm.rho_max) } else { self.bm.rho_max };
                 let alm = &mut self.alm;
-                alm.rho = (alm.rho * self.bm.rho_growth).min(self.bm.rho_max);
+                alm.rho = (alm.rho * self.bm.rho_growth).min(cap).max(alm.rho);
             }
             prev = infeasibility;
         }
@@ -292,9 +300,14 @@ impl<'a> Solve<'a> {
         self.infeasibility <= NEAR_FEASIBLE && self.gap(primal).abs() <= self.bm.gap_tolerance * (1.0 + primal.abs())
     }
 
-    /// In verdict mode, a target still unproven when the budget runs out gets
+    /// When the budget runs out: in tight mode, a target not at its optimum gets
+    /// [`Bm::tight_iterations`] in all; in verdict mode, a target still unproven gets
     /// [`Bm::near_miss_iterations`] in all when the relaxation may still prove it ([`may_prove`]).
     fn extend_budget(&mut self) {
+        if self.iterations >= self.budget && !self.bm.stop_when_positive && self.budget < self.bm.tight_iterations {
+            self.budget = self.bm.tight_iterations;
+            return;
+        }
         if self.iterations >= self.budget && self.bm.stop_when_positive && self.budget < self.bm.near_miss_iterations {
             let primal = self.primal();
             if may_prove(primal, self.infeasibility) {
@@ -339,7 +352,7 @@ impl<'a> Solve<'a> {
     }
 
     /// The augmented Lagrangian with rank lifting until a stop of the module docs. In verdict
-    /// mode, at the largest rank, the best multipliers are repaired and polished at once (which
+    /// mode, at the final rank, the best multipliers are repaired and polished at once (which
     /// often proves the target) before more rounds; and a target whose point is nearly feasible
     /// with a primal value <= 0 ([`may_prove`]) stops, as no multipliers can prove more than the
     /// relaxation's optimum.
@@ -359,13 +372,9 @@ impl<'a> Solve<'a> {
                 break;
             }
             let lifted = self.lift(proof.as_ref())?;
-            // The slack matrix is PSD below the largest rank: the solve ends here (the repair and
-            // polish that follow often prove more). Letting it go on at that rank until the budget
-            // or the gap stop: 18 instead of 13% of the targets within 1e-3 of the optimum on
-            // 10-40-input networks, but several times the time on MNIST (docs/experiments.md).
-            if !lifted && self.y.ncols() < self.bm.max_rank {
-                break;
-            }
+            // No new column (the slack matrix PSD, or the largest rank): the rounds go on at this
+            // rank, now with the larger penalty cap, until a stop above.
+            self.final_rank = !lifted;
             if !lifted && verdict {
                 self.polish()?;
                 if self.settled() {
