@@ -10,6 +10,8 @@
 //!
 //! Flags (stable names): --model --images --labels --norm --eps --domain --method --skip --count
 //! --only-correct --all-targets --threads --json, plus --pgd-steps --pgd-restarts --no-attack.
+//! Sharded runs (docs/cluster.md): --shard K/N (or auto from Slurm / Kubernetes) with --lines FILE
+//! (one JSON line per finished image; a rerun resumes), then --merge FILE... --json OUT.
 //! Methods: ibp, fastlin, crown, alpha-crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, bm-full-lp, crc (l2, smooth activations),
 //! bab (complete branch and bound; --timeout per image, --branching), pgd.
 //! The JSON output is documented in docs/formats.md.
@@ -20,7 +22,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use nncert::attack::PgdSettings;
-use nncert::certify::{CertifyOptions, ImageReport, RunReport, Summary, certify_many};
+use nncert::certify::shard::{RunHeader, Shard, merge, run_lines};
+use nncert::certify::{CertifyOptions, ImageEntry, ImageReport, RunReport, Summary, certify_many};
 use nncert::verify::bm::Bm;
 use nncert::{Domain, InputSet, Network, Norm, Verdict};
 
@@ -117,6 +120,19 @@ struct Args {
     /// splitting), relu or input.
     #[arg(long)]
     branching: Option<String>,
+    /// Run only shard K of N (0 <= K < N): the selected images at positions K, K + N, ... `auto`
+    /// takes K and N from a Slurm job array (SLURM_ARRAY_TASK_ID, _MIN, _COUNT); `auto/N` takes K
+    /// from Slurm or from a Kubernetes indexed Job (JOB_COMPLETION_INDEX).
+    #[arg(long)]
+    shard: Option<String>,
+    /// Append one JSON line per finished image to this file (a header line first); a rerun with
+    /// the same file skips the images already in it.
+    #[arg(long)]
+    lines: Option<PathBuf>,
+    /// Join the --lines files of a sharded run (all N shards) into one report: prints the summary
+    /// and writes --json; runs nothing.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["shard", "lines"])]
+    merge: Option<Vec<PathBuf>>,
 }
 
 fn main() {
@@ -130,6 +146,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(t) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
     }
+    if let Some(files) = &args.merge {
+        let doc = merge(files, None)?;
+        print_report(&doc);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        return Ok(());
+    }
+    let shard = args.shard.as_deref().map(|s| Shard::parse(s, |k| std::env::var(k).ok())).transpose()?;
     let model_path = args.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
     let net = nncert::io::load_network(&model_path)?;
     let norm: Norm = args.norm.parse()?;
@@ -219,6 +245,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("{} images but {} labels", images.len(), labels.len()).into());
     }
     let selected = select(&net, &images, &labels, &args)?;
+    let selected = shard.map_or(selected.clone(), |s| s.take(&selected));
     let dom = domain;
     let make_set = |x: &[f64]| -> nncert::Result<InputSet> {
         let d = dom.map(|(lo, hi)| Domain::uniform(x.len(), lo, hi)).transpose()?;
@@ -233,10 +260,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         all_targets: args.all_targets,
     };
     eprintln!(
-        "model {} | {} images from {} | {} eps {} domain {} | method {}",
+        "model {} | {} images from {}{} | {} eps {} domain {} | method {}",
         model_path.display(),
         selected.len(),
         source,
+        shard.map_or(String::new(), |s| format!(" (shard {} of {}, from 0)", s.index, s.count)),
         norm.name(),
         args.eps,
         args.domain,
@@ -266,23 +294,62 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     };
-    let inputs: Vec<(Vec<f64>, usize)> = selected.iter().map(|&i| (images[i].clone(), labels[i])).collect();
-    let reports = certify_many(&net, &inputs, make_set, verifier.as_deref(), &options, Some(&progress))?;
-    let summary = Summary::of(&reports);
+    let header = RunHeader {
+        model: model_path.display().to_string(),
+        method: args.method.clone(),
+        norm,
+        eps: args.eps,
+        domain: domain.map(|(lo, hi)| [lo, hi]),
+        shard: shard.unwrap_or(Shard::ALL),
+    };
+    let entries: Vec<ImageEntry> = match &args.lines {
+        Some(path) => {
+            let inputs: Vec<(usize, Vec<f64>, usize)> =
+                selected.iter().map(|&i| (i, images[i].clone(), labels[i])).collect();
+            let all =
+                run_lines(path, &header, &net, &inputs, make_set, verifier.as_deref(), &options, Some(&progress))?;
+            // This run's images only (the file may hold others from an earlier, larger --count).
+            all.into_iter().filter(|e| selected.binary_search(&e.index).is_ok()).collect()
+        }
+        None => {
+            let inputs: Vec<(Vec<f64>, usize)> = selected.iter().map(|&i| (images[i].clone(), labels[i])).collect();
+            let reports = certify_many(&net, &inputs, make_set, verifier.as_deref(), &options, Some(&progress))?;
+            selected.iter().zip(&reports).map(|(&i, r)| ImageEntry::new(i, r)).collect()
+        }
+    };
+    let summary = Summary::of_entries(&entries);
+    let doc = RunReport {
+        model: header.model,
+        method: header.method,
+        norm,
+        eps: args.eps,
+        domain: header.domain,
+        images: entries,
+        summary,
+    };
+    print_report(&doc);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
 
-    if total <= 30 {
+/// The table (up to 30 images), the summary line and BM-r's line.
+fn print_report(doc: &RunReport) {
+    if doc.images.len() <= 30 {
         println!(
             "{:>6} {:>5} {:>9} {:>13} {:>12} {:>12} {:>9}",
             "image", "label", "predicted", "verdict", "min lower", "min upper", "seconds"
         );
-        for (&i, r) in selected.iter().zip(&reports) {
+        for r in &doc.images {
             let min = |v: &[Option<f64>]| {
                 v.iter().flatten().copied().fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))))
             };
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
             println!(
                 "{:>6} {:>5} {:>9} {:>13} {:>12} {:>12} {:>9.4}",
-                i,
+                r.index,
                 r.label,
                 r.predicted,
                 r.verdict.name(),
@@ -292,11 +359,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    let summary = &doc.summary;
     println!(
         "{} {} eps {} on {} images: robust {} | not robust {} | unknown {} | misclassified {} | {:.4} s/image",
-        args.method,
-        norm.name(),
-        args.eps,
+        doc.method,
+        doc.norm.name(),
+        doc.eps,
         summary.images,
         summary.robust,
         summary.not_robust,
@@ -305,7 +373,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         summary.seconds_per_image
     );
     if let (Some(n), Some(at)) = (summary.bm_targets, summary.bm_at_optimum) {
-        let mut gaps: Vec<f64> = reports.iter().flat_map(|r| r.bm.iter().flatten()).filter_map(|t| t.gap).collect();
+        let mut gaps: Vec<f64> = doc.images.iter().flat_map(|r| r.bm.iter().flatten()).filter_map(|t| t.gap).collect();
         gaps.sort_by(f64::total_cmp);
         let median = gaps.get(gaps.len() / 2).map_or("-".to_string(), |g| format!("{g:.2e}"));
         println!(
@@ -314,20 +382,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             nncert::verify::bm::Bm::default().gap_tolerance
         );
     }
-    if let Some(path) = &args.json {
-        let doc = RunReport::new(
-            model_path.display().to_string(),
-            args.method.clone(),
-            norm,
-            args.eps,
-            domain.map(|(lo, hi)| [lo, hi]),
-            &selected,
-            &reports,
-        );
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    Ok(())
 }
 
 fn parse_domain(s: &str) -> Result<Option<(f64, f64)>, Box<dyn std::error::Error>> {

@@ -1,5 +1,7 @@
 //! Certify one image or a data set: the attack first, then a verifier on every open target.
 
+pub mod shard;
+
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -204,22 +206,38 @@ pub struct Summary {
 impl Summary {
     /// Tallies the reports.
     pub fn of(reports: &[ImageReport]) -> Self {
-        let mut s = Summary { images: reports.len(), ..Default::default() };
-        for r in reports {
-            match r.verdict {
+        Self::tally(reports.iter().map(|r| (r.verdict, r.seconds, r.bm.as_deref())))
+    }
+
+    /// Tallies the entries of a [`RunReport`] (the same counts as [`Summary::of`] their reports).
+    pub fn of_entries(entries: &[ImageEntry]) -> Self {
+        Self::tally(entries.iter().map(|e| (e.verdict, e.seconds, e.bm.as_deref())))
+    }
+
+    fn tally<'a>(rows: impl Iterator<Item = (Verdict, f64, Option<&'a [crate::verify::bm::BmTarget]>)>) -> Self {
+        let mut s = Summary::default();
+        let (mut seconds, mut any_bm, mut bm_targets, mut at_optimum) = (0.0, false, 0, 0);
+        for (verdict, secs, bm) in rows {
+            s.images += 1;
+            match verdict {
                 Verdict::Robust => s.robust += 1,
                 Verdict::NotRobust => s.not_robust += 1,
                 Verdict::Unknown => s.unknown += 1,
                 Verdict::Misclassified => s.misclassified += 1,
             }
+            seconds += secs;
+            if let Some(targets) = bm {
+                any_bm = true;
+                bm_targets += targets.len();
+                at_optimum += targets.iter().filter(|t| t.at_optimum).count();
+            }
         }
-        if !reports.is_empty() {
-            s.seconds_per_image = reports.iter().map(|r| r.seconds).sum::<f64>() / reports.len() as f64;
+        if s.images > 0 {
+            s.seconds_per_image = seconds / s.images as f64;
         }
-        let bm: Vec<&crate::verify::bm::BmTarget> = reports.iter().flat_map(|r| r.bm.iter().flatten()).collect();
-        if reports.iter().any(|r| r.bm.is_some()) {
-            s.bm_targets = Some(bm.len());
-            s.bm_at_optimum = Some(bm.iter().filter(|t| t.at_optimum).count());
+        if any_bm {
+            s.bm_targets = Some(bm_targets);
+            s.bm_at_optimum = Some(at_optimum);
         }
         s
     }
@@ -274,6 +292,30 @@ pub struct ImageEntry {
     pub upper_bounds: Vec<Option<f64>>,
     /// Seconds for this image.
     pub seconds: f64,
+    /// The proven l2 radius within which the label wins (CRC only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certified_radius: Option<f64>,
+    /// What BM-r did per target it solved (BM methods only): proven bound, primal value, certified
+    /// gap, infeasibility, rank path, iterations ([`crate::verify::bm::BmTarget`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bm: Option<Vec<crate::verify::bm::BmTarget>>,
+}
+
+impl ImageEntry {
+    /// The entry of the image at `index` of its file.
+    pub fn new(index: usize, r: &ImageReport) -> Self {
+        ImageEntry {
+            index,
+            label: r.label,
+            predicted: r.predicted,
+            verdict: r.verdict,
+            lower_bounds: r.lower_bounds.clone(),
+            upper_bounds: r.upper_bounds.clone(),
+            seconds: r.seconds,
+            certified_radius: r.certified_radius,
+            bm: r.bm.clone(),
+        }
+    }
 }
 
 /// The JSON document the `certify` example writes with `--json` (docs/formats.md).
@@ -306,19 +348,7 @@ impl RunReport {
         indices: &[usize],
         reports: &[ImageReport],
     ) -> Self {
-        let images = indices
-            .iter()
-            .zip(reports)
-            .map(|(&index, r)| ImageEntry {
-                index,
-                label: r.label,
-                predicted: r.predicted,
-                verdict: r.verdict,
-                lower_bounds: r.lower_bounds.clone(),
-                upper_bounds: r.upper_bounds.clone(),
-                seconds: r.seconds,
-            })
-            .collect();
+        let images = indices.iter().zip(reports).map(|(&index, r)| ImageEntry::new(index, r)).collect();
         RunReport { model, method, norm: set_norm, eps, domain, images, summary: Summary::of(reports) }
     }
 }

@@ -6,6 +6,38 @@ use crate::error::{Error, Result};
 
 const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits/digits.csv.gz");
 
+/// The bundled models, trained on [`digits_split`]'s training images (data/models/), by file stem.
+const DIGITS_MODELS: [(&str, &str); 3] = [
+    ("digits-relu-adv", include_str!("../data/models/digits-relu-adv.json")),
+    ("digits-tanh-adv", include_str!("../data/models/digits-tanh-adv.json")),
+    ("digits-tanh-crt", include_str!("../data/models/digits-tanh-crt.json")),
+];
+
+/// The names [`digits_model`] accepts.
+pub const DIGITS_MODELS_NAMES: [&str; 3] = ["digits-relu-adv", "digits-tanh-adv", "digits-tanh-crt"];
+
+/// A bundled model for the 8x8 digits, built into the library so that it loads from any crate and
+/// any working directory: `digits-relu-adv` (64-32-32-10 ReLU, adversarially trained),
+/// `digits-tanh-adv` (the same with tanh) or `digits-tanh-crt` (64-32-10 tanh, curvature-regularized
+/// for CRC). The same networks as the files in data/models/.
+///
+/// ```
+/// let net = nncert::data::digits_model("digits-relu-adv")?;
+/// assert_eq!(net.input_size(), 64);
+/// assert!(nncert::data::digits_model("no-such-model").is_err());
+/// # Ok::<(), nncert::Error>(())
+/// ```
+pub fn digits_model(name: &str) -> Result<crate::network::Network> {
+    let stem = name.strip_suffix(".json").unwrap_or(name);
+    match DIGITS_MODELS.iter().find(|(n, _)| *n == stem) {
+        Some((_, text)) => crate::io::model_from_json(text),
+        None => Err(Error::InvalidArgument(format!(
+            "no bundled model named {name:?}; the bundled models are {}",
+            DIGITS_MODELS_NAMES.join(", ")
+        ))),
+    }
+}
+
 /// Number of images in the training split ([`digits_split`]); the remaining 450 are the test split.
 pub const DIGITS_TRAIN: usize = 1347;
 
@@ -82,5 +114,22 @@ mod tests {
         for c in 0..10 {
             assert!(test.labels.iter().filter(|&&l| l == c).count() > 30);
         }
+    }
+
+    #[test]
+    fn bundled_models_are_the_files_and_classify_the_digits() {
+        let (_, test) = digits_split().unwrap();
+        for name in DIGITS_MODELS_NAMES {
+            let net = digits_model(name).unwrap();
+            let file =
+                crate::io::load_model(format!("{}/data/models/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            let json = crate::io::model_to_json(&net);
+            assert_eq!(json, crate::io::model_to_json(&file), "{name}");
+            assert_eq!(crate::io::model_to_json(&digits_model(&format!("{name}.json")).unwrap()), json);
+            let correct = (0..test.len()).filter(|&i| net.predict(&test.images[i]).unwrap() == test.labels[i]).count();
+            assert!(correct * 10 >= test.len() * 9, "{name}: {correct} of {} correct", test.len());
+        }
+        let err = digits_model("mnist").unwrap_err().to_string();
+        assert!(err.contains("digits-relu-adv") && err.contains("\"mnist\""), "{err}");
     }
 }

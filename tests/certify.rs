@@ -152,3 +152,155 @@ fn dataset_runs_keep_order_and_serialize() {
         assert!(v["images"][0].get(key).is_some(), "{key}");
     }
 }
+
+/// A scratch file name for this test (removed first).
+fn scratch(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("nncert-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// 30 bundled digits test images (a few misclassified or attackable: every verdict occurs), CROWN.
+fn digits_run() -> (nncert::Network, Vec<(usize, Vec<f64>, usize)>) {
+    let net = nncert::data::digits_model("digits-relu-adv").unwrap();
+    let (_, test) = nncert::data::digits_split().unwrap();
+    let inputs = (0..30).map(|i| (i, test.images[i].clone(), test.labels[i])).collect();
+    (net, inputs)
+}
+
+fn digits_set(x: &[f64]) -> nncert::Result<InputSet> {
+    InputSet::new(x.to_vec(), 0.1, Norm::Linf, Some(Domain::uniform(x.len(), 0.0, 1.0)?))
+}
+
+fn header(shard: nncert::certify::shard::Shard) -> nncert::certify::shard::RunHeader {
+    nncert::certify::shard::RunHeader {
+        model: "digits-relu-adv".into(),
+        method: "crown".into(),
+        norm: Norm::Linf,
+        eps: 0.1,
+        domain: Some([0.0, 1.0]),
+        shard,
+    }
+}
+
+/// An image's answer: index, verdict, lower and upper bounds.
+type Answer = (usize, Verdict, Vec<Option<f64>>, Vec<Option<f64>>);
+
+/// What must agree between a sharded and an unsharded run: everything but the clock.
+fn answers(doc: &[nncert::certify::ImageEntry]) -> Vec<Answer> {
+    doc.iter().map(|e| (e.index, e.verdict, e.lower_bounds.clone(), e.upper_bounds.clone())).collect()
+}
+
+#[test]
+fn sharded_runs_merge_into_the_unsharded_run() {
+    use nncert::certify::ImageEntry;
+    use nncert::certify::shard::{Shard, merge, run_lines};
+    let (net, inputs) = digits_run();
+    let plain: Vec<(Vec<f64>, usize)> = inputs.iter().map(|(_, x, y)| (x.clone(), *y)).collect();
+    let opts = CertifyOptions::default();
+    let reports = certify_many(&net, &plain, digits_set, Some(&Crown), &opts, None).unwrap();
+    let whole: Vec<ImageEntry> = reports.iter().enumerate().map(|(i, r)| ImageEntry::new(i, r)).collect();
+    let s = Summary::of(&reports);
+    assert!(s.robust > 0 && s.not_robust + s.unknown > 0, "{s:?}");
+    for n in [1, 3, 4] {
+        let mut files = Vec::new();
+        for k in 0..n {
+            let shard = Shard { index: k, count: n };
+            let path = scratch(&format!("merge-{n}-{k}.jsonl"));
+            let mine = shard.take(&inputs);
+            let got = run_lines(&path, &header(shard), &net, &mine, digits_set, Some(&Crown), &opts, None).unwrap();
+            assert_eq!(got.len(), mine.len(), "shard {k} of {n}");
+            files.push(path);
+        }
+        let doc = merge(&files, Some(30)).unwrap();
+        assert_eq!(answers(&doc.images), answers(&whole), "{n} shards");
+        let m = &doc.summary;
+        assert_eq!(
+            (m.images, m.robust, m.not_robust, m.unknown, m.misclassified),
+            (30, s.robust, s.not_robust, s.unknown, s.misclassified)
+        );
+        assert_eq!((doc.method.as_str(), doc.eps), ("crown", 0.1));
+        // A shard left out, or the run's image count not reached, is an error, not a smaller report.
+        if n > 1 {
+            let err = merge(&files[1..], None).unwrap_err().to_string();
+            assert!(err.contains("missing"), "{err}");
+        }
+        assert!(merge(&files, Some(31)).is_err());
+        for f in files {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_killed_shard_resumes_without_duplicates_or_losses() {
+    use nncert::certify::shard::{Shard, read_lines, run_lines};
+    let (net, inputs) = digits_run();
+    let opts = CertifyOptions::default();
+    let shard = Shard { index: 1, count: 2 };
+    let mine = shard.take(&inputs);
+    let path = scratch("killed.jsonl");
+    let first = run_lines(&path, &header(shard), &net, &mine, digits_set, Some(&Crown), &opts, None).unwrap();
+    // Killed while writing its fifth image: the header, four whole lines and half of the fifth.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + mine.len());
+    let cut = format!("{}\n{}", lines[..5].join("\n"), &lines[5][..lines[5].len() / 2]);
+    std::fs::write(&path, cut).unwrap();
+    let (_, kept) = read_lines(&path).unwrap();
+    assert_eq!(kept.len(), 4);
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let count = |_: usize, _: &nncert::certify::ImageReport| {
+        runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    let again = run_lines(&path, &header(shard), &net, &mine, digits_set, Some(&Crown), &opts, Some(&count)).unwrap();
+    assert_eq!(runs.into_inner(), mine.len() - 4, "only the images not in the file run again");
+    assert_eq!(answers(&again), answers(&first));
+    let (_, on_disk) = read_lines(&path).unwrap();
+    let mut indices: Vec<usize> = on_disk.iter().map(|e| e.index).collect();
+    indices.sort_unstable();
+    let want: Vec<usize> = mine.iter().map(|(i, _, _)| *i).collect();
+    assert_eq!(indices, want, "each image once, none lost");
+    // A third run has nothing to do.
+    let third = run_lines(&path, &header(shard), &net, &mine, digits_set, Some(&Crown), &opts, None).unwrap();
+    assert_eq!(answers(&third), answers(&first));
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1 + mine.len());
+    // The file of another run (here: another radius) is refused, and left as it was.
+    let other = nncert::certify::shard::RunHeader { eps: 0.2, ..header(shard) };
+    let err = run_lines(&path, &other, &net, &mine, digits_set, Some(&Crown), &opts, None).unwrap_err();
+    assert!(err.to_string().contains("another run"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1 + mine.len());
+    // A malformed line in the middle is an error naming the line.
+    let text = std::fs::read_to_string(&path).unwrap().replacen("\"verdict\"", "\"verdikt\"", 1);
+    std::fs::write(&path, text).unwrap();
+    let err = read_lines(&path).unwrap_err().to_string();
+    assert!(err.contains("line 2"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn malformed_shard_values_are_clear_errors() {
+    use nncert::certify::shard::Shard;
+    let none = |_: &str| None;
+    assert_eq!(Shard::parse("2/5", none).unwrap(), Shard { index: 2, count: 5 });
+    assert_eq!(Shard::parse(" 0 / 1 ", none).unwrap(), Shard::ALL);
+    for bad in ["", "3", "a/b", "2/2", "0/0", "-1/2", "1/-2", "1.5/3", "1/2/3", "auto", "auto/3"] {
+        let err = Shard::parse(bad, none).expect_err(bad).to_string();
+        assert!(!err.is_empty() && (err.contains("shard") || err.contains("SLURM")), "{bad}: {err}");
+    }
+    // Kubernetes gives the index only; Slurm the index, the first index and the count.
+    let k8s = |k: &str| (k == "JOB_COMPLETION_INDEX").then(|| "3".to_string());
+    assert_eq!(Shard::parse("auto/4", k8s).unwrap(), Shard { index: 3, count: 4 });
+    assert!(Shard::parse("auto", k8s).unwrap_err().to_string().contains("auto/N"));
+    assert!(Shard::parse("auto/3", k8s).is_err(), "index 3 of 3");
+    let slurm = |k: &str| match k {
+        "SLURM_ARRAY_TASK_ID" => Some("0".to_string()),
+        "SLURM_ARRAY_TASK_MIN" => Some("1".to_string()),
+        "SLURM_ARRAY_TASK_COUNT" => Some("4".to_string()),
+        _ => None,
+    };
+    assert!(Shard::parse("auto", slurm).unwrap_err().to_string().contains("below"));
+    let shard = Shard { index: 2, count: 3 };
+    assert_eq!(shard.take(&(0..10).collect::<Vec<_>>()), vec![2, 5, 8]);
+    assert_eq!(Shard { index: 4, count: 5 }.take(&[1, 2, 3]), Vec::<i32>::new());
+}
