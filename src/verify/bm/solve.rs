@@ -56,6 +56,8 @@ pub(super) struct Solve<'a> {
     iterations: usize,
     budget: usize,
     infeasibility: f64,
+    /// Sum of |multiplier| x violation after the last outer iteration ([`BmResult::primal_shift`]).
+    shift: f64,
     rank_path: Vec<usize>,
     /// The best proof so far, and the best proof of the augmented Lagrangian's own multipliers
     /// (what the repair and polish start from).
@@ -144,6 +146,7 @@ impl<'a> Solve<'a> {
             iterations: 0,
             budget: bm.max_iterations,
             infeasibility: f64::INFINITY,
+            shift: f64::INFINITY,
             rank_path: vec![r0],
             best: None,
             best_alm: None,
@@ -196,6 +199,7 @@ impl<'a> Solve<'a> {
             let (_, _, g) = self.alm.eval(&self.y)?;
             let alm = &mut self.alm;
             let mut infeasibility = 0.0f64;
+            let mut shift = 0.0;
             for (i, &gi) in g.iter().enumerate() {
                 if alm.left_out(i) {
                     continue;
@@ -206,11 +210,14 @@ impl<'a> Solve<'a> {
                     }
                     infeasibility = infeasibility.max((-gi).max(0.0));
                     alm.mult[i] = (alm.mult[i] - alm.rho * gi).max(0.0);
+                    shift += alm.mult[i] * (-gi).max(0.0);
                 } else {
                     infeasibility = infeasibility.max(gi.abs());
                     alm.mult[i] += alm.rho * gi;
+                    shift += alm.mult[i].abs() * gi.abs();
                 }
             }
+            self.shift = shift;
             let rho = alm.rho;
             self.infeasibility = infeasibility;
             if self.trace {
@@ -256,10 +263,11 @@ impl<'a> Solve<'a> {
                 None => "none proven".to_string(),
             };
             eprintln!(
-                "bm rank {} plain bound {plain}, best {:?}, primal {:.6}, infeas {:.1e} at {:.1}s",
+                "bm rank {} plain bound {plain}, best {:?}, primal {:.6} (shift {:.1e}), infeas {:.1e} at {:.1}s",
                 self.y.ncols(),
                 self.best.as_ref().map(|c| c.bound),
                 self.primal(),
+                self.shift,
                 self.infeasibility,
                 self.start.elapsed().as_secs_f64()
             );
@@ -310,7 +318,7 @@ impl<'a> Solve<'a> {
         }
         if self.iterations >= self.budget && self.bm.stop_when_positive && self.budget < self.bm.near_miss_iterations {
             let primal = self.primal();
-            if may_prove(primal, self.infeasibility) {
+            if may_prove(primal, self.infeasibility, self.shift) {
                 self.budget = self.bm.near_miss_iterations;
                 if self.trace {
                     eprintln!(
@@ -364,7 +372,7 @@ impl<'a> Solve<'a> {
             if self.settled() || self.at_optimum() {
                 break;
             }
-            if verdict && !may_prove(self.primal(), self.infeasibility) {
+            if verdict && !may_prove(self.primal(), self.infeasibility, self.shift) {
                 break;
             }
             self.extend_budget();
@@ -447,6 +455,7 @@ impl<'a> Solve<'a> {
             gap,
             at_optimum,
             infeasibility: self.infeasibility,
+            primal_shift: self.shift,
             rank_path: self.rank_path,
             iterations: self.iterations,
             kkt_residual,
@@ -481,7 +490,7 @@ impl Bm {
         for k in 1..=self.restarts {
             let q = result.attack_margin;
             let near_miss = bound(&result).is_some_and(|b| b <= 0.0 && q > 0.0 && b >= -0.25 * q);
-            if !near_miss || result.at_optimum || !may_prove(result.primal, result.infeasibility) {
+            if !near_miss || result.at_optimum || !may_prove(result.primal, result.infeasibility, result.primal_shift) {
                 break;
             }
             let again = self.solve_once(p, self.seed.wrapping_add(k as u64), false)?;
@@ -494,7 +503,11 @@ impl Bm {
         // is positive but the primal value at a nearly feasible point is not. (Starting from where
         // the plain solve ended measured no faster: the products' multipliers start at 0 anyway.)
         let proven = bound(&result).is_some_and(|b| b > 0.0);
-        if self.products && !proven && result.attack_margin > 0.0 && !may_prove(result.primal, result.infeasibility) {
+        if self.products
+            && !proven
+            && result.attack_margin > 0.0
+            && !may_prove(result.primal, result.infeasibility, result.primal_shift)
+        {
             let again = self.solve_once(p, self.seed, true)?;
             solves += 1;
             if bound(&again) > bound(&result) {
