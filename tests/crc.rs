@@ -214,3 +214,35 @@ fn crc_beats_crown_on_the_bundled_crt_model() {
     eprintln!("digits-tanh-crt, l2 0.5, first 40: CRC {n_crc}, CROWN {n_crown}");
     assert!(n_crc >= n_crown && n_crc > 0, "CRC {n_crc} vs CROWN {n_crown}");
 }
+
+/// The curvature bounds, computed once per network and class pair, are the network's own: a
+/// clone shares them, another network of the same shape does not, and the certificates built on
+/// them are those of a fresh computation.
+#[test]
+fn the_curvature_cache_is_keyed_by_the_network() {
+    let crc = Crc::default();
+    let mut rng = StdRng::seed_from_u64(21);
+    for seed in 0..8u64 {
+        let act = [Activation::Sigmoid, Activation::Tanh, Activation::Softplus][seed as usize % 3];
+        let sizes: Vec<usize> = if seed % 2 == 0 { vec![6, 12, 4] } else { vec![6, 8, 8, 4] };
+        let net = common::random_network(900 + seed, &sizes, act);
+        let x: Vec<f64> = (0..6).map(|_| rng.random::<f64>()).collect();
+        let label = net.predict(&x).unwrap();
+        let t = (label + 1) % 4;
+        let c = curvature_bounds(&net, label, t).unwrap();
+        assert_eq!(c, curvature_bounds(&net.clone(), label, t).unwrap());
+        assert_eq!(net.fingerprint(), net.clone().fingerprint());
+        let cert = crc.certify_target(&net, &x, label, t).unwrap();
+        assert_eq!(cert.curvature, c);
+        // The same network rebuilt from its layers (a fresh fingerprint, the same value).
+        let rebuilt = Network::new(vec![6], net.layers().to_vec()).unwrap();
+        assert_eq!(rebuilt.fingerprint(), net.fingerprint());
+        // Another network of the same shape has another fingerprint and other bounds.
+        let other = common::random_network(950 + seed, &sizes, act);
+        assert_ne!(net.fingerprint(), other.fingerprint());
+        assert_ne!(c.k, curvature_bounds(&other, label, t).unwrap().k, "net {seed}");
+        // The pair matters: the reverse margin has its own bounds (M and m swap roles).
+        let r = curvature_bounds(&net, t, label).unwrap();
+        assert!((r.upper + c.lower).abs() <= 1e-9 * (1.0 + c.k) || sizes.len() > 3, "net {seed}: {r:?} vs {c:?}");
+    }
+}

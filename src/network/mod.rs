@@ -118,9 +118,35 @@ impl Layer {
 pub struct Network {
     input_shape: Vec<usize>,
     layers: Vec<Layer>,
+    /// [`Network::fingerprint`], computed on first use (a network never changes once built).
+    fingerprint: std::sync::OnceLock<u64>,
 }
 
 impl Network {
+    /// A 64-bit hash (SipHash) of the input shape, every layer's shape, weights, biases (their
+    /// bits) and activations: the key under which results that depend only on the network are
+    /// shared between calls (CRC's curvature bounds). Computed once per network.
+    pub fn fingerprint(&self) -> u64 {
+        *self.fingerprint.get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.input_shape.hash(&mut h);
+            for layer in &self.layers {
+                let w = layer.weight();
+                (w.nrows(), w.ncols(), layer.activation()).hash(&mut h);
+                for j in 0..w.ncols() {
+                    for i in 0..w.nrows() {
+                        w[(i, j)].to_bits().hash(&mut h);
+                    }
+                }
+                for b in layer.bias() {
+                    b.to_bits().hash(&mut h);
+                }
+            }
+            h.finish()
+        })
+    }
+
     /// A network from its layers; `input_shape` (e.g. `[1, 28, 28]`) must have as many elements as
     /// the first layer has inputs. Errors on empty networks, layers that do not chain and
     /// non-finite weights.
@@ -152,7 +178,7 @@ impl Network {
                 });
             }
         }
-        Ok(Self { input_shape, layers })
+        Ok(Self { input_shape, layers, fingerprint: std::sync::OnceLock::new() })
     }
 
     /// The layers, first to last.
