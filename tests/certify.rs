@@ -270,6 +270,12 @@ fn a_killed_shard_resumes_without_duplicates_or_losses() {
     let err = run_lines(&path, &other, &net, &mine, digits_set, Some(&Crown), &opts, None).unwrap_err();
     assert!(err.to_string().contains("another run"), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1 + mine.len());
+    // Killed while writing its header line: the rerun starts the file afresh.
+    std::fs::write(&path, "{\"run\":{\"mod").unwrap();
+    let fresh = run_lines(&path, &header(shard), &net, &mine[..2], digits_set, Some(&Crown), &opts, None).unwrap();
+    assert_eq!(answers(&fresh), answers(&first[..2]));
+    assert_eq!(read_lines(&path).unwrap().1.len(), 2);
+    run_lines(&path, &header(shard), &net, &mine, digits_set, Some(&Crown), &opts, None).unwrap();
     // A malformed line in the middle is an error naming the line.
     let text = std::fs::read_to_string(&path).unwrap().replacen("\"verdict\"", "\"verdikt\"", 1);
     std::fs::write(&path, text).unwrap();

@@ -202,7 +202,9 @@ where
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(|e| io(path, e))?;
     let mut done: BTreeMap<usize, ImageEntry> = BTreeMap::new();
-    if text.is_empty() {
+    if !text.contains('\n') {
+        // New, or killed before its header line was whole: start it afresh.
+        file.set_len(0).map_err(|e| io(path, e))?;
         let line = serde_json::to_string(&HeaderLine { run: header.clone() }).map_err(|e| bad(e.to_string()))?;
         writeln!(file, "{line}").map_err(|e| io(path, e))?;
     } else {
