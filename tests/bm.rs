@@ -398,7 +398,7 @@ fn restarts_never_lower_the_bound() {
         let (x, y) = (a.certificate.map(|c| c.bound), b.certificate.map(|c| c.bound));
         assert!(y >= x, "case {ci}: {y:?} < {x:?}");
         let near = x.is_some_and(|v| v <= 0.0 && v >= -0.25 * a.attack_margin && a.attack_margin > 0.0)
-            && (a.primal + a.primal_shift > 0.0 || a.infeasibility > 1e-4);
+            && (a.primal + 2.0 * a.primal_shift > 0.0 || a.infeasibility > 1e-3);
         assert_eq!(b.solves > 1, near, "case {ci}: {} solves after {x:?} (PGD {})", b.solves, a.attack_margin);
         restarted += usize::from(near);
     }
@@ -512,8 +512,8 @@ fn products_are_a_second_solve_for_relaxation_limited_targets() {
             let (x, y) = (a.certificate.map(|c| c.bound), b.certificate.map(|c| c.bound));
             let short = !x.is_some_and(|v| v > 0.0)
                 && a.attack_margin > 0.0
-                && a.primal + a.primal_shift <= 0.0
-                && a.infeasibility <= 1e-4;
+                && a.primal + 2.0 * a.primal_shift <= 0.0
+                && a.infeasibility <= 1e-3;
             assert_eq!(b.solves, a.solves + usize::from(short), "case {ci} target {target}");
             assert_eq!(x, y, "case {ci} target {target}");
         }
@@ -538,7 +538,14 @@ fn products_lift_a_relaxation_limited_mnist_target() {
     let a = full.solve_target(&net, &set, &rel, label, target).unwrap();
     let b = Bm { products: true, ..full.clone() }.solve_target(&net, &set, &rel, label, target).unwrap();
     let (x, cert) = (a.certificate.expect("a bound").bound, b.certificate.expect("a bound"));
-    assert!(a.primal < 0.0 && b.solves == a.solves + 1, "primal {}, {} solves", a.primal, b.solves);
+    assert!(
+        a.primal < 0.0 && b.solves == a.solves + 1,
+        "primal {} (shift {}, infeasibility {:.1e}), {} solves",
+        a.primal,
+        a.primal_shift,
+        a.infeasibility,
+        b.solves
+    );
     assert!(cert.bound >= x && cert.bound <= 0.11814);
     assert!(cert.check(&net, &set).is_ok());
     // The products' solve itself (tight mode has them from the start): the primal value lifted.
