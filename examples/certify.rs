@@ -245,7 +245,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("{} images but {} labels", images.len(), labels.len()).into());
     }
     let selected = select(&net, &images, &labels, &args)?;
-    let selected = shard.map_or(selected.clone(), |s| s.take(&selected));
+    let selected = match shard {
+        Some(s) => s.take(&selected),
+        None => selected,
+    };
     let dom = domain;
     let make_set = |x: &[f64]| -> nncert::Result<InputSet> {
         let d = dom.map(|(lo, hi)| Domain::uniform(x.len(), lo, hi)).transpose()?;

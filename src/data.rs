@@ -14,7 +14,7 @@ const DIGITS_MODELS: [(&str, &str); 3] = [
 ];
 
 /// The names [`digits_model`] accepts.
-pub const DIGITS_MODELS_NAMES: [&str; 3] = ["digits-relu-adv", "digits-tanh-adv", "digits-tanh-crt"];
+pub const DIGITS_MODELS_NAMES: [&str; 3] = [DIGITS_MODELS[0].0, DIGITS_MODELS[1].0, DIGITS_MODELS[2].0];
 
 /// A bundled model for the 8x8 digits, built into the library so that it loads from any crate and
 /// any working directory: `digits-relu-adv` (64-32-32-10 ReLU, adversarially trained),

@@ -116,7 +116,7 @@ pub fn spectral_norm_upper(w: faer::MatRef<'_, f64>) -> Result<f64> {
 /// and thread (the first caller computes, the others wait for it): on a 784-1024-10 softplus
 /// network one eigenvalue problem of order 784 per class pair, instead of one per image and pair.
 pub fn curvature_bounds(net: &Network, label: usize, target: usize) -> Result<CurvatureBounds> {
-    check_smooth(net)?;
+    let consts = check_smooth(net)?;
     net.check_label(label)?;
     net.check_label(target)?;
     type Slot = std::sync::Arc<std::sync::OnceLock<std::result::Result<CurvatureBounds, String>>>;
@@ -127,14 +127,18 @@ pub fn curvature_bounds(net: &Network, label: usize, target: usize) -> Result<Cu
         let mut map = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key).or_default().clone()
     };
-    slot.get_or_init(|| compute_curvature_bounds(net, label, target).map_err(|e| e.to_string()))
+    slot.get_or_init(|| compute_curvature_bounds(net, &consts, label, target).map_err(|e| e.to_string()))
         .clone()
         .map_err(Error::InvalidArgument)
 }
 
-/// [`curvature_bounds`] without the cache.
-fn compute_curvature_bounds(net: &Network, label: usize, target: usize) -> Result<CurvatureBounds> {
-    let consts = check_smooth(net)?;
+/// [`curvature_bounds`] without the cache, from the activations' constants ([`check_smooth`]).
+fn compute_curvature_bounds(
+    net: &Network,
+    consts: &[crate::network::CurvatureConstants],
+    label: usize,
+    target: usize,
+) -> Result<CurvatureBounds> {
     let layers = net.layers();
     let last = &layers[layers.len() - 1];
     let wl = last.weight();
