@@ -29,7 +29,7 @@ struct Args {
     /// VNN-LIB property file.
     #[arg(long)]
     property: PathBuf,
-    /// bab, ibp, crown, alpha-crown, lp or lp-full.
+    /// bab, ibp, crown, alpha-crown, lp, lp-full or bm-full.
     #[arg(long, default_value = "bab")]
     method: String,
     /// Wall-clock limit in seconds (bab; the answer is `timeout` when it is reached).
@@ -57,6 +57,13 @@ struct Args {
     /// Domains per neuron of that refinement (bab).
     #[arg(long, default_value_t = Bab::default().refine_domains)]
     refine_domains: usize,
+    /// Share of the timeout BM-Full may spend bounding domains the beta-CROWN search leaves open
+    /// (bab, ReLU splitting; 0: off; see `Bab::sdp_share`).
+    #[arg(long, default_value_t = Bab::default().sdp_share)]
+    sdp_share: f64,
+    /// Domains bounded before BM-Full starts (bab; `Bab::sdp_after`).
+    #[arg(long, default_value_t = Bab::default().sdp_after)]
+    sdp_after: usize,
     /// Print a progress line every few seconds (bab).
     #[arg(long)]
     progress: bool,
@@ -90,9 +97,10 @@ fn run(args: &Args) -> nncert::Result<()> {
         "alpha-crown" => Some(PropertyMethod::AlphaCrown),
         "lp" => Some(PropertyMethod::Lp),
         "lp-full" => Some(PropertyMethod::LpFull),
+        "bm-full" => Some(PropertyMethod::BmFull),
         other => {
             return Err(nncert::Error::InvalidArgument(format!(
-                "unknown method '{other}' (bab, ibp, crown, alpha-crown, lp, lp-full)"
+                "unknown method '{other}' (bab, ibp, crown, alpha-crown, lp, lp-full, bm-full)"
             )));
         }
     };
@@ -109,6 +117,8 @@ fn run(args: &Args) -> nncert::Result<()> {
                 refresh_layers: args.refresh_layers.unwrap_or(usize::MAX),
                 refine: args.refine,
                 refine_domains: args.refine_domains,
+                sdp_share: args.sdp_share,
+                sdp_after: args.sdp_after,
                 ..Bab::default()
             };
             let report = check_property_bab(&net, &prop, domain.as_ref(), &settings)?;
@@ -116,6 +126,13 @@ fn run(args: &Args) -> nncert::Result<()> {
                 "bab: {} domains bounded, {} LP leaves, at most {} open",
                 report.stats.domains, report.stats.leaves, report.stats.max_open
             );
+            let s = &report.stats.sdp;
+            if s.domains > 0 {
+                eprintln!(
+                    "bab: BM-Full bounded {} domains ({:.1} s) and refuted {} of them",
+                    s.domains, s.seconds, s.refuted
+                );
+            }
             let r = &report.stats.refine;
             if r.searches > 0 {
                 eprintln!(

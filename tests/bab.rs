@@ -44,11 +44,11 @@ fn cases(count: u64) -> Vec<(Network, InputSet, usize)> {
 /// below phi), a counterexample only where phi <= 0 (and it checks: in the set, margin <= 0), and
 /// every case is answered within the timeout. `Exact` (LP-based enumeration) is the slow side, so
 /// this test compares the cases with at most `max_unstable` unstable neurons after CROWN.
-fn compare_with_exact(count: u64, max_unstable: usize) -> (usize, usize, usize) {
+/// Returns (compared, verified, falsified, domains BM-Full bounded, of which refuted).
+fn compare_with_exact(count: u64, max_unstable: usize, bab: &Bab) -> (usize, usize, usize, usize, usize) {
     let exact = Exact { max_unstable, ..Exact::default() };
-    let bab = Bab { timeout: 30.0, ..Bab::default() };
     let mut rng = StdRng::seed_from_u64(5);
-    let (mut verified, mut falsified, mut compared) = (0, 0, 0);
+    let (mut verified, mut falsified, mut compared, mut sdp, mut sdp_refuted) = (0, 0, 0, 0, 0);
     let (mut t_exact, mut t_bab) = (0.0, 0.0);
     for (case, (net, set, label)) in cases(count).into_iter().enumerate() {
         for target in (0..net.num_classes()).filter(|&t| t != label) {
@@ -62,6 +62,8 @@ fn compare_with_exact(count: u64, max_unstable: usize) -> (usize, usize, usize) 
             let t0 = std::time::Instant::now();
             let (outcome, stats) = bab.solve_margin(&net, &set, label, target).unwrap();
             t_bab += t0.elapsed().as_secs_f64();
+            sdp += stats.sdp.domains;
+            sdp_refuted += stats.sdp.refuted;
             match outcome {
                 Outcome::Verified { bound } => {
                     verified += 1;
@@ -94,14 +96,15 @@ fn compare_with_exact(count: u64, max_unstable: usize) -> (usize, usize, usize) 
         }
     }
     eprintln!(
-        "{compared} comparisons: {verified} verified, {falsified} falsified; exact {t_exact:.1} s, bab {t_bab:.1} s"
+        "{compared} comparisons: {verified} verified, {falsified} falsified; exact {t_exact:.1} s, bab {t_bab:.1} s; \
+         BM-Full bounded {sdp} domains, refuted {sdp_refuted}"
     );
-    (compared, verified, falsified)
+    (compared, verified, falsified, sdp, sdp_refuted)
 }
 
 #[test]
 fn bab_agrees_with_exact_phi_on_random_networks() {
-    let (compared, verified, falsified) = compare_with_exact(200, 16);
+    let (compared, verified, falsified, ..) = compare_with_exact(200, 16, &Bab { timeout: 30.0, ..Bab::default() });
     assert!(compared >= 200, "too few cases compared: {compared}");
     assert!(verified >= 40 && falsified >= 40, "unbalanced cases: {verified} verified, {falsified} falsified");
 }
@@ -111,9 +114,61 @@ fn bab_agrees_with_exact_phi_on_random_networks() {
 #[test]
 #[ignore]
 fn bab_agrees_with_exact_phi_on_harder_networks() {
-    let (compared, verified, falsified) = compare_with_exact(200, 40);
+    let (compared, verified, falsified, ..) = compare_with_exact(200, 40, &Bab { timeout: 30.0, ..Bab::default() });
     assert!(compared >= 450, "too few cases compared: {compared}");
     assert!(verified >= 100 && falsified >= 50, "unbalanced cases: {verified} verified, {falsified} falsified");
+}
+
+/// The same with BM-Full bounding the domains from the start (`sdp_after` 0): the SDP relaxation
+/// on a domain's split-tightened bounds never refutes a domain that holds a violation.
+#[test]
+fn bab_with_sdp_bounding_agrees_with_exact_phi() {
+    let bab = Bab { timeout: 30.0, sdp_share: 0.1, sdp_after: 0, ..Bab::default() };
+    let (compared, verified, falsified, sdp, refuted) = compare_with_exact(60, 16, &bab);
+    assert!(compared >= 40 && verified >= 10 && falsified >= 5, "{compared} compared: {verified} / {falsified}");
+    // BM-Full did bound domains, and refuted some.
+    assert!(sdp >= 8 && refuted >= 1, "BM-Full bounded {sdp} domains, refuted {refuted}");
+}
+
+/// BM-Full bounds a constraint c^T f(x) + d as the margin between outputs 0 and 1 of the network
+/// `objective_network` builds: that margin is c^T f(x) + d at every input.
+#[test]
+fn the_objective_network_computes_the_constraint() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let net = common::random_network(41, &[5, 9, 7, 4], Activation::Relu);
+    let c = OutputConstraint { coeffs: vec![0.5, -1.0, 2.0, 0.25], constant: -0.7, strict: false };
+    let obj = nncert::verify::bab::sdp::objective_network(&net, &c).unwrap();
+    assert_eq!(obj.num_classes(), 2);
+    for _ in 0..20 {
+        let x: Vec<f64> = (0..5).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+        let y = net.forward(&x).unwrap();
+        let want: f64 = y.iter().zip(&c.coeffs).map(|(a, b)| a * b).sum::<f64>() + c.constant;
+        let got = obj.margin(&x, 0, 1).unwrap();
+        assert!((got - want).abs() <= 1e-12 * (1.0 + want.abs()), "{got} vs {want}");
+    }
+}
+
+/// Where the beta-CROWN search needs many domains, the SDP relaxation of the root settles it:
+/// a 20-30-30-30-5 network at l2 0.36 (measured: 1039 domains without BM-Full, 1 with it).
+#[test]
+fn bm_full_refutes_a_root_the_search_needs_many_domains_for() {
+    let mut rng = StdRng::seed_from_u64(109);
+    let net = common::random_network(4009, &[20, 30, 30, 30, 5], Activation::Relu);
+    let x: Vec<f64> = (0..20).map(|_| rng.random::<f64>()).collect();
+    let label = net.predict(&x).unwrap();
+    let eps = 0.15 + 0.3 * rng.random::<f64>();
+    let set = InputSet::new(x, eps, Norm::L2, Some(Domain::uniform(20, 0.0, 1.0).unwrap())).unwrap();
+    let base = Bab { timeout: 60.0, branching: Branching::Relu, ..Bab::default() };
+    let (o0, s0) = base.solve_margin(&net, &set, label, 3).unwrap();
+    assert!(matches!(o0, Outcome::Verified { .. }) && s0.domains >= 200, "{o0:?} after {} domains", s0.domains);
+    let with = Bab { sdp_share: 0.5, sdp_after: 0, ..base };
+    let (o1, s1) = with.solve_margin(&net, &set, label, 3).unwrap();
+    let Outcome::Verified { bound } = o1 else { panic!("{o1:?}") };
+    assert!(s1.domains <= 2 && s1.sdp.refuted >= 1, "{s1:?}");
+    for _ in 0..2000 {
+        let x = set.sample(&mut rng);
+        assert!(net.margin(&x, label, 3).unwrap() >= bound);
+    }
 }
 
 /// A network whose margin needs splits: relu(x) - relu(x) + 0.1 = 0.1 (the triangle relaxation
@@ -192,8 +247,13 @@ fn property_forms_agree_across_branchings_and_with_sampling() {
         }
         let prop = Property { outputs: 4, regions };
         let mut results = Vec::new();
-        for branching in [Branching::Relu, Branching::Input] {
-            let bab = Bab { branching, timeout: 30.0, ..Bab::default() };
+        let sdp = Bab { branching: Branching::Relu, timeout: 30.0, sdp_share: 0.5, sdp_after: 0, ..Bab::default() };
+        for bab in [Branching::Relu, Branching::Input]
+            .map(|branching| Bab { branching, timeout: 30.0, ..Bab::default() })
+            .into_iter()
+            .chain([sdp])
+        {
+            let branching = bab.branching;
             let r = check_property_bab(&net, &prop, None, &bab).unwrap();
             match &r.result {
                 PropertyResult::Sat { input, output } => {
@@ -213,6 +273,7 @@ fn property_forms_agree_across_branchings_and_with_sampling() {
             results.push(matches!(r.result, PropertyResult::Sat { .. }));
         }
         assert_eq!(results[0], results[1], "seed {seed}: the two branchings disagree");
+        assert_eq!(results[0], results[2], "seed {seed}: BM-Full bounding changes the answer");
         answers[usize::from(results[0])] += 1;
     }
     assert!(answers[0] >= 5 && answers[1] >= 5, "unbalanced: {answers:?} (unsat, sat)");

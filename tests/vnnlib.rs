@@ -233,3 +233,58 @@ fn arbitrary_text_never_panics() {
         let _ = nnet_from_str(&nnet.into_iter().collect::<String>());
     }
 }
+
+/// Every bounding method of the property checker on random properties of small random ReLU
+/// networks: `unsat` never where sampling finds a violation, a `sat` input always violates, and
+/// the tighter methods prove at least what CROWN proves (BM-Full bounds each constraint as the
+/// margin of the network whose last layer is that constraint).
+#[test]
+fn property_methods_are_sound_and_ordered_on_random_properties() {
+    use nncert::io::vnnlib::{OutputConstraint, Property, Region};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(31);
+    let methods = [PropertyMethod::Crown, PropertyMethod::AlphaCrown, PropertyMethod::Lp, PropertyMethod::BmFull];
+    let mut unsat = [0usize; 4];
+    for seed in 0..30u64 {
+        let net = common::random_network(500 + seed, &[4, 12, 10, 3], nncert::Activation::Relu);
+        let lo: Vec<f64> = (0..4).map(|_| rng.random::<f64>()).collect();
+        let hi: Vec<f64> = lo.iter().map(|l| l + 0.1 + 0.5 * rng.random::<f64>()).collect();
+        // One constraint c^T y + d <= 0 with d near minus the sampled minimum of c^T f: some
+        // properties hold by a small margin, some do not.
+        let c: Vec<f64> = (0..3).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+        let values: Vec<f64> = (0..2000)
+            .map(|_| {
+                let x: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
+                net.forward(&x).unwrap().iter().zip(&c).map(|(y, c)| y * c).sum::<f64>()
+            })
+            .collect();
+        let (min, max) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+        let d = -min + (max - min) * (0.6 * rng.random::<f64>() - 0.05);
+        let disjuncts = vec![vec![OutputConstraint { coeffs: c, constant: d, strict: false }]];
+        let prop =
+            Property { outputs: 3, regions: vec![Region { input_lo: lo.clone(), input_hi: hi.clone(), disjuncts }] };
+        let violated = (0..20000).any(|_| {
+            let x: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
+            prop.violated_by(&x, &net.forward(&x).unwrap())
+        });
+        for (k, &m) in methods.iter().enumerate() {
+            match check_property(&net, &prop, None, m, 100).unwrap() {
+                PropertyResult::Unsat => {
+                    assert!(!violated, "seed {seed} {m:?}: unsat, but a sample violates");
+                    unsat[k] += 1;
+                }
+                PropertyResult::Sat { input, output } => {
+                    assert_eq!(net.forward(&input).unwrap(), output);
+                    assert!(prop.violated_by(&input, &output), "seed {seed} {m:?}: sat input does not violate");
+                }
+                _ => {}
+            }
+        }
+    }
+    eprintln!("unsat counts (crown, alpha-crown, lp, bm-full): {unsat:?}");
+    assert!(unsat[0] >= 3, "too few proven to compare: {unsat:?}");
+    // Measured: [15, 17, 17, 19] (CROWN, alpha-CROWN, LP, BM-Full).
+    assert!(unsat[1] >= unsat[0] && unsat[2] >= unsat[0] && unsat[3] >= unsat[2], "{unsat:?}");
+    assert!(unsat[3] > unsat[0], "BM-Full proves nothing CROWN does not: {unsat:?}");
+}

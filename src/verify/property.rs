@@ -74,6 +74,10 @@ pub enum PropertyMethod {
     Lp,
     /// The triangle LP on LP-Full's pre-activation bounds.
     LpFull,
+    /// BM-Full (the SDP relaxation of the BM-r paper, Proposition 3.1, solved by BM-r with
+    /// optimized-slope pre-activation bounds) on each constraint, as the margin of the network
+    /// whose last layer is the constraint ([`super::bab::sdp::objective_network`]; ReLU networks).
+    BmFull,
 }
 
 /// Checks `prop` on `net` over the property's input boxes intersected with `domain` (e.g. the
@@ -201,6 +205,17 @@ fn check_region(
             let mut lower = linear::spec_lower_bounds(net, &set, &pre, lam.as_ref(), linear::Slope::Adaptive);
             let (lp, _) = super::lp::spec_lp_bounds(net, &set, &pre, lam.as_ref(), &LpSettings::default());
             lower.iter_mut().zip(lp).for_each(|(a, b)| *a = a.max(b));
+            lower
+        }
+        PropertyMethod::BmFull => {
+            let bm = super::bm::Bm::full();
+            let mut lower = Vec::with_capacity(constraints.len());
+            for c in &constraints {
+                // The bound on c^T f(x) alone (the constant is added below).
+                let zero = crate::io::vnnlib::OutputConstraint { constant: 0.0, ..(*c).clone() };
+                let objective = super::bab::sdp::objective_network(net, &zero)?;
+                lower.push(super::Verifier::lower_bounds(&bm, &objective, &set, 0, &[1])?.bounds[0].1);
+            }
             lower
         }
     };

@@ -31,6 +31,7 @@ pub mod refine;
 pub use refine::RefineStats;
 pub mod relax;
 pub mod relu;
+pub mod sdp;
 
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,21 @@ pub struct Bab {
     pub refine: f64,
     /// Domains each of those searches may bound (default 256).
     pub refine_domains: usize,
+    /// The share of [`Bab::timeout`] that ReLU splitting may spend bounding domains with BM-Full,
+    /// the SDP relaxation on a domain's split-tightened bounds ([`sdp`]; default 0: off). Once the
+    /// search has bounded [`Bab::sdp_after`] domains without an answer, BM-Full bounds the root,
+    /// then in each round the open domains with the fewest splits (each once), while the share
+    /// lasts. The search waits for it (it does not run beside it).
+    #[serde(default)]
+    pub sdp_share: f64,
+    /// Domains the search bounds before BM-Full starts (default 1000): a property the beta-CROWN
+    /// search settles quickly never pays for an SDP.
+    #[serde(default = "default_sdp_after")]
+    pub sdp_after: usize,
+}
+
+fn default_sdp_after() -> usize {
+    1000
 }
 
 impl Default for Bab {
@@ -128,6 +144,8 @@ impl Default for Bab {
             progress: false,
             refine: 0.3,
             refine_domains: 256,
+            sdp_share: 0.0,
+            sdp_after: default_sdp_after(),
         }
     }
 }
@@ -181,6 +199,20 @@ pub struct SearchStats {
     /// The refinement of the root's intermediate bounds (zero when none ran; its domains are not
     /// counted in `domains`).
     pub refine: RefineStats,
+    /// The domains bounded by BM-Full ([`Bab::sdp_share`]).
+    #[serde(default)]
+    pub sdp: SdpStats,
+}
+
+/// What BM-Full's bounding of domains did in one search ([`Bab::sdp_share`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SdpStats {
+    /// Domains BM-Full bounded.
+    pub domains: usize,
+    /// Of those, the domains it refuted (beta-CROWN had left them open).
+    pub refuted: usize,
+    /// Wall-clock seconds it took.
+    pub seconds: f64,
 }
 
 /// The deadline, the statistics and the progress line of one query.
@@ -328,10 +360,10 @@ impl Bab {
                 self.timeout, self.batch, self.max_domains
             )));
         }
-        if !(0.0..=1.0).contains(&self.refine) {
+        if !(0.0..=1.0).contains(&self.refine) || !(0.0..=1.0).contains(&self.sdp_share) {
             return Err(Error::InvalidArgument(format!(
-                "refine is a share of the time limit, in [0, 1] (got {})",
-                self.refine
+                "refine and sdp_share are shares of the time limit, in [0, 1] (got {} and {})",
+                self.refine, self.sdp_share
             )));
         }
         Ok(())

@@ -110,7 +110,7 @@ fn pass(
     stats: &mut RefineStats,
 ) -> Result<(bool, bool)> {
     let hidden = net.layers().len() - 1;
-    let sub_settings = Bab { progress: false, refine: 0.0, ..settings.clone() };
+    let sub_settings = Bab { progress: false, refine: 0.0, sdp_share: 0.0, ..settings.clone() };
     let slopes = SlopeSettings { iterations: settings.root_iterations, ..Default::default() };
     let (mut changed, mut stopped) = (false, false);
     for j in 1..hidden {

@@ -30,6 +30,8 @@ use crate::error::Result;
 use crate::linalg;
 use crate::network::Network;
 use crate::spec::InputSet;
+use crate::verify::bm::Bm;
+use crate::verify::sdp::BoundSource;
 
 /// An open domain of the search.
 #[derive(Clone)]
@@ -49,6 +51,8 @@ struct Domain {
     branch_lam: (usize, f64),
     /// The relaxation's minimizer for the constraint closest to refuting the domain.
     point: Vec<f64>,
+    /// Bounded by BM-Full already (its children are not: their bounds are tighter).
+    sdp_tried: bool,
 }
 
 impl Domain {
@@ -103,6 +107,7 @@ pub(super) fn search(
         point: p.set.center().to_vec(),
         bounds,
         splits: Vec::new(),
+        sdp_tried: false,
     };
     if let Some(x) = optimize(p, &spec, std::slice::from_mut(&mut root), settings.root_iterations) {
         return Ok(Outcome::Falsified { input: x });
@@ -115,6 +120,8 @@ pub(super) fn search(
         return leaf_only(p, root, tracker);
     }
     choose_branches(p, &spec, std::slice::from_mut(&mut root), settings);
+    // The root, kept for BM-Full's first bound (Bab::sdp_share).
+    let mut sdp_root = (settings.sdp_share > 0.0).then(|| root.clone());
     let mut open: Vec<Domain> = vec![root];
     let mut settled = f64::INFINITY;
     let mut stuck = false;
@@ -125,6 +132,34 @@ pub(super) fn search(
             return Ok(outcome);
         }
         round += 1;
+        if settings.sdp_share > 0.0 && tracker.stats.domains >= settings.sdp_after {
+            if let Some(mut root) = sdp_root.take() {
+                sdp_bound(p, std::slice::from_mut(&mut root), settings, tracker)?;
+                if p.refutes(&root.values) {
+                    return Ok(Outcome::Verified { bound: root.score() });
+                }
+            }
+            // The open domains with the fewest splits, each once.
+            let mut fresh: Vec<usize> = (0..open.len()).filter(|&i| !open[i].sdp_tried).collect();
+            fresh.sort_by_key(|&i| (open[i].splits.len(), std::cmp::Reverse(i)));
+            fresh.truncate(rayon::current_num_threads().max(1));
+            if !fresh.is_empty() && tracker.stats.sdp.seconds < settings.sdp_share * settings.timeout {
+                fresh.sort_unstable_by(|a, b| b.cmp(a));
+                let mut picked: Vec<Domain> = fresh.iter().map(|&i| open.swap_remove(i)).collect();
+                sdp_bound(p, &mut picked, settings, tracker)?;
+                for mut d in picked {
+                    d.sdp_tried = true;
+                    if p.refutes(&d.values) {
+                        settled = settled.min(d.score());
+                    } else {
+                        open.push(d);
+                    }
+                }
+                if open.is_empty() {
+                    continue;
+                }
+            }
+        }
         // The worst domains first: sort descending and take from the end.
         open.sort_by(|a, b| b.score().total_cmp(&a.score()));
         let take = settings.batch.min(open.len());
@@ -155,6 +190,7 @@ pub(super) fn search(
                     v.push(if c == j { relax::matching_beta(split, lam, slope) } else { 0.0 });
                 }
                 child.branch = None;
+                child.sdp_tried = false;
             }
             children.push(a);
             children.push(b);
@@ -208,6 +244,43 @@ pub(super) fn search(
         }
         tracker.stats.max_open = tracker.stats.max_open.max(open.len());
     }
+}
+
+/// Bounds `domains` by BM-Full ([`super::sdp`]) in parallel, a few at a time (one per thread)
+/// while [`Bab::sdp_share`] of the time limit lasts; each domain's values become the larger of
+/// beta-CROWN's and BM-Full's.
+fn sdp_bound(p: &Problem<'_>, domains: &mut [Domain], settings: &Bab, tracker: &mut Tracker) -> Result<()> {
+    let threads = rayon::current_num_threads().max(1);
+    let budget = settings.sdp_share * settings.timeout;
+    for group in domains.chunks_mut(threads) {
+        let left = (budget - tracker.stats.sdp.seconds)
+            .min(tracker.deadline.saturating_duration_since(std::time::Instant::now()).as_secs_f64());
+        if left <= 0.0 {
+            break;
+        }
+        let bm = Bm { bounds: BoundSource::Optimized, time_limit: left, ..Bm::default() };
+        let start = std::time::Instant::now();
+        let found: Vec<Result<Vec<f64>>> = group
+            .par_iter()
+            .map(|d| {
+                let mut order: Vec<usize> = (0..d.values.len()).collect();
+                order.sort_by(|&a, &b| d.values[b].total_cmp(&d.values[a]));
+                super::sdp::domain_bounds(p, &d.bounds, &order, &bm)
+            })
+            .collect();
+        tracker.stats.sdp.seconds += start.elapsed().as_secs_f64();
+        for (d, v) in group.iter_mut().zip(found) {
+            let v = v?;
+            tracker.stats.sdp.domains += 1;
+            for (a, b) in d.values.iter_mut().zip(v) {
+                *a = a.max(b);
+            }
+            if p.refutes(&d.values) {
+                tracker.stats.sdp.refuted += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The search when the root has no unstable neuron: the root's LP decides.
