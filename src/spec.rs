@@ -14,8 +14,15 @@ use faer::MatRef;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::rounding::{UNIT_ROUNDOFF, gamma, lower};
 use crate::error::{Error, Result};
-use crate::linalg::{dot, norm2};
+use crate::linalg::norm2;
+
+/// a^T b lowered by its rounding error (gamma_{n+2} |a|^T |b|).
+fn sound_dot(a: &[f64], b: &[f64]) -> f64 {
+    let (v, abs) = a.iter().zip(b).fold((0.0, 0.0), |(v, s), (x, y)| (v + x * y, s + (x * y).abs()));
+    lower(v, gamma(a.len() + 2) * abs)
+}
 
 /// The norm of the perturbation ball.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -283,17 +290,32 @@ impl InputSet {
     ///   at the optimal lambda (Slater holds when eps > 0). The optimal lambda is found exactly: with
     ///   t = 1/lambda the minimizer is x_i = c_i + clip(-a_i t, lo_i - c_i, hi_i - c_i) and
     ///   ||x(t) - c||^2 is piecewise quadratic in t with breakpoints where coordinates saturate.
+    ///
+    /// Sound in floating point: each value is lowered by an a-priori bound on its own rounding
+    /// error (gamma_n |a|^T |x| for a sum of n products, see [`crate::bounds::rounding`]), so it
+    /// is a lower bound on the exact minimum over the real set.
     pub fn min_linear(&self, a: &[f64]) -> f64 {
         debug_assert_eq!(a.len(), self.dim());
         match (self.norm, &self.domain) {
-            _ if self.eps == 0.0 => dot(a, &self.center),
+            _ if self.eps == 0.0 => sound_dot(a, &self.center),
             (Norm::Linf, _) => {
                 let (lo, hi) = self.bounding_box();
-                a.iter().zip(lo.iter().zip(&hi)).map(|(&ai, (&l, &h))| if ai >= 0.0 { ai * l } else { ai * h }).sum()
+                let x = a.iter().zip(lo.iter().zip(&hi)).map(|(&ai, (&l, &h))| if ai >= 0.0 { l } else { h });
+                let (v, abs) = x.zip(a).fold((0.0, 0.0), |(v, abs), (x, ai)| (v + ai * x, abs + (ai * x).abs()));
+                lower(v, gamma(a.len() + 2) * abs)
             }
-            (Norm::L2, None) => dot(a, &self.center) - self.eps * norm2(a),
+            (Norm::L2, None) => self.min_linear_l2_ball(a),
             (Norm::L2, Some(d)) => self.min_linear_l2_box(a, d),
         }
+    }
+
+    /// a^T c - eps ||a||_2, lowered by its rounding error.
+    fn min_linear_l2_ball(&self, a: &[f64]) -> f64 {
+        let (v, abs) = a.iter().zip(&self.center).fold((0.0, 0.0), |(v, s), (x, c)| (v + x * c, s + (x * c).abs()));
+        let n = norm2(a);
+        // faer's norm (scaled sum of squares, then a square root) is within gamma_{n+4} of ||a||.
+        let r = self.eps * n;
+        lower(v - r, gamma(a.len() + 2) * abs + gamma(a.len() + 8) * r)
     }
 
     /// [`InputSet::min_linear`] of every column of `a` (dimension x columns), sharing the set-up.
@@ -304,13 +326,24 @@ impl InputSet {
             let (lo, hi) = self.bounding_box();
             let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
             let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
+            // |mid| + rad bounds |x| on the box; the rounding of mid and rad themselves (u each)
+            // and of the 2n terms is within gamma_{2n+4} |a|^T (|mid| + rad).
+            let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
+            let g = gamma(2 * a.nrows() + 4);
             return (0..a.ncols())
                 .map(|j| {
                     let term = |(ai, (m, r)): (&f64, (&f64, &f64))| ai * m - ai.abs() * r;
-                    match a.col(j).try_as_col_major() {
-                        Some(col) => col.as_slice().iter().zip(mid.iter().zip(&rad)).map(term).sum(),
-                        None => a.col(j).iter().zip(mid.iter().zip(&rad)).map(term).sum(),
-                    }
+                    let (v, abs): (f64, f64) = match a.col(j).try_as_col_major() {
+                        Some(col) => (
+                            col.as_slice().iter().zip(mid.iter().zip(&rad)).map(term).sum(),
+                            col.as_slice().iter().zip(&mag).map(|(ai, m)| ai.abs() * m).sum(),
+                        ),
+                        None => (
+                            a.col(j).iter().zip(mid.iter().zip(&rad)).map(term).sum(),
+                            a.col(j).iter().zip(&mag).map(|(ai, m)| ai.abs() * m).sum(),
+                        ),
+                    };
+                    lower(v, g * abs)
                 })
                 .collect();
         }
@@ -373,9 +406,14 @@ impl InputSet {
 
     fn min_linear_l2_box(&self, a: &[f64], d: &Domain) -> f64 {
         let c = &self.center;
-        let eps2 = self.eps * self.eps;
+        // eps^2 rounded down: the Lagrangian's - lambda eps^2 / 2 only grows.
+        let eps2 = (self.eps * self.eps).next_down().max(0.0);
         let box_min = || -> f64 {
-            a.iter().enumerate().map(|(i, &ai)| if ai >= 0.0 { ai * d.lo[i] } else { ai * d.hi[i] }).sum()
+            let (v, abs) = (0..a.len()).fold((0.0, 0.0), |(v, s), i| {
+                let t = if a[i] >= 0.0 { a[i] * d.lo[i] } else { a[i] * d.hi[i] };
+                (v + t, s + t.abs())
+            });
+            lower(v, gamma(a.len() + 2) * abs)
         };
         // The minimizer of the Lagrangian at lambda = 1/t is clip(c - t a): a ray in direction -a.
         let neg_a: Vec<f64> = a.iter().map(|v| -v).collect();
@@ -385,19 +423,27 @@ impl InputSet {
             return box_min();
         }
         if t_star <= 0.0 || t_star.is_nan() {
-            return box_min().max(dot(a, c) - self.eps * norm2(a));
+            return box_min().max(self.min_linear_l2_ball(a));
         }
         let lambda = 1.0 / t_star;
+        // The dual function at lambda, evaluated at the computed minimizer x~ of the separable
+        // Lagrangian: the rounding of the 2n + 1 terms (a few operations each), and the excess
+        // L(x~) - L(x*), second order in |x~ - x*| <= 4 u (|c_i| + |a_i| / lambda) per coordinate.
         let g = |lambda: f64| -> f64 {
             let mut v = -0.5 * lambda * eps2;
+            let (mut abs, mut second) = (v.abs(), 0.0);
             for i in 0..a.len() {
                 let xi = (c[i] - a[i] / lambda).clamp(d.lo[i], d.hi[i]);
                 let dx = xi - c[i];
-                v += a[i] * xi + 0.5 * lambda * dx * dx;
+                let (t1, t2) = (a[i] * xi, 0.5 * lambda * dx * dx);
+                v += t1 + t2;
+                abs += t1.abs() + t2;
+                let e = 4.0 * UNIT_ROUNDOFF * (c[i].abs() + a[i].abs() / lambda);
+                second += 2.0 * lambda * e * e;
             }
-            v
+            lower(v, gamma(2 * a.len() + 12) * abs + 2.0 * second)
         };
-        g(lambda).max(box_min()).max(dot(a, c) - self.eps * norm2(a))
+        g(lambda).max(box_min()).max(self.min_linear_l2_ball(a))
     }
 }
 
@@ -456,6 +502,7 @@ pub(crate) fn gaussian<R: Rng + ?Sized>(rng: &mut R) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linalg::dot;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

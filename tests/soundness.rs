@@ -125,3 +125,40 @@ fn zero_radius_gives_the_exact_margin() {
         }
     }
 }
+
+/// A Jia-Rinard-style network (Jia & Rinard, SAS 2021): the hidden neuron relu(x + 2^52) is
+/// 2^52 + 0.6 in real arithmetic at x = 0.6 but rounds to 2^52 + 1, so the float evaluation of
+/// y0 = h - 2^52 gives 1 where the real network gives 0.6. With y1 = 0.8, the real margin
+/// y0 - y1 is x - 0.8 < 0 on the whole set (the label loses), while every float evaluation near
+/// x = 0.6 says +0.2. A bound that ignores rounding proves the margin positive; every method's
+/// bound must stay below the real minimum -0.2 + eps, and no verdict may be "robust".
+#[test]
+fn rounding_cannot_make_a_losing_margin_look_robust() {
+    let big = 2f64.powi(52);
+    let hidden = nncert::Layer::from_rows(&[vec![1.0]], vec![big], Activation::Relu).unwrap();
+    let out = nncert::Layer::from_rows(&[vec![1.0], vec![0.0]], vec![-big, 0.8], Activation::Identity).unwrap();
+    let net = Network::new(vec![1], vec![hidden, out]).unwrap();
+    // The float forward pass is fooled: margin +0.2 instead of the real -0.2.
+    assert!(net.margin(&[0.6], 0, 1).unwrap() > 0.19);
+    for (norm, domain) in
+        [(Norm::Linf, None), (Norm::L2, None), (Norm::L2, Some(Domain::uniform(1, 0.0, 1.0).unwrap()))]
+    {
+        let set = InputSet::new(vec![0.6], 1e-3, norm, domain).unwrap();
+        for name in ["ibp", "fastlin", "crown", "alpha-crown", "lp", "lp-full", "bm", "bm-full", "bab"] {
+            // Branch and bound cannot decide it (the float forward pass rejects the real
+            // counterexample): it answers unknown at its timeout.
+            let v: Box<dyn nncert::verify::Verifier> = if name == "bab" {
+                Box::new(nncert::verify::bab::Bab { timeout: 1.0, ..Default::default() })
+            } else {
+                nncert::verify::by_name(name).unwrap()
+            };
+            let t0 = std::time::Instant::now();
+            let r = v.lower_bounds(&net, &set, 0, &[1]).unwrap();
+            let b = r.bounds[0].1;
+            assert!(b <= -0.199, "{name} {norm:?}: bound {b} above the real margin's minimum -0.201");
+            let report = nncert::certify::certify(&net, &set, 0, Some(v.as_ref()), &Default::default()).unwrap();
+            assert_ne!(report.verdict, nncert::Verdict::Robust, "{name} {norm:?}");
+            eprintln!("{name} {norm:?}: bound {b:.3}, {:?}, {:.2} s", report.verdict, t0.elapsed().as_secs_f64());
+        }
+    }
+}

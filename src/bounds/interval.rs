@@ -7,7 +7,7 @@
 
 use faer::{Mat, MatRef};
 
-use super::{Interval, PreActivationBounds};
+use super::{Interval, PreActivationBounds, rounding};
 use crate::linalg;
 use crate::network::{Activation, Network};
 use crate::spec::InputSet;
@@ -17,27 +17,48 @@ pub(crate) fn first_layer(w: MatRef<'_, f64>, b: &[f64], set: &InputSet) -> Inte
     let neg = Mat::from_fn(w.ncols(), w.nrows(), |j, i| -w[(i, j)]);
     let lower = set.min_linear_columns(w.transpose());
     let neg_upper = set.min_linear_columns(neg.as_ref());
+    // The support values are sound; adding b rounds once more (rounding::lower covers it).
     Interval {
-        lower: lower.iter().zip(b).map(|(l, b)| l + b).collect(),
-        upper: neg_upper.iter().zip(b).map(|(u, b)| -u + b).collect(),
+        lower: lower.iter().zip(b).map(|(l, b)| rounding::lower(l + b, 0.0)).collect(),
+        upper: neg_upper.iter().zip(b).map(|(u, b)| rounding::upper(-u + b, 0.0)).collect(),
     }
 }
 
-/// Post-activation box of a pre-activation interval.
+/// Post-activation box of a pre-activation interval (ReLU and identity exactly; the smooth
+/// activations' evaluation, a few ulps off, widened by 16 u).
 pub(crate) fn activate(iv: &Interval, act: Activation) -> (Vec<f64>, Vec<f64>) {
-    (iv.lower.iter().map(|&v| act.eval(v)).collect(), iv.upper.iter().map(|&v| act.eval(v)).collect())
+    match act {
+        Activation::Relu | Activation::Identity => {
+            (iv.lower.iter().map(|&v| act.eval(v)).collect(), iv.upper.iter().map(|&v| act.eval(v)).collect())
+        }
+        _ => {
+            let e = |y: f64| 16.0 * rounding::UNIT_ROUNDOFF * y.abs() + f64::MIN_POSITIVE;
+            (
+                iv.lower.iter().map(|&v| act.eval(v)).map(|y| rounding::lower(y, e(y))).collect(),
+                iv.upper.iter().map(|&v| act.eval(v)).map(|y| rounding::upper(y, e(y))).collect(),
+            )
+        }
+    }
 }
 
-/// Bounds of W x + b for x in the box \[lo, hi\].
+/// Bounds of W x + b for x in the box \[lo, hi\], widened by their rounding error: the products
+/// are within gamma_n |W| |mid| and gamma_n |W| rad, and mid and rad themselves within u of
+/// (lo + hi) / 2 and (hi - lo) / 2 per coordinate, so gamma_{n+4} |W| (|mid| + rad) covers all
+/// (see [`super::rounding`]).
 pub(crate) fn affine_box(w: MatRef<'_, f64>, b: &[f64], lo: &[f64], hi: &[f64]) -> Interval {
     let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
     let rad: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (h - l)).collect();
     let abs_w = Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)].abs());
     let c = linalg::mat_vec(w, &mid);
     let r = linalg::mat_vec(abs_w.as_ref(), &rad);
+    let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
+    let e: Vec<f64> = linalg::mat_vec(abs_w.as_ref(), &mag)
+        .into_iter()
+        .map(|v| rounding::gamma(w.ncols() + 4) * v * (1.0 + 1e-12))
+        .collect();
     Interval {
-        lower: c.iter().zip(&r).zip(b).map(|((c, r), b)| c - r + b).collect(),
-        upper: c.iter().zip(&r).zip(b).map(|((c, r), b)| c + r + b).collect(),
+        lower: (0..c.len()).map(|i| rounding::lower(c[i] - r[i] + b[i], e[i])).collect(),
+        upper: (0..c.len()).map(|i| rounding::upper(c[i] + r[i] + b[i], e[i])).collect(),
     }
 }
 

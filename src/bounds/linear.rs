@@ -28,7 +28,7 @@
 
 use faer::{Mat, MatRef};
 
-use super::{Interval, PreActivationBounds};
+use super::{Interval, PreActivationBounds, rounding};
 use crate::linalg;
 use crate::network::{Activation, Network};
 use crate::spec::InputSet;
@@ -95,7 +95,7 @@ pub fn relaxation(act: Activation, l: f64, u: f64, slope: Slope) -> (f64, f64, f
             } else if u <= 0.0 {
                 (0.0, 0.0, 0.0, 0.0)
             } else {
-                let s = u / (u - l);
+                let (s, offset) = rounding::relu_chord(l, u);
                 let lower = match slope {
                     Slope::FastLin => s,
                     Slope::Adaptive => {
@@ -106,7 +106,7 @@ pub fn relaxation(act: Activation, l: f64, u: f64, slope: Slope) -> (f64, f64, f
                         }
                     }
                 };
-                (lower, 0.0, s, -s * l)
+                (lower, 0.0, s, offset)
             }
         }
         Activation::Sigmoid | Activation::Tanh | Activation::Softplus => smooth_relaxation(act, l, u),
@@ -154,46 +154,80 @@ pub fn margin_spec(classes: usize, label: usize, targets: &[usize]) -> Mat<f64> 
     m
 }
 
-/// Applies the relaxation of one activation layer to lam (neurons x specs) in place.
-fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines) {
-    for s in 0..lam.ncols() {
-        let mut c = 0.0;
-        for (i, v) in lam.col_mut(s).iter_mut().enumerate() {
-            let x = *v;
-            if x >= 0.0 {
-                *v = x * lines.lower_slope[i];
-                c += x * lines.lower_offset[i];
-            } else {
-                *v = x * lines.upper_slope[i];
-                c += x * lines.upper_offset[i];
+/// Applies the relaxation of one activation layer to lam (neurons x specs) in place; returns per
+/// column the sum of |lam_i o_i| over the offsets used (for the rounding allowance).
+fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines) -> Vec<f64> {
+    (0..lam.ncols())
+        .map(|s| {
+            let (mut c, mut abs) = (0.0, 0.0);
+            for (i, v) in lam.col_mut(s).iter_mut().enumerate() {
+                let x = *v;
+                let t = if x >= 0.0 {
+                    *v = x * lines.lower_slope[i];
+                    x * lines.lower_offset[i]
+                } else {
+                    *v = x * lines.upper_slope[i];
+                    x * lines.upper_offset[i]
+                };
+                c += t;
+                abs += t.abs();
             }
-        }
-        consts[s] += c;
+            consts[s] += c;
+            abs
+        })
+        .collect()
+}
+
+/// The per-neuron weights of the rounding allowance of each layer's backward step
+/// ([`rounding::step_weights`]), from the pre-activation bounds of layers 0..bounds.len().
+pub(crate) fn step_weights(net: &Network, set: &InputSet, bounds: &[Interval]) -> Vec<Vec<f64>> {
+    let layers = net.layers();
+    let (lo, hi) = set.bounding_box();
+    let mut x_mag: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect();
+    let mut out = Vec::with_capacity(bounds.len());
+    for (k, iv) in bounds.iter().enumerate() {
+        out.push(rounding::step_weights(&layers[k], &x_mag, &rounding::magnitude(iv)));
+        x_mag = rounding::activated_magnitude(iv, layers[k].activation());
     }
+    out
 }
 
 /// Lower bounds on lam[:, s]^T x_j + consts\[s\] for every column s, where lam lies on the *input*
-/// x_j of layer j (x_0 is the network input) and `lines[k]` relaxes the activation of layer k < j.
+/// x_j of layer j (x_0 is the network input) and `lines[k]` relaxes the activation of layer k < j;
+/// `weights[k]` are layer k's rounding weights ([`step_weights`]): every bound is lowered by the
+/// a-priori bound on its rounding error ([`rounding`]).
 fn backward(
     net: &Network,
     set: &InputSet,
     lines: &[Lines],
+    weights: &[Vec<f64>],
     j: usize,
     mut lam: Mat<f64>,
     mut consts: Vec<f64>,
 ) -> Vec<f64> {
     let layers = net.layers();
+    let mut err = vec![0.0; lam.ncols()];
+    let mut abs_consts: Vec<f64> = consts.iter().map(|c| c.abs()).collect();
     for k in (0..j).rev() {
         // lam on x_{k+1} = sigma_k(z_k): relax, then through z_k = W_k x_k + b_k.
-        relax(&mut lam, &mut consts, &lines[k]);
+        let offsets = relax(&mut lam, &mut consts, &lines[k]);
         let layer = &layers[k];
         for (s, c) in consts.iter_mut().enumerate() {
-            *c += linalg::dot(column(&lam, s), layer.bias());
+            let v = column(&lam, s);
+            err[s] += rounding::step_error(v, &weights[k], offsets[s]);
+            *c += linalg::dot(v, layer.bias());
+            abs_consts[s] += c.abs();
         }
         lam = mul_nonzero_rows(layer.weight_t(), &lam);
     }
     let support = set.min_linear_columns(lam.as_ref());
-    support.iter().zip(&consts).map(|(a, b)| a + b).collect()
+    let g = rounding::gamma(j + 3);
+    (0..consts.len())
+        .map(|s| {
+            let v = support[s] + consts[s];
+            rounding::lower(v, err[s] + g * (abs_consts[s] + support[s].abs()))
+        })
+        .collect()
 }
 
 /// W^T lam, leaving out the rows of lam that are zero in every column: neurons whose relaxed
@@ -214,13 +248,6 @@ pub(crate) fn mul_nonzero_rows(wt: MatRef<'_, f64>, lam: &Mat<f64>) -> Mat<f64> 
 
 fn column(m: &Mat<f64>, s: usize) -> &[f64] {
     m.col(s).try_as_col_major().expect("owned matrices have contiguous columns").as_slice()
-}
-
-/// lam^T (W x + b) with lam on the pre-activation z_j: returns (W^T lam, lam^T b).
-fn through_affine(net: &Network, j: usize, lam: MatRef<'_, f64>) -> (Mat<f64>, Vec<f64>) {
-    let layer = &net.layers()[j];
-    let consts = (0..lam.ncols()).map(|s| (0..lam.nrows()).map(|i| lam[(i, s)] * layer.bias()[i]).sum()).collect();
-    (linalg::mul(layer.weight_t(), lam), consts)
 }
 
 fn layer_lines(net: &Network, k: usize, iv: &Interval, slope: Slope) -> Lines {
@@ -246,6 +273,7 @@ pub fn all_layer_bounds_within(
     let layers = net.layers();
     let mut bounds: Vec<Interval> = Vec::with_capacity(layers.len());
     let mut lines: Vec<Lines> = Vec::with_capacity(layers.len());
+    let mut weights: Vec<Vec<f64>> = Vec::new();
     for j in 0..layers.len() {
         // lam = [I, -I] on z_j, pushed through W_j directly: [W_j^T, -W_j^T] with consts [b, -b].
         let wt = layers[j].weight_t();
@@ -255,13 +283,14 @@ pub fn all_layer_bounds_within(
         lam.as_mut().submatrix_mut(0, n, wt.nrows(), n).copy_from(-wt);
         let b = layers[j].bias();
         let consts: Vec<f64> = b.iter().copied().chain(b.iter().map(|v| -v)).collect();
-        let lb = backward(net, set, &lines, j, lam, consts);
+        let lb = backward(net, set, &lines, &weights, j, lam, consts);
         let mut iv = Interval { lower: lb[..n].to_vec(), upper: lb[n..].iter().map(|v| -v).collect() };
         if let Some(w) = within {
             iv.intersect(&w.layers[j]);
         }
         lines.push(layer_lines(net, j, &iv, slope));
         bounds.push(iv);
+        weights = step_weights(net, set, &bounds);
     }
     PreActivationBounds { layers: bounds }
 }
@@ -277,12 +306,8 @@ pub fn spec_lower_bounds(
 ) -> Vec<f64> {
     let k = net.layers().len();
     let lines: Vec<Lines> = (0..k).map(|j| layer_lines(net, j, &pre.layers[j], slope)).collect();
-    let mut lam = lam.to_owned();
-    let mut consts = vec![0.0; lam.ncols()];
-    relax(&mut lam, &mut consts, &lines[k - 1]);
-    let (lam, c2) = through_affine(net, k - 1, lam.as_ref());
-    let consts: Vec<f64> = consts.iter().zip(&c2).map(|(a, b)| a + b).collect();
-    backward(net, set, &lines, k - 1, lam, consts)
+    let weights = step_weights(net, set, &pre.layers);
+    backward(net, set, &lines, &weights, k, lam.to_owned(), vec![0.0; lam.ncols()])
 }
 
 #[cfg(test)]

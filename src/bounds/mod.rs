@@ -8,6 +8,8 @@
 //!   (adaptive slope 0 or 1). Smooth activations get linear bounds with exact offsets.
 //! * [`optimized`]: the same backward relaxation with the ReLU slopes optimized per neuron bound
 //!   (alpha-CROWN), which approaches LP-Full's pre-activation bounds without an LP solver.
+//! * [`rounding`]: a-priori bounds on the rounding errors of the above, subtracted from every
+//!   bound, so that the bounds hold for the real-number network (sound floating point).
 //! * [`dual`]: the Wong-Kolter dual objective J(x, nu) evaluated from its dual variables
 //!   (004_79c7a41c77cceb0d.txt), an independent code path used to test the Fast-Lin bound.
 //!
@@ -19,6 +21,7 @@ pub mod interval;
 pub mod linear;
 pub mod lp;
 pub mod optimized;
+pub mod rounding;
 
 use serde::{Deserialize, Serialize};
 

@@ -109,7 +109,7 @@ pub fn optimized_margin_bounds(
         return Ok(Vec::new());
     }
     let depth = layers.len() - 1;
-    let relaxed: Vec<Vec<Neuron>> = (0..depth).map(|k| neurons(&pre.layers[k])).collect();
+    let relaxed = Relaxed::new(net, set, pre, depth);
     let spec = super::linear::margin_spec(net.num_classes(), label, targets);
     Ok(ascend(net, set, &relaxed, depth, &spec, settings))
 }
@@ -138,7 +138,7 @@ pub fn optimized_spec_bounds(
         return Ok(Vec::new());
     }
     let depth = net.layers().len() - 1;
-    let relaxed: Vec<Vec<Neuron>> = (0..depth).map(|k| neurons(&pre.layers[k])).collect();
+    let relaxed = Relaxed::new(net, set, pre, depth);
     Ok(ascend(net, set, &relaxed, depth, &spec.to_owned(), settings))
 }
 
@@ -162,7 +162,8 @@ fn check_supported(net: &Network, settings: &SlopeSettings) -> Result<()> {
 enum Neuron {
     Active,
     Inactive,
-    /// Chord slope u / (u - l) and offset -l u / (u - l).
+    /// Chord slope u / (u - l) and offset -l u / (u - l), rounded up
+    /// ([`super::rounding::relu_chord`]).
     Unstable {
         slope: f64,
         offset: f64,
@@ -179,8 +180,8 @@ fn neurons(iv: &Interval) -> Vec<Neuron> {
             } else if u <= 0.0 {
                 Neuron::Inactive
             } else {
-                let s = u / (u - l);
-                Neuron::Unstable { slope: s, offset: -s * l }
+                let (slope, offset) = super::rounding::relu_chord(l, u);
+                Neuron::Unstable { slope, offset }
             }
         })
         .collect()
@@ -202,7 +203,7 @@ pub(crate) fn tighten_layer(
     }
     // Columns (neuron, sign): +1 bounds z_i from below, -1 bounds -z_i from below.
     let jobs: Vec<(usize, f64)> = unstable.iter().flat_map(|&i| [(i, 1.0), (i, -1.0)]).collect();
-    let relaxed: Vec<Vec<Neuron>> = (0..depth).map(|k| neurons(&pre.layers[k])).collect();
+    let relaxed = Relaxed::new(net, set, pre, depth);
     // Columns are independent; fixed chunks (not one per thread) keep the result the same on any
     // number of threads, so that a certificate's check recomputes exactly these bounds.
     let n_out = iv.len();
@@ -223,12 +224,39 @@ pub(crate) fn tighten_layer(
     iv
 }
 
+/// The relaxation of the layers before `depth` with the weights of their rounding allowance.
+struct Relaxed {
+    /// Per layer k < depth, per neuron.
+    neurons: Vec<Vec<Neuron>>,
+    /// Layer k's rounding weights ([`super::rounding::step_weights`]), k < depth.
+    weights: Vec<Vec<f64>>,
+    /// Those of layer `depth` itself (the product with the specification).
+    top: Vec<f64>,
+}
+
+impl Relaxed {
+    fn new(net: &Network, set: &InputSet, pre: &PreActivationBounds, depth: usize) -> Self {
+        let mut weights = super::linear::step_weights(net, set, &pre.layers[..depth]);
+        let top = if depth == 0 {
+            let (lo, hi) = set.bounding_box();
+            let x: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect();
+            super::rounding::step_weights(&net.layers()[0], &x, &vec![0.0; net.layers()[0].output_size()])
+        } else {
+            let x = super::rounding::activated_magnitude(&pre.layers[depth - 1], net.layers()[depth - 1].activation());
+            super::rounding::step_weights(&net.layers()[depth], &x, &vec![0.0; net.layers()[depth].output_size()])
+        };
+        weights.truncate(depth);
+        Self { neurons: (0..depth).map(|k| neurons(&pre.layers[k])).collect(), weights, top }
+    }
+}
+
 /// The best lower bound found on spec\[:, s\]^T z_depth for each column s, relaxing the activations
-/// of the layers before `depth` (`relaxed`).
+/// of the layers before `depth` (`relaxed`), each lowered by its rounding allowance
+/// ([`super::rounding`]).
 fn ascend(
     net: &Network,
     set: &InputSet,
-    relaxed: &[Vec<Neuron>],
+    relaxed: &Relaxed,
     depth: usize,
     spec: &Mat<f64>,
     settings: &SlopeSettings,
@@ -239,6 +267,15 @@ fn ascend(
     let lam_top = linalg::mul(layers[depth].weight_t(), spec.as_ref());
     let const_top: Vec<f64> =
         (0..cols).map(|s| (0..spec.nrows()).map(|i| spec[(i, s)] * layers[depth].bias()[i]).sum()).collect();
+    // The rounding error of that first step, per column.
+    let err_top: Vec<f64> = (0..cols)
+        .map(|s| {
+            let col: Vec<f64> = (0..spec.nrows()).map(|i| spec[(i, s)]).collect();
+            super::rounding::step_error(&col, &relaxed.top, 0.0)
+        })
+        .collect();
+    let relaxed_weights = &relaxed.weights;
+    let relaxed = &relaxed.neurons;
     // Slopes, started at CROWN-Ada's (1 if u > -l else 0), and Adam's moments.
     let mut alpha: Vec<Mat<f64>> = relaxed
         .iter()
@@ -259,10 +296,12 @@ fn ascend(
         // the gradient.
         let mut lam = lam_top.clone();
         let mut consts = const_top.clone();
+        let mut err = err_top.clone();
+        let mut abs_consts: Vec<f64> = consts.iter().map(|c| c.abs()).collect();
         for k in (0..depth).rev() {
             saved[k].copy_from(&lam);
             for s in 0..cols {
-                let mut c = 0.0;
+                let (mut c, mut offsets) = (0.0, 0.0);
                 for (i, n) in relaxed[k].iter().enumerate() {
                     let x = lam[(i, s)];
                     lam[(i, s)] = match *n {
@@ -273,18 +312,23 @@ fn ascend(
                                 x * alpha[k][(i, s)]
                             } else {
                                 c += x * offset;
+                                offsets += (x * offset).abs();
                                 x * slope
                             }
                         }
                     };
                 }
-                consts[s] += c + (0..lam.nrows()).map(|i| lam[(i, s)] * layers[k].bias()[i]).sum::<f64>();
+                let v = lam.col_as_slice(s);
+                err[s] += super::rounding::step_error(v, &relaxed_weights[k], offsets);
+                consts[s] += c + linalg::dot(v, layers[k].bias());
+                abs_consts[s] += consts[s].abs();
             }
             lam = linalg::mul(layers[k].weight_t(), lam.as_ref());
         }
         let support = set.min_linear_columns(lam.as_ref());
+        let g = super::rounding::gamma(depth + 3);
         for s in 0..cols {
-            let v = support[s] + consts[s];
+            let v = super::rounding::lower(support[s] + consts[s], err[s] + g * (abs_consts[s] + support[s].abs()));
             if v > best[s] {
                 best[s] = v;
             }

@@ -156,7 +156,7 @@ fn split_dimension(d: &BoxDomain, root_width: &[f64]) -> Option<usize> {
 pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> Result<Outcome> {
     let (lo, hi) = p.set.bounding_box();
     // The constraints pulled back onto the last hidden layer once (ReLU networks).
-    let spec = super::relu_network(p.net).then(|| Spec::new(p));
+    let spec = super::relu_network(p.net).then(|| Spec::new(p, None));
     let (root, found) = bound_box(p, spec.as_ref(), lo, hi, None)?;
     tracker.stats.domains += 1;
     if let Some(x) = found {

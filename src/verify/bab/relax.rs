@@ -28,6 +28,7 @@
 
 use faer::Mat;
 
+use crate::bounds::rounding;
 use crate::linalg;
 use crate::network::Network;
 use crate::spec::InputSet;
@@ -154,9 +155,10 @@ impl Column<'_> {
     }
 
     /// Relaxes hidden layer k's ReLU for the coefficient vector `lam` (on the layer's output) in
-    /// place, turning it into the coefficient on the pre-activation; returns the constant.
-    fn relax(&self, k: usize, lam: &mut [f64]) -> f64 {
-        let mut c = 0.0;
+    /// place, turning it into the coefficient on the pre-activation; returns the constant and the
+    /// sum of |lam_i o_i| over the offsets used (for the rounding allowance).
+    fn relax(&self, k: usize, lam: &mut [f64]) -> (f64, f64) {
+        let (mut c, mut offsets) = (0.0, 0.0);
         for (i, v) in lam.iter_mut().enumerate() {
             let x = *v;
             if x == 0.0 {
@@ -173,9 +175,10 @@ impl Column<'_> {
             if x >= 0.0 {
                 *v = x * self.lower_slope(k, i, l, u);
             } else {
-                let s = u / (u - l);
+                let (s, o) = rounding::relu_chord(l, u);
                 *v = x * s;
-                c -= x * s * l;
+                c += x * o;
+                offsets += (x * o).abs();
             }
         }
         for (s, b) in self.splits.iter().zip(self.beta) {
@@ -183,7 +186,7 @@ impl Column<'_> {
                 lam[s.neuron] += s.sign() * b;
             }
         }
-        c
+        (c, offsets)
     }
 
     /// The relaxed network's output of hidden layer k at pre-activation `z`, for the line chosen
@@ -197,10 +200,39 @@ impl Column<'_> {
         } else if lam >= 0.0 {
             self.lower_slope(k, i, l, u) * z
         } else {
-            let s = u / (u - l);
-            s * (z - l)
+            let (s, o) = rounding::relu_chord(l, u);
+            s * z + o
         }
     }
+}
+
+/// The rounding weights of hidden layers 0..top ([`rounding::step_weights`]) for a batch of
+/// columns, from magnitudes valid on every column's domain (the largest over the domains).
+fn batch_weights(net: &Network, set: &InputSet, top: usize, cols: &[Column<'_>]) -> Vec<Vec<f64>> {
+    let layers = net.layers();
+    let mut distinct: Vec<&HiddenBounds> = Vec::new();
+    for c in cols {
+        if !distinct.last().is_some_and(|d| std::ptr::eq(*d, c.bounds)) {
+            distinct.push(c.bounds);
+        }
+    }
+    let (lo, hi) = set.bounding_box();
+    let mut x_mag: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect();
+    let mut out = Vec::with_capacity(top);
+    for (k, layer) in layers.iter().enumerate().take(top) {
+        let n = layer.output_size();
+        let (mut z_mag, mut next) = (vec![0.0f64; n], vec![0.0f64; n]);
+        for b in &distinct {
+            for i in 0..n {
+                let (l, u) = (b.lower[k][i], b.upper[k][i]);
+                z_mag[i] = z_mag[i].max(l.abs()).max(u.abs());
+                next[i] = next[i].max(u);
+            }
+        }
+        out.push(rounding::step_weights(layer, &x_mag, &z_mag));
+        x_mag = next;
+    }
+    out
 }
 
 /// The result of a batched backward pass.
@@ -228,20 +260,31 @@ pub fn backward(
 ) -> Backward {
     let layers = net.layers();
     let mut saved = Vec::new();
+    let weights = batch_weights(net, set, top, cols);
+    let mut err = vec![0.0; cols.len()];
+    let mut abs_consts: Vec<f64> = consts.iter().map(|c| c.abs()).collect();
     for k in (0..top).rev() {
         if save {
             saved.push(lam.clone());
         }
         for (s, col) in cols.iter().enumerate() {
             let v = lam.col_as_slice_mut(s);
-            consts[s] += col.relax(k, v);
+            let (c, offsets) = col.relax(k, v);
+            err[s] += rounding::step_error(v, &weights[k], offsets);
+            consts[s] += c;
             consts[s] += linalg::dot(v, layers[k].bias());
+            abs_consts[s] += consts[s].abs();
         }
         lam = crate::bounds::linear::mul_nonzero_rows(layers[k].weight_t(), &lam);
     }
     saved.reverse();
+    // Sound in floating point: the support function is, and each value is lowered by the
+    // a-priori bound on the backward pass's rounding ([`rounding`]).
     let support = set.min_linear_columns(lam.as_ref());
-    let values = support.iter().zip(&consts).map(|(a, b)| a + b).collect();
+    let g = rounding::gamma(top + 3);
+    let values = (0..consts.len())
+        .map(|s| rounding::lower(support[s] + consts[s], err[s] + g * (abs_consts[s] + support[s].abs())))
+        .collect();
     Backward { values, input_coeffs: lam, saved }
 }
 

@@ -25,10 +25,10 @@ use super::relax::{self, Column, HiddenBounds, Split};
 use super::{Bab, Outcome, Problem, StopReason, Tracker};
 use crate::bounds::lp::{LpSettings, TriangleProgram};
 use crate::bounds::optimized::{self, SlopeSettings};
-use crate::bounds::{Interval, PreActivationBounds};
+use crate::bounds::{Interval, PreActivationBounds, rounding};
 use crate::error::Result;
 use crate::linalg;
-use crate::network::Network;
+use crate::network::{Activation, Network};
 use crate::spec::InputSet;
 use crate::verify::bm::Bm;
 use crate::verify::sdp::BoundSource;
@@ -71,14 +71,38 @@ pub(super) struct Spec {
 }
 
 impl Spec {
-    pub(super) fn new(p: &Problem<'_>) -> Self {
+    /// `pre` bounds the pre-activations on every domain to be bounded (e.g. the root's; None:
+    /// IBP's over the problem's set): the constants are lowered by the rounding error of the
+    /// products C^T W and C^T b ([`crate::bounds::rounding`]), so that the backward passes from
+    /// `top` stay sound.
+    pub(super) fn new(p: &Problem<'_>, pre: Option<&PreActivationBounds>) -> Self {
         let layers = p.net.layers();
         let last = &layers[layers.len() - 1];
         let m = p.constraints.len();
         let c = Mat::<f64>::from_fn(p.net.num_classes(), m, |i, j| p.constraints[j].coeffs[i]);
         let top = linalg::mul(last.weight_t(), c.as_ref());
-        let consts =
-            (0..m).map(|j| linalg::dot(&p.constraints[j].coeffs, last.bias()) + p.constraints[j].constant).collect();
+        let x_mag = if layers.len() == 1 {
+            let (lo, hi) = p.set.bounding_box();
+            lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect()
+        } else {
+            let ibp;
+            let pre = match pre {
+                Some(pre) => pre,
+                None => {
+                    ibp = crate::bounds::interval::ibp(p.net, p.set);
+                    &ibp
+                }
+            };
+            rounding::activated_magnitude(&pre.layers[layers.len() - 2], Activation::Relu)
+        };
+        let w = rounding::step_weights(last, &x_mag, &vec![0.0; last.output_size()]);
+        let consts = (0..m)
+            .map(|j| {
+                let cj = &p.constraints[j];
+                let v = linalg::dot(&cj.coeffs, last.bias()) + cj.constant;
+                rounding::lower(v, rounding::step_error(&cj.coeffs, &w, 0.0) + rounding::gamma(2) * cj.constant.abs())
+            })
+            .collect();
         Self { top, consts }
     }
 }
@@ -93,7 +117,7 @@ pub(super) fn search(
     let net = p.net;
     let hidden = net.layers().len() - 1;
     let m = p.constraints.len();
-    let spec = Spec::new(p);
+    let spec = Spec::new(p, Some(pre));
     let bounds = HiddenBounds {
         lower: pre.layers[..hidden].iter().map(|iv| iv.lower.clone()).collect(),
         upper: pre.layers[..hidden].iter().map(|iv| iv.upper.clone()).collect(),
@@ -258,7 +282,15 @@ fn sdp_bound(p: &Problem<'_>, domains: &mut [Domain], settings: &Bab, tracker: &
         if left <= 0.0 {
             break;
         }
-        let bm = Bm { bounds: BoundSource::Optimized, time_limit: left, ..Bm::default() };
+        // One solve per constraint within the time left (no near-miss restarts or extended budget:
+        // each would get the whole time limit again).
+        let bm = Bm {
+            bounds: BoundSource::Optimized,
+            time_limit: left,
+            restarts: 0,
+            near_miss_iterations: Bm::default().max_iterations,
+            ..Bm::default()
+        };
         let start = std::time::Instant::now();
         let found: Vec<Result<Vec<f64>>> = group
             .par_iter()
