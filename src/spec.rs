@@ -332,16 +332,14 @@ impl InputSet {
             let g = gamma(2 * a.nrows() + 4);
             return (0..a.ncols())
                 .map(|j| {
-                    let term = |(ai, (m, r)): (&f64, (&f64, &f64))| ai * m - ai.abs() * r;
-                    let (v, abs): (f64, f64) = match a.col(j).try_as_col_major() {
-                        Some(col) => (
-                            col.as_slice().iter().zip(mid.iter().zip(&rad)).map(term).sum(),
-                            col.as_slice().iter().zip(&mag).map(|(ai, m)| ai.abs() * m).sum(),
-                        ),
-                        None => (
-                            a.col(j).iter().zip(mid.iter().zip(&rad)).map(term).sum(),
-                            a.col(j).iter().zip(&mag).map(|(ai, m)| ai.abs() * m).sum(),
-                        ),
+                    // One pass: the value a^T mid - |a|^T rad and the magnitude |a|^T (|mid| + rad).
+                    let fused = |(v, abs): (f64, f64), (ai, ((m, r), g)): (&f64, ((&f64, &f64), &f64))| {
+                        let x = ai.abs();
+                        (v + (ai * m - x * r), abs + x * g)
+                    };
+                    let (v, abs) = match a.col(j).try_as_col_major() {
+                        Some(col) => col.as_slice().iter().zip(mid.iter().zip(&rad).zip(&mag)).fold((0.0, 0.0), fused),
+                        None => a.col(j).iter().zip(mid.iter().zip(&rad).zip(&mag)).fold((0.0, 0.0), fused),
                     };
                     lower(v, g * abs)
                 })

@@ -86,24 +86,36 @@ pub fn spec_lower_bounds(net: &Network, set: &InputSet, pre: &PreActivationBound
         let (lo, hi) = activate(&pre.layers[last], layers[last].activation());
         return (0..m)
             .map(|s| {
-                (0..lo.len())
-                    .map(|i| {
-                        let c = lam[(i, s)];
-                        if c >= 0.0 { c * lo[i] } else { c * hi[i] }
-                    })
-                    .sum()
+                let (v, abs) = (0..lo.len()).fold((0.0, 0.0), |(v, a), i| {
+                    let c = lam[(i, s)];
+                    let t = if c >= 0.0 { c * lo[i] } else { c * hi[i] };
+                    (v + t, a + t.abs())
+                });
+                rounding::lower(v, rounding::gamma(lo.len() + 2) * abs)
             })
             .collect();
     }
-    // Folded last layer: lam^T W x + lam^T b.
+    // Folded last layer: lam^T W x + lam^T b, lowered by the rounding of the folding itself
+    // (gamma_{n+2} |lam|^T (|W| X + |b|), X bounding |x| on the set).
     let folded_w = linalg::mul(lam.transpose(), layers[last].weight());
     let folded_b: Vec<f64> =
         (0..m).map(|s| (0..lam.nrows()).map(|i| lam[(i, s)] * layers[last].bias()[i]).sum()).collect();
-    let iv = if last == 0 {
-        first_layer(folded_w.as_ref(), &folded_b, set)
+    let (iv, x_mag) = if last == 0 {
+        let (lo, hi) = set.bounding_box();
+        (
+            first_layer(folded_w.as_ref(), &folded_b, set),
+            lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect(),
+        )
     } else {
         let (lo, hi) = activate(&pre.layers[last - 1], layers[last - 1].activation());
-        affine_box(folded_w.as_ref(), &folded_b, &lo, &hi)
+        let x_mag: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect();
+        (affine_box(folded_w.as_ref(), &folded_b, &lo, &hi), x_mag)
     };
-    iv.lower
+    let w = rounding::step_weights(&layers[last], &x_mag, &vec![0.0; lam.nrows()]);
+    (0..m)
+        .map(|s| {
+            let col: Vec<f64> = (0..lam.nrows()).map(|i| lam[(i, s)]).collect();
+            rounding::lower(iv.lower[s], rounding::step_error(&col, &w, 0.0))
+        })
+        .collect()
 }

@@ -289,8 +289,16 @@ pub fn all_layer_bounds_within(
             iv.intersect(&w.layers[j]);
         }
         lines.push(layer_lines(net, j, &iv, slope));
+        // This layer's rounding weights (the earlier layers' do not change).
+        let x_mag = match j {
+            0 => {
+                let (lo, hi) = set.bounding_box();
+                lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect()
+            }
+            _ => rounding::activated_magnitude(&bounds[j - 1], layers[j - 1].activation()),
+        };
+        weights.push(rounding::step_weights(&layers[j], &x_mag, &rounding::magnitude(&iv)));
         bounds.push(iv);
-        weights = step_weights(net, set, &bounds);
     }
     PreActivationBounds { layers: bounds }
 }

@@ -86,12 +86,20 @@ pub fn step_weights(layer: &Layer, x_mag: &[f64], z_mag: &[f64]) -> Vec<f64> {
 /// g (|W| x + |b|) per row of W (x >= 0), with the rounding of this very computation covered by
 /// a relative 1e-12.
 pub fn abs_affine(w: MatRef<'_, f64>, b: &[f64], x: &[f64], g: f64) -> Vec<f64> {
-    (0..w.nrows())
-        .map(|i| {
-            let s: f64 = (0..w.ncols()).map(|j| w[(i, j)].abs() * x[j]).sum::<f64>() + b[i].abs();
-            g * s * (1.0 + 1e-12)
-        })
-        .collect()
+    let mut out: Vec<f64> = b.iter().map(|v| v.abs()).collect();
+    // Column by column (the layers' weights are column-major).
+    for (j, &xj) in x.iter().enumerate() {
+        if xj == 0.0 {
+            continue;
+        }
+        let col = w.col(j);
+        match col.try_as_col_major() {
+            Some(c) => out.iter_mut().zip(c.as_slice()).for_each(|(o, v)| *o += v.abs() * xj),
+            None => out.iter_mut().zip(col.iter()).for_each(|(o, v)| *o += v.abs() * xj),
+        }
+    }
+    out.iter_mut().for_each(|o| *o *= g * (1.0 + 1e-12));
+    out
 }
 
 /// The error of one backward step for one column: sum_i |v_i| w_i plus gamma_{n+1} times
