@@ -126,7 +126,9 @@ pub fn certify(
     if let Some(settings) = &options.attack {
         for r in pgd(net, set, label, &targets, settings)? {
             report.upper_bounds[r.target] = Some(r.margin);
-            if r.margin < 0.0 {
+            // A counterexample only where the real network's margin is certainly negative (the
+            // float margin beyond its rounding bound).
+            if r.margin < 0.0 && net.surely_loses(&r.input, label, r.target)? {
                 let better = report.counterexample.as_ref().is_none_or(|c| r.margin < c.margin);
                 if better {
                     report.counterexample = Some(Counterexample { target: r.target, margin: r.margin, input: r.input });
@@ -151,7 +153,7 @@ pub fn certify(
         if let Some(c) = bounds.counterexample
             && report.counterexample.is_none()
             && set.contains(&c.input, 0.0)
-            && net.margin(&c.input, label, c.target).is_ok_and(|m| m < 0.0)
+            && net.surely_loses(&c.input, label, c.target)?
         {
             let margin = net.margin(&c.input, label, c.target)?;
             report.upper_bounds[c.target] = Some(report.upper_bounds[c.target].map_or(margin, |u| u.min(margin)));

@@ -162,3 +162,40 @@ fn rounding_cannot_make_a_losing_margin_look_robust() {
         }
     }
 }
+
+/// The mirror case: relu(x + 2^52) at x = 0.4 evaluates to 2^52 (real 2^52 + 0.4), so with
+/// y0 = h - 2^52 and y1 = 0.2 the float margin is -0.2 where the real margin x - 0.2 is +0.2 on
+/// the whole set: the real network is robust, and a counterexample that trusts the float forward
+/// pass would be wrong. Counterexamples are reported only beyond the forward pass's rounding
+/// bound (`Network::surely_loses`, `OutputConstraint::surely_holds`), so none is.
+#[test]
+fn rounding_cannot_make_a_robust_margin_look_broken() {
+    let big = 2f64.powi(52);
+    let hidden = nncert::Layer::from_rows(&[vec![1.0]], vec![big], Activation::Relu).unwrap();
+    let out = nncert::Layer::from_rows(&[vec![1.0], vec![0.0]], vec![-big, 0.2], Activation::Identity).unwrap();
+    let net = Network::new(vec![1], vec![hidden, out]).unwrap();
+    assert!(net.margin(&[0.4], 0, 1).unwrap() < -0.19, "the float forward pass is fooled");
+    assert!(!net.surely_loses(&[0.4], 0, 1).unwrap());
+    let set = InputSet::new(vec![0.4], 1e-3, Norm::Linf, None).unwrap();
+    let bab = nncert::verify::bab::Bab { timeout: 1.0, ..Default::default() };
+    for v in [&nncert::verify::Crown as &dyn nncert::verify::Verifier, &bab] {
+        let report = nncert::certify::certify(&net, &set, 0, Some(v), &Default::default()).unwrap();
+        assert_ne!(report.verdict, nncert::Verdict::NotRobust, "{}: {report:?}", v.name());
+        assert!(report.counterexample.is_none());
+    }
+    // The same as a VNN-LIB property (y0 - y1 <= 0 is the violation): never `sat`.
+    let text = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n\
+                (assert (>= X_0 0.399))\n(assert (<= X_0 0.401))\n(assert (<= Y_0 Y_1))\n";
+    let prop = nncert::io::vnnlib_from_str(text).unwrap();
+    let r = nncert::verify::bab::check_property_bab(&net, &prop, None, &bab).unwrap();
+    assert!(!matches!(r.result, nncert::verify::property::PropertyResult::Sat { .. }), "{:?}", r.result);
+    let r = nncert::verify::property::check_property(
+        &net,
+        &prop,
+        None,
+        nncert::verify::property::PropertyMethod::Crown,
+        100,
+    )
+    .unwrap();
+    assert!(!matches!(r, nncert::verify::property::PropertyResult::Sat { .. }), "{r:?}");
+}

@@ -38,6 +38,22 @@ impl OutputConstraint {
     }
 }
 
+impl OutputConstraint {
+    /// Whether the constraint certainly holds for the real outputs, given float outputs `y` within
+    /// `err` of them ([`crate::Network::forward_with_error`]): the value plus its rounding bound
+    /// is < 0 (strict) or <= 0.
+    pub fn surely_holds(&self, y: &[f64], err: &[f64]) -> bool {
+        let (mut v, mut abs, mut moved) = (self.constant, self.constant.abs(), 0.0);
+        for ((c, y), e) in self.coeffs.iter().zip(y).zip(err) {
+            v += c * y;
+            abs += (c * y).abs();
+            moved += c.abs() * e;
+        }
+        let hi = crate::bounds::rounding::upper(v, moved + crate::bounds::rounding::gamma(y.len() + 2) * abs);
+        if self.strict { hi < 0.0 } else { hi <= 0.0 }
+    }
+}
+
 /// One input box with the output constraints that violate the property on it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Region {

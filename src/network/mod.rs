@@ -239,6 +239,48 @@ impl Network {
         h
     }
 
+    /// f(x) in floating point with, per output, a bound on its distance to the real-number
+    /// f(x) of the stored weights: |y_float - y_real| <= err. Per layer, the float z = fl(W h + b)
+    /// is within gamma_{n+1} (|W| |h| + |b|) of W h + b, and the error already in h moves it by
+    /// at most |W| e_h; the activation is 1-Lipschitz (sigmoid 1/4) and its own evaluation is
+    /// exact (ReLU, identity) or within 16 u of its value (see [`crate::bounds::rounding`]).
+    pub fn forward_with_error(&self, x: &[f64]) -> Result<(Vec<f64>, Vec<f64>)> {
+        use crate::bounds::rounding::{UNIT_ROUNDOFF, abs_affine, gamma};
+        self.check_input(x)?;
+        let mut h = x.to_vec();
+        let mut e = vec![0.0; x.len()];
+        for layer in &self.layers {
+            let h_abs: Vec<f64> = h.iter().map(|v| v.abs()).collect();
+            let round = abs_affine(layer.weight(), &layer.bias, &h_abs, gamma(layer.input_size() + 1));
+            let carried = abs_affine(layer.weight(), &vec![0.0; layer.output_size()], &e, 1.0);
+            let mut z = linalg::mat_vec(layer.weight(), &h);
+            let lipschitz = if layer.activation == Activation::Sigmoid { 0.25 } else { 1.0 };
+            let exact = matches!(layer.activation, Activation::Relu | Activation::Identity);
+            e = (0..z.len())
+                .map(|i| {
+                    z[i] = layer.activation.eval(z[i] + layer.bias[i]);
+                    let own = if exact { 0.0 } else { 16.0 * UNIT_ROUNDOFF * z[i].abs() + f64::MIN_POSITIVE };
+                    // The bias addition rounds too (u |z|, inside gamma_{n+1}).
+                    (lipschitz * (round[i] + carried[i]) + own) * (1.0 + 1e-12)
+                })
+                .collect();
+            h = z;
+        }
+        Ok((h, e))
+    }
+
+    /// Whether the real-number network's margin f(x)\[label\] - f(x)\[target\] is certainly < 0 at
+    /// `x` (the float margin plus its rounding bound, [`Network::forward_with_error`], is < 0):
+    /// what a reported counterexample must satisfy.
+    pub fn surely_loses(&self, x: &[f64], label: usize, target: usize) -> Result<bool> {
+        self.check_label(label)?;
+        self.check_label(target)?;
+        let (y, e) = self.forward_with_error(x)?;
+        let m = y[label] - y[target];
+        let err = e[label] + e[target] + crate::bounds::rounding::UNIT_ROUNDOFF * m.abs() * 2.0;
+        Ok(m + err < 0.0)
+    }
+
     /// The predicted class argmax f(x) (the first one on ties).
     pub fn predict(&self, x: &[f64]) -> Result<usize> {
         Ok(argmax(&self.forward(x)?))

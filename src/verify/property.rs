@@ -280,7 +280,11 @@ pub(crate) fn descend(
     for k in 0..=steps {
         let y = net.forward(&x)?;
         if d.iter().all(|c| c.holds(&y)) {
-            return Ok(Some(x));
+            // Confirmed for the real-number network, beyond the forward pass's rounding.
+            let (y, e) = net.forward_with_error(&x)?;
+            if d.iter().all(|c| c.surely_holds(&y, &e)) {
+                return Ok(Some(x));
+            }
         }
         if k == steps || d.is_empty() {
             break;

@@ -91,7 +91,7 @@ fn bound_box(
     };
     let score = sensitivity.iter().zip(lo.iter().zip(&hi)).map(|(a, (l, h))| a * (h - l)).collect();
     let y = p.net.forward(&centre)?;
-    let found = (p.violated_by(&y) && p.set.contains(&centre, 0.0)).then_some(centre);
+    let found = (p.violated_by(&y) && p.confirms(&centre)).then_some(centre);
     Ok((BoxDomain { lo, hi, values, score, hidden: kept }, found))
 }
 

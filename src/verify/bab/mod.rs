@@ -312,6 +312,16 @@ impl Problem<'_> {
     pub(crate) fn violated_by(&self, y: &[f64]) -> bool {
         self.constraints.iter().all(|c| c.holds(y))
     }
+
+    /// Whether `x` is a counterexample of the real-number network: in the set, and every
+    /// constraint holds beyond the forward pass's rounding ([`Network::forward_with_error`]).
+    pub(crate) fn confirms(&self, x: &[f64]) -> bool {
+        self.set.contains(x, 0.0)
+            && self
+                .net
+                .forward_with_error(x)
+                .is_ok_and(|(y, e)| self.constraints.iter().all(|c| c.surely_holds(&y, &e)))
+    }
 }
 
 /// Gradient descent on the most violated constraint from `x` inside the set (sign steps for
@@ -324,7 +334,7 @@ pub(crate) fn attack_from(p: &Problem<'_>, mut x: Vec<f64>, steps: usize, first_
     let radius = set.eps();
     for k in 0..=steps {
         let y = p.net.forward(&x)?;
-        if p.violated_by(&y) {
+        if p.violated_by(&y) && p.confirms(&x) {
             return Ok(Some(x));
         }
         if k == steps || p.constraints.is_empty() {
@@ -685,8 +695,8 @@ fn margin_attack(
         let targets: Vec<usize> = pairs.iter().filter(|p| p.0 == label).map(|p| p.1).collect();
         for r in crate::attack::pgd(net, set, label, &targets, pgd)? {
             if r.margin <= 0.0 {
-                let y = net.forward(&r.input)?;
-                if disjuncts.iter().any(|d| d.iter().all(|c| c.holds(&y))) && set.contains(&r.input, 0.0) {
+                let (y, e) = net.forward_with_error(&r.input)?;
+                if disjuncts.iter().any(|d| d.iter().all(|c| c.surely_holds(&y, &e))) && set.contains(&r.input, 0.0) {
                     return Ok(Some(r.input));
                 }
             }

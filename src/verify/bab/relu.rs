@@ -408,7 +408,7 @@ fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: us
                     // box's outward-rounded corner).
                     let mut xc = x.col_as_slice(c).to_vec();
                     p.set.project(&mut xc);
-                    if net.forward(&xc).is_ok_and(|y| p.violated_by(&y)) {
+                    if p.confirms(&xc) {
                         found = Some(xc);
                     }
                 }
@@ -604,6 +604,7 @@ fn solve_leaf(p: &Problem<'_>, d: &Domain) -> Result<Leaf> {
         p.set.project(&mut x);
         if let Ok(y) = net.forward(&x)
             && p.violated_by(&y)
+            && p.confirms(&x)
         {
             return Ok(Leaf::Counterexample(x));
         }
