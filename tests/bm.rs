@@ -356,8 +356,11 @@ fn bm_neuron_bounds_reject_bad_input_without_panicking() {
 }
 
 /// Near-miss restarts (`Bm::restarts`, verdict mode): adv-mnist-mlp-2x100, l2 1.0 with the box,
-/// image 20, target 7 (PGD's margin 0.19): BM-Full from seed 0 alone ends just below zero; with
-/// the default restarts another start proves it. The wall-clock cap is lifted so that the
+/// image 20, target 7 (PGD's margin 0.19), a target on the edge: BM-Full from seed 0 alone ended
+/// just below zero until session 16 (another start proved it), and proves it (+0.002) since the
+/// bounds are rounded outwards (session 17) - a trajectory that tiny changes flip. Whichever way
+/// seed 0 ends, the restarts run exactly when it is a near miss the relaxation may still prove,
+/// never lower the bound, and the target ends proven. The wall-clock cap is lifted so that the
 /// iteration budget decides. Skipped without ../shared/data.
 #[test]
 #[ignore = "MNIST-scale: run by .ci/run with --ignored"]
@@ -372,12 +375,16 @@ fn near_miss_restarts_prove_a_target_one_start_misses() {
     let once = Bm { restarts: 0, near_miss_iterations: 0, time_limit: 1e3, ..Bm::full() };
     let r0 = once.solve_target(&net, &set, &rel, label, target).unwrap();
     let b0 = r0.certificate.as_ref().expect("a proven bound").bound;
-    assert!(b0 <= 0.0 && b0 >= -0.25 * r0.attack_margin, "seed 0: {b0} (PGD {}) is not a near miss", r0.attack_margin);
     assert_eq!(r0.solves, 1);
+    let near = b0 <= 0.0
+        && b0 >= -0.25 * r0.attack_margin
+        && !r0.at_optimum
+        && (r0.primal + 2.0 * r0.primal_shift > 0.0 || r0.infeasibility > 1e-3);
     let r = Bm { restarts: 2, ..once }.solve_target(&net, &set, &rel, label, target).unwrap();
     let cert = r.certificate.expect("a proven bound");
-    eprintln!("seed 0: {b0:.4}; with restarts: {:.4} after {} solves", cert.bound, r.solves);
-    assert!(r.solves >= 2 && cert.bound > 0.0, "{} after {} solves", cert.bound, r.solves);
+    eprintln!("seed 0: {b0:.4} (near miss: {near}); with restarts: {:.4} after {} solves", cert.bound, r.solves);
+    assert_eq!(r.solves >= 2, near, "{} solves after seed 0's {b0}", r.solves);
+    assert!(cert.bound >= b0 && cert.bound > 0.0, "{} after {} solves", cert.bound, r.solves);
     assert!(cert.bound <= r.attack_margin);
     assert!(cert.check(&net, &set).is_ok());
 }
@@ -445,7 +452,10 @@ fn the_near_miss_budget_goes_to_targets_with_a_positive_primal_value() {
         r.infeasibility,
         r.iterations
     );
-    assert!(r.primal < 0.0 && r.infeasibility <= 1e-3 && r.iterations == 8400);
+    // No extended budget for it: it stops at the iteration budget or earlier, once its primal
+    // value (plus twice the first-order shift) says the relaxation cannot prove it (6000 since
+    // the outward-rounded bounds of session 17, 8400 before).
+    assert!(r.primal < 0.0 && r.infeasibility <= 1e-3 && r.iterations <= 8400);
 }
 
 /// The input-box products (`Bm::products`, RLT cuts of the input box with the first hidden

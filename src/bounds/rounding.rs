@@ -32,11 +32,14 @@ use super::Interval;
 pub use crate::linalg::psd::{UNIT_ROUNDOFF, gamma};
 use crate::network::{Activation, Layer};
 
-/// A number <= x - err that survives the rounding of the subtraction (NaN stays NaN; an infinite
-/// or NaN `err` gives -inf).
+/// A number <= x - err that survives the rounding of the subtraction (NaN and infinite x stay as
+/// they are; an infinite or NaN `err` gives -inf).
 pub fn lower(x: f64, err: f64) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
     if !err.is_finite() {
-        return if x.is_nan() { x } else { f64::NEG_INFINITY };
+        return f64::NEG_INFINITY;
     }
     (x - err - 2.0 * UNIT_ROUNDOFF * x.abs()).next_down()
 }
@@ -139,5 +142,7 @@ mod tests {
         assert!(lower(1.0, 1e-3) <= 1.0 - 1e-3);
         assert_eq!(lower(1.0, f64::INFINITY), f64::NEG_INFINITY);
         assert!(lower(f64::NAN, 0.0).is_nan());
+        assert_eq!(lower(f64::NEG_INFINITY, 1.0), f64::NEG_INFINITY);
+        assert_eq!(upper(f64::INFINITY, 1.0), f64::INFINITY);
     }
 }
