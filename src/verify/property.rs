@@ -209,12 +209,25 @@ fn check_region(
         }
         PropertyMethod::BmFull => {
             let bm = super::bm::Bm::full();
+            // The last layer's input magnitudes on the set (IBP), for the folding's rounding.
+            let layers = net.layers();
+            let x_mag: Vec<f64> = if layers.len() == 1 {
+                lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect()
+            } else {
+                let ibp = bounds::interval::ibp(net, &set);
+                crate::bounds::rounding::activated_magnitude(
+                    &ibp.layers[layers.len() - 2],
+                    layers[layers.len() - 2].activation(),
+                )
+            };
             let mut lower = Vec::with_capacity(constraints.len());
             for c in &constraints {
                 // The bound on c^T f(x) alone (the constant is added below).
                 let zero = crate::io::vnnlib::OutputConstraint { constant: 0.0, ..(*c).clone() };
                 let objective = super::bab::sdp::objective_network(net, &zero)?;
-                lower.push(super::Verifier::lower_bounds(&bm, &objective, &set, 0, &[1])?.bounds[0].1);
+                let b = super::Verifier::lower_bounds(&bm, &objective, &set, 0, &[1])?.bounds[0].1;
+                let e = super::bab::sdp::folding_error(net, &zero, &x_mag);
+                lower.push(crate::bounds::rounding::lower(b, e));
             }
             lower
         }

@@ -19,7 +19,7 @@ use faer::Mat;
 
 use super::Problem;
 use super::relax::HiddenBounds;
-use crate::bounds::{Interval, PreActivationBounds, interval};
+use crate::bounds::{Interval, PreActivationBounds, interval, rounding};
 use crate::error::Result;
 use crate::io::vnnlib::OutputConstraint;
 use crate::network::{Activation, Layer, Network};
@@ -27,24 +27,27 @@ use crate::verify::bm::Bm;
 use crate::verify::sdp::{BoundSource, Relaxation};
 
 /// The network whose margin f\[0\] - f\[1\] is c^T f(x) + d: `net` with its affine last layer
-/// replaced by the rows (c^T W, c^T b + d) and (0, 0).
+/// replaced by the rows (c^T W, c^T b + d) and (0, 0). Its weights are rounded: a bound on its
+/// margin is a bound on c^T f(x) + d once [`folding_error`] is subtracted.
 pub fn objective_network(net: &Network, c: &OutputConstraint) -> Result<Network> {
     let layers = net.layers();
     let last = &layers[layers.len() - 1];
     let w = last.weight();
-    let n = w.ncols();
-    let weight =
-        Mat::<f64>::from_fn(
-            2,
-            n,
-            |r, j| {
-                if r == 0 { (0..w.nrows()).map(|i| c.coeffs[i] * w[(i, j)]).sum() } else { 0.0 }
-            },
-        );
+    let row = |j: usize| -> f64 { (0..w.nrows()).map(|i| c.coeffs[i] * w[(i, j)]).sum() };
+    let weight = Mat::<f64>::from_fn(2, w.ncols(), |r, j| if r == 0 { row(j) } else { 0.0 });
     let b0 = crate::linalg::dot(&c.coeffs, last.bias()) + c.constant;
     let mut out: Vec<Layer> = layers[..layers.len() - 1].to_vec();
     out.push(Layer::new(weight, vec![b0, 0.0], Activation::Identity));
     Network::new(net.input_shape().to_vec(), out)
+}
+
+/// How far the real margin of [`objective_network`] can lie from c^T f(x) + d, where `x_mag`
+/// bounds the last layer's input: the folding's rounding, gamma_{m+2} |c|^T (|W| x_mag + |b|) + 2u |d|
+/// ([`rounding::step_error`]).
+pub fn folding_error(net: &Network, c: &OutputConstraint, x_mag: &[f64]) -> f64 {
+    let last = &net.layers()[net.layers().len() - 1];
+    let w = rounding::step_weights(last, x_mag, &vec![0.0; last.output_size()]);
+    rounding::step_error(&c.coeffs, &w, 0.0) + rounding::gamma(2) * c.constant.abs()
 }
 
 /// The lower bound BM-Full proves on c_j^T f(x) + d_j over the domain with hidden bounds
@@ -68,7 +71,9 @@ pub(super) fn domain_bounds(p: &Problem<'_>, bounds: &HiddenBounds, order: &[usi
         let pre = PreActivationBounds { layers };
         let rel = Relaxation::from_bounds(&net, p.set, BoundSource::Optimized, pre)?;
         let report = bm.lower_bounds_with(&net, p.set, 0, &[1], rel)?;
-        values[j] = report.bounds[0].1;
+        // The last hidden layer's outputs on the domain, for the folding's rounding.
+        let x_mag: Vec<f64> = bounds.upper[bounds.upper.len() - 1].iter().map(|u| u.max(0.0)).collect();
+        values[j] = rounding::lower(report.bounds[0].1, folding_error(p.net, &p.constraints[j], &x_mag));
         if p.refutes(&values) {
             break;
         }
