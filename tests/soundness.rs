@@ -126,6 +126,15 @@ fn zero_radius_gives_the_exact_margin() {
     }
 }
 
+/// y0 = relu(x + 2^52) - 2^52 and y1 = `y1`: y0 is x in real arithmetic, but the float evaluation
+/// rounds x + 2^52 to an integer (the networks of the two tests below).
+fn rounding_trap(y1: f64) -> Network {
+    let big = 2f64.powi(52);
+    let hidden = nncert::Layer::from_rows(&[vec![1.0]], vec![big], Activation::Relu).unwrap();
+    let out = nncert::Layer::from_rows(&[vec![1.0], vec![0.0]], vec![-big, y1], Activation::Identity).unwrap();
+    Network::new(vec![1], vec![hidden, out]).unwrap()
+}
+
 /// A Jia-Rinard-style network (Jia & Rinard, SAS 2021): the hidden neuron relu(x + 2^52) is
 /// 2^52 + 0.6 in real arithmetic at x = 0.6 but rounds to 2^52 + 1, so the float evaluation of
 /// y0 = h - 2^52 gives 1 where the real network gives 0.6. With y1 = 0.8, the real margin
@@ -134,10 +143,7 @@ fn zero_radius_gives_the_exact_margin() {
 /// bound must stay below the real minimum -0.2 + eps, and no verdict may be "robust".
 #[test]
 fn rounding_cannot_make_a_losing_margin_look_robust() {
-    let big = 2f64.powi(52);
-    let hidden = nncert::Layer::from_rows(&[vec![1.0]], vec![big], Activation::Relu).unwrap();
-    let out = nncert::Layer::from_rows(&[vec![1.0], vec![0.0]], vec![-big, 0.8], Activation::Identity).unwrap();
-    let net = Network::new(vec![1], vec![hidden, out]).unwrap();
+    let net = rounding_trap(0.8);
     // The float forward pass is fooled: margin +0.2 instead of the real -0.2.
     assert!(net.margin(&[0.6], 0, 1).unwrap() > 0.19);
     for (norm, domain) in
@@ -170,10 +176,7 @@ fn rounding_cannot_make_a_losing_margin_look_robust() {
 /// bound (`Network::surely_loses`, `OutputConstraint::surely_holds`), so none is.
 #[test]
 fn rounding_cannot_make_a_robust_margin_look_broken() {
-    let big = 2f64.powi(52);
-    let hidden = nncert::Layer::from_rows(&[vec![1.0]], vec![big], Activation::Relu).unwrap();
-    let out = nncert::Layer::from_rows(&[vec![1.0], vec![0.0]], vec![-big, 0.2], Activation::Identity).unwrap();
-    let net = Network::new(vec![1], vec![hidden, out]).unwrap();
+    let net = rounding_trap(0.2);
     assert!(net.margin(&[0.4], 0, 1).unwrap() < -0.19, "the float forward pass is fooled");
     assert!(!net.surely_loses(&[0.4], 0, 1).unwrap());
     let set = InputSet::new(vec![0.4], 1e-3, Norm::Linf, None).unwrap();

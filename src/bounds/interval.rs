@@ -100,18 +100,13 @@ pub fn spec_lower_bounds(net: &Network, set: &InputSet, pre: &PreActivationBound
     let folded_w = linalg::mul(lam.transpose(), layers[last].weight());
     let folded_b: Vec<f64> =
         (0..m).map(|s| (0..lam.nrows()).map(|i| lam[(i, s)] * layers[last].bias()[i]).sum()).collect();
-    let (iv, x_mag) = if last == 0 {
-        let (lo, hi) = set.bounding_box();
-        (
-            first_layer(folded_w.as_ref(), &folded_b, set),
-            lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect(),
-        )
+    let iv = if last == 0 {
+        first_layer(folded_w.as_ref(), &folded_b, set)
     } else {
         let (lo, hi) = activate(&pre.layers[last - 1], layers[last - 1].activation());
-        let x_mag: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect();
-        (affine_box(folded_w.as_ref(), &folded_b, &lo, &hi), x_mag)
+        affine_box(folded_w.as_ref(), &folded_b, &lo, &hi)
     };
-    let w = rounding::step_weights(&layers[last], &x_mag, &vec![0.0; lam.nrows()]);
+    let w = rounding::product_weights(&layers[last], &rounding::last_input_magnitude(net, set, Some(pre)));
     (0..m)
         .map(|s| {
             let col: Vec<f64> = (0..lam.nrows()).map(|i| lam[(i, s)]).collect();

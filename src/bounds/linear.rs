@@ -181,15 +181,17 @@ fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines) -> Vec<f64> {
 /// The per-neuron weights of the rounding allowance of each layer's backward step
 /// ([`rounding::step_weights`]), from the pre-activation bounds of layers 0..bounds.len().
 pub(crate) fn step_weights(net: &Network, set: &InputSet, bounds: &[Interval]) -> Vec<Vec<f64>> {
+    (0..bounds.len()).map(|k| layer_step_weights(net, set, bounds, k)).collect()
+}
+
+/// Layer k's rounding weights from the bounds of layers 0..=k.
+fn layer_step_weights(net: &Network, set: &InputSet, bounds: &[Interval], k: usize) -> Vec<f64> {
     let layers = net.layers();
-    let (lo, hi) = set.bounding_box();
-    let mut x_mag: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect();
-    let mut out = Vec::with_capacity(bounds.len());
-    for (k, iv) in bounds.iter().enumerate() {
-        out.push(rounding::step_weights(&layers[k], &x_mag, &rounding::magnitude(iv)));
-        x_mag = rounding::activated_magnitude(iv, layers[k].activation());
-    }
-    out
+    let x_mag = match k {
+        0 => rounding::input_magnitude(set),
+        _ => rounding::activated_magnitude(&bounds[k - 1], layers[k - 1].activation()),
+    };
+    rounding::step_weights(&layers[k], &x_mag, &rounding::magnitude(&bounds[k]))
 }
 
 /// Lower bounds on lam[:, s]^T x_j + consts\[s\] for every column s, where lam lies on the *input*
@@ -289,16 +291,9 @@ pub fn all_layer_bounds_within(
             iv.intersect(&w.layers[j]);
         }
         lines.push(layer_lines(net, j, &iv, slope));
-        // This layer's rounding weights (the earlier layers' do not change).
-        let x_mag = match j {
-            0 => {
-                let (lo, hi) = set.bounding_box();
-                lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect()
-            }
-            _ => rounding::activated_magnitude(&bounds[j - 1], layers[j - 1].activation()),
-        };
-        weights.push(rounding::step_weights(&layers[j], &x_mag, &rounding::magnitude(&iv)));
         bounds.push(iv);
+        // This layer's rounding weights (the earlier layers' do not change).
+        weights.push(layer_step_weights(net, set, &bounds, j));
     }
     PreActivationBounds { layers: bounds }
 }

@@ -236,17 +236,16 @@ struct Relaxed {
 
 impl Relaxed {
     fn new(net: &Network, set: &InputSet, pre: &PreActivationBounds, depth: usize) -> Self {
-        let mut weights = super::linear::step_weights(net, set, &pre.layers[..depth]);
-        let top = if depth == 0 {
-            let (lo, hi) = set.bounding_box();
-            let x: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect();
-            super::rounding::step_weights(&net.layers()[0], &x, &vec![0.0; net.layers()[0].output_size()])
-        } else {
-            let x = super::rounding::activated_magnitude(&pre.layers[depth - 1], net.layers()[depth - 1].activation());
-            super::rounding::step_weights(&net.layers()[depth], &x, &vec![0.0; net.layers()[depth].output_size()])
+        let layers = net.layers();
+        let x = match depth {
+            0 => super::rounding::input_magnitude(set),
+            _ => super::rounding::activated_magnitude(&pre.layers[depth - 1], layers[depth - 1].activation()),
         };
-        weights.truncate(depth);
-        Self { neurons: (0..depth).map(|k| neurons(&pre.layers[k])).collect(), weights, top }
+        Self {
+            neurons: (0..depth).map(|k| neurons(&pre.layers[k])).collect(),
+            weights: super::linear::step_weights(net, set, &pre.layers[..depth]),
+            top: super::rounding::product_weights(&layers[depth], &x),
+        }
     }
 }
 

@@ -28,9 +28,10 @@
 
 use faer::MatRef;
 
-use super::Interval;
+use super::{Interval, PreActivationBounds};
 pub use crate::linalg::psd::{UNIT_ROUNDOFF, gamma};
-use crate::network::{Activation, Layer};
+use crate::network::{Activation, Layer, Network};
+use crate::spec::InputSet;
 
 /// A number <= x - err that survives the rounding of the subtraction (NaN and infinite x stay as
 /// they are; an infinite or NaN `err` gives -inf).
@@ -76,14 +77,42 @@ pub fn activated_magnitude(iv: &Interval, act: Activation) -> Vec<f64> {
         .collect()
 }
 
+/// Bounds on |x| over the set's bounding box (the network input's magnitudes).
+pub fn input_magnitude(set: &InputSet) -> Vec<f64> {
+    let (lo, hi) = set.bounding_box();
+    lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect()
+}
+
+/// Bounds on the magnitudes of the last layer's input on the set: the network input for a
+/// single-layer network, else the last hidden layer's activated bounds from `pre` (None: IBP's).
+pub fn last_input_magnitude(net: &Network, set: &InputSet, pre: Option<&PreActivationBounds>) -> Vec<f64> {
+    let layers = net.layers();
+    if layers.len() == 1 {
+        return input_magnitude(set);
+    }
+    let ibp;
+    let pre = match pre {
+        Some(pre) => pre,
+        None => {
+            ibp = super::interval::ibp(net, set);
+            &ibp
+        }
+    };
+    let k = layers.len() - 2;
+    activated_magnitude(&pre.layers[k], layers[k].activation())
+}
+
+/// gamma_{n+2} (|W| x_mag + |b|) for each neuron of `layer`: the weights of the rounding of a
+/// product of coefficients on the layer's output with W and b, with no relaxation before it
+/// (`x_mag` bounds the layer's input).
+pub fn product_weights(layer: &Layer, x_mag: &[f64]) -> Vec<f64> {
+    abs_affine(layer.weight(), layer.bias(), x_mag, gamma(layer.input_size() + 2))
+}
+
 /// gamma_{n+2} (|W| x_mag + |b|) + 4 u z_mag for each neuron of `layer` (see the module's
 /// documentation): `x_mag` bounds the layer's input, `z_mag` its pre-activation.
 pub fn step_weights(layer: &Layer, x_mag: &[f64], z_mag: &[f64]) -> Vec<f64> {
-    abs_affine(layer.weight(), layer.bias(), x_mag, gamma(layer.input_size() + 2))
-        .into_iter()
-        .zip(z_mag)
-        .map(|(a, z)| a + 4.0 * UNIT_ROUNDOFF * z)
-        .collect()
+    product_weights(layer, x_mag).into_iter().zip(z_mag).map(|(a, z)| a + 4.0 * UNIT_ROUNDOFF * z).collect()
 }
 
 /// g (|W| x + |b|) per row of W (x >= 0), with the rounding of this very computation covered by

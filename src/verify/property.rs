@@ -210,16 +210,7 @@ fn check_region(
         PropertyMethod::BmFull => {
             let bm = super::bm::Bm::full();
             // The last layer's input magnitudes on the set (IBP), for the folding's rounding.
-            let layers = net.layers();
-            let x_mag: Vec<f64> = if layers.len() == 1 {
-                lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect()
-            } else {
-                let ibp = bounds::interval::ibp(net, &set);
-                crate::bounds::rounding::activated_magnitude(
-                    &ibp.layers[layers.len() - 2],
-                    layers[layers.len() - 2].activation(),
-                )
-            };
+            let x_mag = crate::bounds::rounding::last_input_magnitude(net, &set, None);
             let mut lower = Vec::with_capacity(constraints.len());
             for c in &constraints {
                 // The bound on c^T f(x) alone (the constant is added below).

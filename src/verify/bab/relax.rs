@@ -216,8 +216,7 @@ fn batch_weights(net: &Network, set: &InputSet, top: usize, cols: &[Column<'_>])
             distinct.push(c.bounds);
         }
     }
-    let (lo, hi) = set.bounding_box();
-    let mut x_mag: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect();
+    let mut x_mag = rounding::input_magnitude(set);
     let mut out = Vec::with_capacity(top);
     for (k, layer) in layers.iter().enumerate().take(top) {
         let n = layer.output_size();

@@ -28,7 +28,7 @@ use crate::bounds::optimized::{self, SlopeSettings};
 use crate::bounds::{Interval, PreActivationBounds, rounding};
 use crate::error::Result;
 use crate::linalg;
-use crate::network::{Activation, Network};
+use crate::network::Network;
 use crate::spec::InputSet;
 use crate::verify::bm::Bm;
 use crate::verify::sdp::BoundSource;
@@ -81,26 +81,14 @@ impl Spec {
         let m = p.constraints.len();
         let c = Mat::<f64>::from_fn(p.net.num_classes(), m, |i, j| p.constraints[j].coeffs[i]);
         let top = linalg::mul(last.weight_t(), c.as_ref());
-        let x_mag = if layers.len() == 1 {
-            let (lo, hi) = p.set.bounding_box();
-            lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect()
-        } else {
-            let ibp;
-            let pre = match pre {
-                Some(pre) => pre,
-                None => {
-                    ibp = crate::bounds::interval::ibp(p.net, p.set);
-                    &ibp
-                }
-            };
-            rounding::activated_magnitude(&pre.layers[layers.len() - 2], Activation::Relu)
-        };
-        let w = rounding::step_weights(last, &x_mag, &vec![0.0; last.output_size()]);
-        let consts = (0..m)
-            .map(|j| {
-                let cj = &p.constraints[j];
+        // The same folding as the objective networks of BM-Full's bounding ([`super::sdp`]).
+        let x_mag = rounding::last_input_magnitude(p.net, p.set, pre);
+        let consts = p
+            .constraints
+            .iter()
+            .map(|cj| {
                 let v = linalg::dot(&cj.coeffs, last.bias()) + cj.constant;
-                rounding::lower(v, rounding::step_error(&cj.coeffs, &w, 0.0) + rounding::gamma(2) * cj.constant.abs())
+                rounding::lower(v, super::sdp::folding_error(p.net, cj, &x_mag))
             })
             .collect();
         Self { top, consts }
@@ -157,31 +145,11 @@ pub(super) fn search(
         }
         round += 1;
         if settings.sdp_share > 0.0 && tracker.stats.domains >= settings.sdp_after {
-            if let Some(mut root) = sdp_root.take() {
-                sdp_bound(p, std::slice::from_mut(&mut root), settings, tracker)?;
-                if p.refutes(&root.values) {
-                    return Ok(Outcome::Verified { bound: root.score() });
-                }
+            if let Some(outcome) = sdp_round(p, &mut open, &mut sdp_root, &mut settled, settings, tracker)? {
+                return Ok(outcome);
             }
-            // The open domains with the fewest splits, each once.
-            let mut fresh: Vec<usize> = (0..open.len()).filter(|&i| !open[i].sdp_tried).collect();
-            fresh.sort_by_key(|&i| (open[i].splits.len(), std::cmp::Reverse(i)));
-            fresh.truncate(rayon::current_num_threads().max(1));
-            if !fresh.is_empty() && tracker.stats.sdp.seconds < settings.sdp_share * settings.timeout {
-                fresh.sort_unstable_by(|a, b| b.cmp(a));
-                let mut picked: Vec<Domain> = fresh.iter().map(|&i| open.swap_remove(i)).collect();
-                sdp_bound(p, &mut picked, settings, tracker)?;
-                for mut d in picked {
-                    d.sdp_tried = true;
-                    if p.refutes(&d.values) {
-                        settled = settled.min(d.score());
-                    } else {
-                        open.push(d);
-                    }
-                }
-                if open.is_empty() {
-                    continue;
-                }
+            if open.is_empty() {
+                continue;
             }
         }
         // The worst domains first: sort descending and take from the end.
@@ -268,6 +236,44 @@ pub(super) fn search(
         }
         tracker.stats.max_open = tracker.stats.max_open.max(open.len());
     }
+}
+
+/// One round of BM-Full bounding ([`Bab::sdp_share`]): the root first (kept in `sdp_root` until
+/// then; refuting it verifies the query), then the open domains with the fewest splits not yet
+/// tried, one per thread; the refuted ones leave `open` and lower `settled` to their bound.
+fn sdp_round(
+    p: &Problem<'_>,
+    open: &mut Vec<Domain>,
+    sdp_root: &mut Option<Domain>,
+    settled: &mut f64,
+    settings: &Bab,
+    tracker: &mut Tracker,
+) -> Result<Option<Outcome>> {
+    if let Some(mut root) = sdp_root.take() {
+        sdp_bound(p, std::slice::from_mut(&mut root), settings, tracker)?;
+        if p.refutes(&root.values) {
+            return Ok(Some(Outcome::Verified { bound: root.score() }));
+        }
+    }
+    let mut fresh: Vec<usize> = (0..open.len()).filter(|&i| !open[i].sdp_tried).collect();
+    fresh.sort_by_key(|&i| (open[i].splits.len(), std::cmp::Reverse(i)));
+    fresh.truncate(rayon::current_num_threads().max(1));
+    if fresh.is_empty() || tracker.stats.sdp.seconds >= settings.sdp_share * settings.timeout {
+        return Ok(None);
+    }
+    // Removed from the highest index down, so that swap_remove leaves the others in place.
+    fresh.sort_unstable_by(|a, b| b.cmp(a));
+    let mut picked: Vec<Domain> = fresh.iter().map(|&i| open.swap_remove(i)).collect();
+    sdp_bound(p, &mut picked, settings, tracker)?;
+    for mut d in picked {
+        d.sdp_tried = true;
+        if p.refutes(&d.values) {
+            *settled = settled.min(d.score());
+        } else {
+            open.push(d);
+        }
+    }
+    Ok(None)
 }
 
 /// Bounds `domains` by BM-Full ([`super::sdp`]) in parallel, a few at a time (one per thread)

@@ -46,8 +46,8 @@ pub fn objective_network(net: &Network, c: &OutputConstraint) -> Result<Network>
 /// ([`rounding::step_error`]).
 pub fn folding_error(net: &Network, c: &OutputConstraint, x_mag: &[f64]) -> f64 {
     let last = &net.layers()[net.layers().len() - 1];
-    let w = rounding::step_weights(last, x_mag, &vec![0.0; last.output_size()]);
-    rounding::step_error(&c.coeffs, &w, 0.0) + rounding::gamma(2) * c.constant.abs()
+    rounding::step_error(&c.coeffs, &rounding::product_weights(last, x_mag), 0.0)
+        + rounding::gamma(2) * c.constant.abs()
 }
 
 /// The lower bound BM-Full proves on c_j^T f(x) + d_j over the domain with hidden bounds
