@@ -91,6 +91,38 @@ pub struct ImageReport {
     pub bm: Option<Vec<crate::verify::bm::BmTarget>>,
 }
 
+impl ImageReport {
+    /// The targets with a lower bound, in class order.
+    pub fn bounded_targets(&self) -> Vec<usize> {
+        (0..self.lower_bounds.len()).filter(|&c| c != self.label && self.lower_bounds[c].is_some()).collect()
+    }
+}
+
+/// The certificate of one input's report ([`crate::certificate`]): the counterexample of a
+/// `not_robust` verdict, else the bounds of the verifier's evidence (None for a misclassified
+/// center, a method that writes no certificates, or a counterexample the checker's stricter
+/// test cannot confirm). `image` is the input's index in its data set, if any.
+pub fn certificate(
+    net: &Network,
+    set: &InputSet,
+    image: Option<usize>,
+    verifier: &dyn Verifier,
+    report: &ImageReport,
+) -> Result<Option<crate::certificate::Certificate>> {
+    use crate::certificate::Certificate;
+    match report.verdict {
+        Verdict::Misclassified => Ok(None),
+        Verdict::NotRobust => match &report.counterexample {
+            Some(c) => Certificate::counterexample(net, set, image, report.label, verifier.name(), c.target, &c.input),
+            None => Ok(None),
+        },
+        Verdict::Robust | Verdict::Unknown => match verifier.evidence(net, set, report.label, report)? {
+            Some(e) => Certificate::seal(net, set, image, report.label, verifier.name(), &e).map(Some),
+            None => Ok(None),
+        },
+    }
+}
+
 /// Certifies one input: classify the center, attack every target, then bound the targets the
 /// attack did not break (all of them with `all_targets`).
 pub fn certify(

@@ -134,6 +134,12 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// A certificate that does not re-check ([`crate::certificate::check`]): the reason.
+    #[error("certificate rejected: {0}")]
+    Rejected(String),
+    /// A certificate file that is not valid JSON of the certificate format (docs/formats.md).
+    #[error("malformed certificate: {0}")]
+    CertificateFormat(String),
     /// Any other invalid argument (inconsistent settings, empty target list, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

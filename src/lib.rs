@@ -41,6 +41,7 @@
 
 pub mod attack;
 pub mod bounds;
+pub mod certificate;
 pub mod certify;
 pub mod data;
 mod error;

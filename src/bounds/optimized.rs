@@ -75,14 +75,46 @@ impl Default for SlopeSettings {
 /// # Ok::<(), nncert::Error>(())
 /// ```
 pub fn optimized_bounds(net: &Network, set: &InputSet, settings: &SlopeSettings) -> Result<PreActivationBounds> {
+    Ok(bounds_with_slopes(net, set, settings, false)?.0)
+}
+
+/// Lower slopes of the ReLUs, per hidden layer from the first (one entry per neuron: 1 for
+/// active neurons, 0 for inactive ones).
+pub type Slopes = Vec<Vec<f64>>;
+
+/// The slopes behind one neuron's interval: (lower end, upper end), None where the end is
+/// CROWN's or IBP's (a stable neuron, or the first hidden layer).
+pub type NeuronSlopes = (Option<Slopes>, Option<Slopes>);
+
+/// [`optimized_bounds`] with, per hidden layer and neuron, the slopes that prove each end (for
+/// a certificate, [`crate::certificate`]).
+pub fn optimized_bounds_traced(
+    net: &Network,
+    set: &InputSet,
+    settings: &SlopeSettings,
+) -> Result<(PreActivationBounds, Vec<Vec<NeuronSlopes>>)> {
+    bounds_with_slopes(net, set, settings, true)
+}
+
+fn bounds_with_slopes(
+    net: &Network,
+    set: &InputSet,
+    settings: &SlopeSettings,
+    keep: bool,
+) -> Result<(PreActivationBounds, Vec<Vec<NeuronSlopes>>)> {
     check_supported(net, settings)?;
     let layers = net.layers();
     let mut pre = super::crown_and_ibp(net, set)?;
-    for j in 1..layers.len().saturating_sub(1) {
-        let iv = tighten_layer(net, set, &pre, j, settings);
+    let hidden = layers.len().saturating_sub(1);
+    let mut traced: Vec<Vec<NeuronSlopes>> = (0..hidden).map(|k| vec![(None, None); layers[k].output_size()]).collect();
+    for j in 1..hidden {
+        let (iv, slopes) = tighten_layer_traced(net, set, &pre, j, settings, keep);
         pre.layers[j].intersect(&iv);
+        if keep {
+            traced[j] = slopes;
+        }
     }
-    Ok(pre)
+    Ok((pre, traced))
 }
 
 /// Lower bounds on the margins f(x)\[label\] - f(x)\[t\] for each t in `targets`, from the backward
@@ -111,7 +143,27 @@ pub fn optimized_margin_bounds(
     let depth = layers.len() - 1;
     let relaxed = Relaxed::new(net, set, pre, depth);
     let spec = super::linear::margin_spec(net.num_classes(), label, targets);
-    Ok(ascend(net, set, &relaxed, depth, &spec, settings))
+    Ok(ascend(net, set, &relaxed, depth, &spec, settings, false).0)
+}
+
+/// [`optimized_margin_bounds`] with each target's best slopes (for a certificate).
+pub fn optimized_margin_bounds_traced(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    label: usize,
+    targets: &[usize],
+    settings: &SlopeSettings,
+) -> Result<(Vec<f64>, Vec<Slopes>)> {
+    // Validates everything (and answers the empty case).
+    optimized_margin_bounds(net, set, pre, label, &targets[..targets.len().min(1)], settings)?;
+    if targets.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let depth = net.layers().len() - 1;
+    let relaxed = Relaxed::new(net, set, pre, depth);
+    let spec = super::linear::margin_spec(net.num_classes(), label, targets);
+    Ok(ascend(net, set, &relaxed, depth, &spec, settings, true))
 }
 
 /// Lower bounds on spec\[:, s\]^T f(x) for each column s of `spec` (outputs x specifications),
@@ -139,7 +191,7 @@ pub fn optimized_spec_bounds(
     }
     let depth = net.layers().len() - 1;
     let relaxed = Relaxed::new(net, set, pre, depth);
-    Ok(ascend(net, set, &relaxed, depth, &spec.to_owned(), settings))
+    Ok(ascend(net, set, &relaxed, depth, &spec.to_owned(), settings, false).0)
 }
 
 /// An error unless the hidden layers are ReLU and the step size is finite and >= 0.
@@ -196,10 +248,23 @@ pub(crate) fn tighten_layer(
     depth: usize,
     settings: &SlopeSettings,
 ) -> Interval {
+    tighten_layer_traced(net, set, pre, depth, settings, false).0
+}
+
+/// [`tighten_layer`], with the slopes of each unstable neuron's ends when `keep`.
+fn tighten_layer_traced(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    depth: usize,
+    settings: &SlopeSettings,
+    keep: bool,
+) -> (Interval, Vec<NeuronSlopes>) {
     let mut iv = pre.layers[depth].clone();
+    let mut traced: Vec<NeuronSlopes> = vec![(None, None); if keep { iv.len() } else { 0 }];
     let unstable: Vec<usize> = (0..iv.len()).filter(|&i| iv.lower[i] < 0.0 && iv.upper[i] > 0.0).collect();
     if unstable.is_empty() {
-        return iv;
+        return (iv, traced);
     }
     // Columns (neuron, sign): +1 bounds z_i from below, -1 bounds -z_i from below.
     let jobs: Vec<(usize, f64)> = unstable.iter().flat_map(|&i| [(i, 1.0), (i, -1.0)]).collect();
@@ -207,21 +272,27 @@ pub(crate) fn tighten_layer(
     // Columns are independent; fixed chunks (not one per thread) keep the result the same on any
     // number of threads, so that a certificate's check recomputes exactly these bounds.
     let n_out = iv.len();
-    let values: Vec<f64> = jobs
+    let values: Vec<(f64, Option<Slopes>)> = jobs
         .par_chunks(32)
         .flat_map_iter(|part| {
             let spec = Mat::<f64>::from_fn(n_out, part.len(), |i, s| if part[s].0 == i { part[s].1 } else { 0.0 });
-            ascend(net, set, &relaxed, depth, &spec, settings)
+            let (v, mut slopes) = ascend(net, set, &relaxed, depth, &spec, settings, keep);
+            slopes.resize(v.len(), Vec::new());
+            v.into_iter().zip(slopes).map(|(v, s)| (v, keep.then_some(s)))
         })
         .collect();
-    for (&(i, sign), v) in jobs.iter().zip(values) {
+    for (&(i, sign), (v, slopes)) in jobs.iter().zip(values) {
         if sign > 0.0 {
             iv.lower[i] = iv.lower[i].max(v);
         } else {
             iv.upper[i] = iv.upper[i].min(-v);
         }
+        if keep {
+            let end = if sign > 0.0 { &mut traced[i].0 } else { &mut traced[i].1 };
+            *end = slopes;
+        }
     }
-    iv
+    (iv, traced)
 }
 
 /// The relaxation of the layers before `depth` with the weights of their rounding allowance.
@@ -259,7 +330,8 @@ fn ascend(
     depth: usize,
     spec: &Mat<f64>,
     settings: &SlopeSettings,
-) -> Vec<f64> {
+    keep: bool,
+) -> (Vec<f64>, Vec<Slopes>) {
     let layers = net.layers();
     let cols = spec.ncols();
     // lam on x_depth (the input of layer `depth`): W^T spec, constant spec^T b.
@@ -290,6 +362,8 @@ fn ascend(
     let (beta1, beta2) = (0.9, 0.999);
     let mut best = vec![f64::NEG_INFINITY; cols];
     let mut saved: Vec<Mat<f64>> = alpha.iter().map(|a| Mat::zeros(a.nrows(), cols)).collect();
+    // The slopes of each column's best bound (when `keep`).
+    let mut best_slopes: Vec<Slopes> = if keep { vec![Vec::new(); cols] } else { Vec::new() };
     for step in 0..=settings.iterations {
         // The backward pass of super::linear with per-column slopes; lam on x_{k+1} is kept for
         // the gradient.
@@ -330,6 +404,22 @@ fn ascend(
             let v = super::rounding::lower(support[s] + consts[s], err[s] + g * (abs_consts[s] + support[s].abs()));
             if v > best[s] {
                 best[s] = v;
+                if keep {
+                    // Full lower slopes: 1 on active neurons, 0 on inactive ones.
+                    best_slopes[s] = alpha
+                        .iter()
+                        .zip(relaxed)
+                        .map(|(a, ns)| {
+                            (0..a.nrows())
+                                .map(|i| match ns[i] {
+                                    Neuron::Active => 1.0,
+                                    Neuron::Inactive => 0.0,
+                                    Neuron::Unstable { .. } => a[(i, s)],
+                                })
+                                .collect()
+                        })
+                        .collect();
+                }
             }
         }
         if step == settings.iterations {
@@ -380,5 +470,5 @@ fn ascend(
             x = z;
         }
     }
-    best
+    (best, best_slopes)
 }

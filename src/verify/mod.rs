@@ -87,6 +87,21 @@ pub trait Verifier: Send + Sync {
 
     /// Lower bounds on phi\[c\] for each c in `targets` (classes other than `label`).
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport>;
+
+    /// The evidence behind this method's bounds for a certificate ([`crate::certificate`]), for
+    /// the targets `report` (this method's [`crate::certify::certify`] report on the same query)
+    /// has bounds for, taken from the report or recomputed; None for methods that do not write
+    /// certificates (the default).
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        let _ = (network, set, label, report);
+        Ok(None)
+    }
 }
 
 /// The set has the network's input size and a finite center.
@@ -245,6 +260,9 @@ fn propagation_report(
 
 macro_rules! propagation_verifier {
     ($(#[$doc:meta])* $ty:ident, $name:literal, $method:expr) => {
+        propagation_verifier!($(#[$doc])* $ty, $name, $method, );
+    };
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $method:expr, $($evidence:item)?) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct $ty;
@@ -262,6 +280,7 @@ macro_rules! propagation_verifier {
             ) -> Result<BoundReport> {
                 propagate($method, network, set, label, targets)
             }
+            $($evidence)?
         }
     };
 }
@@ -284,7 +303,18 @@ propagation_verifier!(
     /// pre-activation bounds from their own backward pass (auto_LiRPA's method "CROWN").
     Crown,
     "crown",
-    Propagation::Crown
+    Propagation::Crown,
+    /// CROWN's slopes everywhere: the certificate proves CROWN's bounds (or better: every end
+    /// is also bounded by interval arithmetic, and every neuron minimized exactly).
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        _label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        crate::certificate::Evidence::crown(network, set, &report.bounded_targets()).map(Some)
+    }
 );
 
 /// alpha-CROWN: every hidden layer's pre-activation bounds and every margin bound from the
@@ -307,6 +337,20 @@ impl Verifier for AlphaCrown {
         let pre = bounds::optimized::optimized_bounds(network, set, &self.settings)?;
         let lbs = bounds::optimized::optimized_margin_bounds(network, set, &pre, label, targets, &self.settings)?;
         Ok(propagation_report(targets, lbs, &pre, start))
+    }
+
+    /// The optimized slopes of every interval end and every target (recomputed: the ascent is
+    /// deterministic, so they are the slopes of the reported bounds).
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        let targets = report.bounded_targets();
+        let s = &self.settings;
+        crate::certificate::Evidence::optimized(network, set, label, &targets, Some(s), s).map(Some)
     }
 }
 

@@ -309,6 +309,9 @@ pub struct BmTarget {
     pub iterations: usize,
     /// Solves run (near-miss restarts, products).
     pub solves: usize,
+    /// The multipliers of the proven bound, for a certificate (not written to JSON reports).
+    #[serde(skip)]
+    pub multipliers: Option<super::sdp::Multipliers>,
 }
 
 impl BmTarget {
@@ -323,6 +326,7 @@ impl BmTarget {
             rank_path: r.rank_path.clone(),
             iterations: r.iterations,
             solves: r.solves,
+            multipliers: r.certificate.as_ref().map(|c| c.multipliers.clone()),
         }
     }
 }
@@ -370,5 +374,32 @@ impl Verifier for Bm {
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
         self.report(network, set, label, targets, None)
+    }
+
+    /// The SDP multipliers of every target BM proved, and alpha-CROWN's slopes (50 steps, as
+    /// the report's bounds), on the intervals of the source re-proven by slopes (CROWN's for
+    /// `bm`; optimized per neuron for `bm-full`, and for `bm-full-lp`, whose LP-Full intervals a
+    /// slope certificate cannot always reach).
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        use crate::bounds::optimized::SlopeSettings;
+        use crate::certificate::{Evidence, TargetEvidence};
+        let targets = report.bounded_targets();
+        let layers = SlopeSettings::default();
+        let layers = (self.bounds != BoundSource::CrownIbp).then_some(&layers);
+        let margins = SlopeSettings { iterations: 50, ..Default::default() };
+        let mut evidence = Evidence::optimized(network, set, label, &targets, layers, &margins)?;
+        let bm = report.bm.as_deref().unwrap_or(&[]);
+        for (t, proofs) in &mut evidence.targets {
+            if let Some(m) = bm.iter().find(|b| b.target == *t).and_then(|b| b.multipliers.clone()) {
+                proofs.push(TargetEvidence::Sdp(m));
+            }
+        }
+        Ok(Some(evidence))
     }
 }
