@@ -12,6 +12,8 @@
 //! --only-correct --all-targets --threads --json, plus --pgd-steps --pgd-restarts --no-attack.
 //! Sharded runs (docs/cluster.md): --shard K/N (or auto from Slurm / Kubernetes) with --lines FILE
 //! (one JSON line per finished image; a rerun resumes), then --merge FILE... --json OUT.
+//! --certificates DIR writes one certificate per image (crown, alpha-crown, bm, bm-full, bm-full-lp, and
+//! pgd's counterexamples), checked by the `check` example.
 //! Methods: ibp, fastlin, crown, alpha-crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, bm-full-lp, crc (l2, smooth activations),
 //! bab (complete branch and bound; --timeout per image, --branching), pgd.
 //! The JSON output is documented in docs/formats.md.
@@ -133,6 +135,11 @@ struct Args {
     /// and writes --json; runs nothing.
     #[arg(long, num_args = 1.., conflicts_with_all = ["shard", "lines"])]
     merge: Option<Vec<PathBuf>>,
+    /// Write a certificate per image to DIR/<image index>.json (docs/formats.md): the bounds'
+    /// evidence (crown, alpha-crown, bm, bm-full, bm-full-lp) or the counterexample. Check one
+    /// with `cargo run --release --example check -- --model MODEL --certificate FILE`.
+    #[arg(long, value_name = "DIR")]
+    certificates: Option<PathBuf>,
 }
 
 fn main() {
@@ -227,6 +234,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         name if args.all_targets => Some(nncert::verify::by_name_all_targets(name)?),
         name => Some(nncert::verify::by_name(name)?),
     };
+    if args.certificates.is_some() {
+        let name = verifier.as_ref().map(|v| v.name());
+        if name.is_some_and(|n| !nncert::verify::CERTIFICATE_METHODS.contains(&n)) || args.bm_tighten.is_some() {
+            return Err(format!(
+                "--certificates: method {} writes no certificates (these do: {}; pgd writes counterexamples)",
+                args.method,
+                nncert::verify::CERTIFICATE_METHODS.join(", ")
+            )
+            .into());
+        }
+    }
     if verifier.is_none() && args.no_attack {
         return Err("--method pgd with --no-attack computes nothing".into());
     }
@@ -317,9 +335,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let inputs: Vec<(Vec<f64>, usize)> = selected.iter().map(|&i| (images[i].clone(), labels[i])).collect();
             let reports = certify_many(&net, &inputs, make_set, verifier.as_deref(), &options, Some(&progress))?;
+            if let Some(dir) = &args.certificates {
+                write_certificates(dir, &net, &selected, &images, &reports, &make_set, verifier.as_deref())?;
+            }
             selected.iter().zip(&reports).map(|(&i, r)| ImageEntry::new(i, r)).collect()
         }
     };
+    if let (Some(dir), Some(_)) = (&args.certificates, &args.lines) {
+        let indices: Vec<usize> = entries.iter().map(|e| e.index).collect();
+        let reports: Vec<ImageReport> = entries.iter().map(|e| e.report()).collect();
+        write_certificates(dir, &net, &indices, &images, &reports, &make_set, verifier.as_deref())?;
+    }
     let summary = Summary::of_entries(&entries);
     let doc = RunReport {
         model: header.model,
@@ -335,6 +361,60 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
+    Ok(())
+}
+
+/// Writes the certificates of the images `indices` (with their `reports`) to `dir`, in parallel,
+/// and says how many.
+fn write_certificates(
+    dir: &std::path::Path,
+    net: &Network,
+    indices: &[usize],
+    images: &[Vec<f64>],
+    reports: &[ImageReport],
+    make_set: &(dyn Fn(&[f64]) -> nncert::Result<InputSet> + Sync),
+    verifier: Option<&dyn nncert::Verifier>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use rayon::prelude::*;
+    let start = Instant::now();
+    // The attack's counterexamples need no verifier; pgd's certificates name the method "pgd".
+    let pgd = nncert::verify::Ibp;
+    struct Named<'a>(&'a dyn nncert::Verifier);
+    impl nncert::Verifier for Named<'_> {
+        fn name(&self) -> &'static str {
+            "pgd"
+        }
+        fn lower_bounds(
+            &self,
+            n: &Network,
+            s: &InputSet,
+            l: usize,
+            t: &[usize],
+        ) -> nncert::Result<nncert::verify::BoundReport> {
+            self.0.lower_bounds(n, s, l, t)
+        }
+    }
+    let named = Named(&pgd);
+    let v: &dyn nncert::Verifier = verifier.unwrap_or(&named);
+    let written: Vec<bool> = indices
+        .par_iter()
+        .zip(reports)
+        .map(|(&i, r)| -> nncert::Result<bool> {
+            if verifier.is_none() && r.verdict != Verdict::NotRobust {
+                return Ok(false);
+            }
+            let set = make_set(&images[i])?;
+            Ok(nncert::certify::write_certificate(dir, i, net, &set, v, r)?.is_some())
+        })
+        .collect::<nncert::Result<_>>()?;
+    let n = written.iter().filter(|w| **w).count();
+    eprintln!(
+        "wrote {n} certificates to {} ({} images without one: misclassified{}) in {:.1}s",
+        dir.display(),
+        written.len() - n,
+        if verifier.is_none() { ", not broken by pgd" } else { "" },
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::attack::{PgdSettings, pgd};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::network::{Network, argmax};
 use crate::spec::InputSet;
 use crate::verify::Verifier;
@@ -112,15 +112,50 @@ pub fn certificate(
     use crate::certificate::Certificate;
     match report.verdict {
         Verdict::Misclassified => Ok(None),
-        Verdict::NotRobust => match &report.counterexample {
-            Some(c) => Certificate::counterexample(net, set, image, report.label, verifier.name(), c.target, &c.input),
-            None => Ok(None),
-        },
+        Verdict::NotRobust => {
+            let label = report.label;
+            let name = verifier.name();
+            if let Some(c) = &report.counterexample
+                && let Some(cert) = Certificate::counterexample(net, set, image, label, name, c.target, &c.input)?
+            {
+                return Ok(Some(cert));
+            }
+            // A report read back from a file has no input: the attack finds it again.
+            let targets: Vec<usize> = (0..net.num_classes()).filter(|&c| c != label).collect();
+            for r in pgd(net, set, label, &targets, &PgdSettings::default())? {
+                if r.margin < 0.0
+                    && let Some(cert) = Certificate::counterexample(net, set, image, label, name, r.target, &r.input)?
+                {
+                    return Ok(Some(cert));
+                }
+            }
+            Ok(None)
+        }
         Verdict::Robust | Verdict::Unknown => match verifier.evidence(net, set, report.label, report)? {
             Some(e) => Certificate::seal(net, set, image, report.label, verifier.name(), &e).map(Some),
             None => Ok(None),
         },
     }
+}
+
+/// Writes [`certificate`] of one input to `dir/<index>.json` (creating `dir`); returns the path,
+/// or None when the input gets no certificate.
+pub fn write_certificate(
+    dir: &std::path::Path,
+    index: usize,
+    net: &Network,
+    set: &InputSet,
+    verifier: &dyn Verifier,
+    report: &ImageReport,
+) -> Result<Option<std::path::PathBuf>> {
+    let Some(cert) = certificate(net, set, Some(index), verifier, report)? else {
+        return Ok(None);
+    };
+    let io = |path: &std::path::Path, source| Error::Io { path: path.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let path = dir.join(format!("{index}.json"));
+    std::fs::write(&path, cert.to_json()?).map_err(|e| io(&path, e))?;
+    Ok(Some(path))
 }
 
 /// Certifies one input: classify the center, attack every target, then bound the targets the
@@ -336,6 +371,22 @@ pub struct ImageEntry {
 }
 
 impl ImageEntry {
+    /// The report this entry was made from (without the counterexample's input, which entries
+    /// do not keep).
+    pub fn report(&self) -> ImageReport {
+        ImageReport {
+            label: self.label,
+            predicted: self.predicted,
+            verdict: self.verdict,
+            lower_bounds: self.lower_bounds.clone(),
+            upper_bounds: self.upper_bounds.clone(),
+            counterexample: None,
+            seconds: self.seconds,
+            certified_radius: self.certified_radius,
+            bm: self.bm.clone(),
+        }
+    }
+
     /// The entry of the image at `index` of its file.
     pub fn new(index: usize, r: &ImageReport) -> Self {
         ImageEntry {

@@ -124,6 +124,41 @@ fn alpha_crown_certificates_prove_alpha_crowns_bounds() {
 }
 
 #[test]
+fn lp_certificates_prove_the_lp_bounds_from_the_solvers_multipliers() {
+    let mut tighter = 0;
+    for (i, (net, set, label)) in cases().into_iter().enumerate() {
+        for name in ["lp", "lp-full"] {
+            let v = nncert::verify::by_name(name).unwrap();
+            let report = report_for(&net, &set, label, v.as_ref());
+            let cert = nncert::certify::certificate(&net, &set, Some(i), v.as_ref(), &report).unwrap().unwrap();
+            let checked = certificate::check(&net, &cert).unwrap();
+            for (t, b) in &checked.bounds {
+                let lp = report.lower_bounds[*t].unwrap();
+                // The LP's dual point, with the layer equalities' multipliers kept and every
+                // other constraint minimized exactly: never below the LP's own dual bound.
+                assert!(*b >= lp - 1e-9 * (1.0 + lp.abs()), "{name} case {i} target {t}: certificate {b} < LP {lp}");
+                let phi = Exact::default().phi(&net, &set, label, *t).unwrap();
+                assert!(*b <= phi.upper + 1e-12);
+                // Without the LP's multipliers only CROWN's lines remain.
+                let mut c = cert.clone();
+                for tp in &mut c.targets {
+                    tp.proofs.retain(|p| !matches!(p, TargetEvidence::Linear(Multipliers::Vectors(_))));
+                    tp.bound = f64::NEG_INFINITY;
+                }
+                let crown_only = certificate::check(&net, &c).unwrap().bounds.iter().find(|u| u.0 == *t).unwrap().1;
+                if *b > crown_only + 1e-6 {
+                    tighter += 1;
+                }
+            }
+            if report.verdict == Verdict::Robust {
+                assert_eq!(checked.verdict, Verdict::Robust, "{name} case {i}");
+            }
+        }
+    }
+    assert!(tighter >= 10, "{tighter}");
+}
+
+#[test]
 fn bm_certificates_recheck_their_sdp_multipliers() {
     let mut by_sdp = 0;
     for (i, (net, set, label)) in cases().into_iter().enumerate().filter(|(i, _)| i % 3 != 2).take(8) {

@@ -78,6 +78,11 @@ pub struct LpOutcome {
     pub iterations: u32,
     /// The primal point's input part x_0 (for the exact verifier's upper bounds).
     pub input: Vec<f64>,
+    /// The dual point's multipliers of the layer equalities z = W x + b, per relaxed layer and
+    /// neuron (0 where a neuron has no such row), with the sign of the Lagrangian
+    /// objective + nu^T (W x + b - z): the evidence of a certificate ([`crate::certificate`]).
+    #[serde(skip)]
+    pub multipliers: Vec<Vec<f64>>,
 }
 
 /// One row `a^T v (+ s) = b` of the constraint matrix, sparse.
@@ -109,6 +114,8 @@ pub struct TriangleProgram {
     soc: Option<(usize, usize)>,
     lo: Vec<f64>,
     hi: Vec<f64>,
+    /// Row of the equality z_j = W_j x_k + b_j of each layer k < depth and neuron j, if any.
+    layer_rows: Vec<Vec<Option<usize>>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -168,7 +175,9 @@ impl TriangleProgram {
         }
 
         // Layers.
+        let mut layer_rows: Vec<Vec<Option<usize>>> = Vec::with_capacity(depth);
         for k in 0..depth {
+            layer_rows.push(vec![None; layers[k].output_size()]);
             let layer = &layers[k];
             let iv = &pre.layers[k];
             let (xin, zo, xo) = (x_offset[k], z_offset[k], x_offset[k + 1]);
@@ -200,6 +209,8 @@ impl TriangleProgram {
                         entries.push((xin + i, -v));
                     }
                 }
+                // Equalities come first in the assembled rows: this is the row's index.
+                layer_rows[k][j] = Some(eq.len());
                 eq.push(Row::new(&entries, layer.bias()[j]));
                 if u.is_finite() {
                     ineq.push(Row::new(&[(z, 1.0)], u));
@@ -281,7 +292,7 @@ impl TriangleProgram {
             cones.push(SupportedConeT::SecondOrderConeT(soc_rows.len()));
             (soc_start, soc_rows.len())
         });
-        TriangleProgram { n_vars, x_offset, x_len, a, b, cones, row_kind, soc, lo, hi }
+        TriangleProgram { n_vars, x_offset, x_len, a, b, cones, row_kind, soc, lo, hi, layer_rows }
     }
 
     /// Number of variables.
@@ -379,6 +390,12 @@ impl TriangleProgram {
         value - 2.0 * terms * f64::EPSILON * magnitude
     }
 
+    /// The multipliers of the layer equalities at the dual point z ([`LpOutcome::multipliers`]).
+    fn layer_multipliers(&self, z: &[f64]) -> Vec<Vec<f64>> {
+        let at = |r: &Option<usize>| r.and_then(|r| z.get(r)).map_or(0.0, |v| if v.is_finite() { -v } else { 0.0 });
+        self.layer_rows.iter().map(|rows| rows.iter().map(at).collect()).collect()
+    }
+
     /// The x_0 part of a primal vector.
     fn input_part(&self, v: &[f64]) -> Vec<f64> {
         v[..self.x_len[0]].to_vec()
@@ -400,6 +417,7 @@ impl LpSolver<'_> {
             status: status.to_string(),
             iterations: 0,
             input: Vec::new(),
+            multipliers: Vec::new(),
         };
         let Some(solver) = self.solver.as_mut() else {
             return fallback("SetupFailed");
@@ -424,6 +442,7 @@ impl LpSolver<'_> {
             status: format!("{:?}", sol.status),
             iterations: sol.iterations,
             input: self.program.input_part(&sol.x),
+            multipliers: self.program.layer_multipliers(&sol.z),
         }
     }
 }
@@ -439,6 +458,21 @@ pub fn tighten_layer(
     depth: usize,
     settings: &LpSettings,
 ) -> (Interval, LpStats) {
+    let (iv, stats, _) = tighten_layer_traced(net, set, pre, depth, settings);
+    (iv, stats)
+}
+
+/// Per neuron of a layer: the LP multipliers of its (lower, upper) bound, None where no LP ran.
+pub type NeuronMultipliers = (Option<Vec<Vec<f64>>>, Option<Vec<Vec<f64>>>);
+
+/// [`tighten_layer`] with each LP's multipliers ([`LpOutcome::multipliers`]), per neuron.
+pub fn tighten_layer_traced(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    depth: usize,
+    settings: &LpSettings,
+) -> (Interval, LpStats, Vec<NeuronMultipliers>) {
     use rayon::prelude::*;
     let program = TriangleProgram::new(net, set, pre, depth, settings.prune_inactive);
     let layer = &net.layers()[depth];
@@ -467,15 +501,18 @@ pub fn tighten_layer(
         )
         .collect();
     let mut stats = LpStats::default();
+    let mut traced: Vec<NeuronMultipliers> = vec![(None, None); layer.output_size()];
     for (j, sign, out) in results {
         stats.record(&out);
         if sign > 0.0 {
             iv.lower[j] = iv.lower[j].max(out.bound);
+            traced[j].0 = Some(out.multipliers);
         } else {
             iv.upper[j] = iv.upper[j].min(-out.bound);
+            traced[j].1 = Some(out.multipliers);
         }
     }
-    (iv, stats)
+    (iv, stats, traced)
 }
 
 /// Counts over many solves.

@@ -201,12 +201,27 @@ impl LayerMultipliers {
         relaxation: usize,
         base: &[Multipliers],
     ) -> Self {
+        let slopes = |s: Option<Vec<Vec<f64>>>| s.map(|lower| Multipliers::Slopes { relaxation, lower });
+        Self::with(neurons.into_iter().map(|(l, u)| (slopes(l), slopes(u))).collect(), base)
+    }
+
+    /// Per neuron from LP multipliers ([`crate::bounds::lp::tighten_layer_traced`]), each end
+    /// also with `base`.
+    pub fn from_lp(neurons: Vec<crate::bounds::lp::NeuronMultipliers>, base: &[Multipliers]) -> Self {
+        Self::with(
+            neurons.into_iter().map(|(l, u)| (l.map(Multipliers::Vectors), u.map(Multipliers::Vectors))).collect(),
+            base,
+        )
+    }
+
+    /// `base` for every end, plus each neuron's own (lower, upper) evidence where it has one.
+    fn with(neurons: Vec<(Option<Multipliers>, Option<Multipliers>)>, base: &[Multipliers]) -> Self {
         if neurons.iter().all(|(l, u)| l.is_none() && u.is_none()) {
             return LayerMultipliers::All(base.to_vec());
         }
-        let of = |s: Option<Vec<Vec<f64>>>| {
+        let of = |m: Option<Multipliers>| {
             let mut v = base.to_vec();
-            v.extend(s.map(|lower| Multipliers::Slopes { relaxation, lower }));
+            v.extend(m);
             v
         };
         let (lower, upper) = neurons.into_iter().map(|(l, u)| (of(l), of(u))).unzip();

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use super::{BoundReport, Stats, Verifier};
-use crate::bounds::lp::{LpSettings, LpStats, TriangleProgram, tighten_layer};
+use crate::bounds::lp::{LpOutcome, LpSettings, LpStats, NeuronMultipliers, TriangleProgram, tighten_layer_traced};
 use crate::bounds::{self, PreActivationBounds, Propagation, linear};
 use crate::error::Result;
 use crate::network::{Activation, Network};
@@ -37,6 +37,18 @@ pub fn spec_lp_bounds(
     lam: faer::MatRef<'_, f64>,
     settings: &LpSettings,
 ) -> (Vec<f64>, LpStats) {
+    let (out, stats) = spec_lp_outcomes(net, set, pre, lam, settings);
+    (out.into_iter().map(|o| o.bound).collect(), stats)
+}
+
+/// [`spec_lp_bounds`] with each solve's outcome (its bound and multipliers).
+pub fn spec_lp_outcomes(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    lam: faer::MatRef<'_, f64>,
+    settings: &LpSettings,
+) -> (Vec<LpOutcome>, LpStats) {
     let layers = net.layers();
     let k = layers.len();
     let last = &layers[k - 1];
@@ -60,7 +72,7 @@ pub fn spec_lp_bounds(
         let solver = solver.get_or_insert_with(|| program.solver(&q, settings));
         let res = solver.minimize(&q, constant);
         stats.record(&res);
-        out.push(res.bound);
+        out.push(res);
     }
     (out, stats)
 }
@@ -68,15 +80,62 @@ pub fn spec_lp_bounds(
 /// LP-Full's pre-activation bounds: CROWN's, then every hidden layer from the second on tightened
 /// neuron by neuron by LPs over the relaxation of the layers before it.
 pub fn lp_full_bounds(net: &Network, set: &InputSet, settings: &LpSettings) -> Result<(PreActivationBounds, LpStats)> {
+    let (pre, stats, _) = lp_full_bounds_traced(net, set, settings)?;
+    Ok((pre, stats))
+}
+
+/// [`lp_full_bounds`] with, per hidden layer and neuron, the multipliers of its LPs (for a
+/// certificate; none on the first hidden layer, whose CROWN bounds are exact).
+#[allow(clippy::type_complexity)]
+pub fn lp_full_bounds_traced(
+    net: &Network,
+    set: &InputSet,
+    settings: &LpSettings,
+) -> Result<(PreActivationBounds, LpStats, Vec<Vec<NeuronMultipliers>>)> {
     let mut pre = bounds::pre_activation_bounds(net, set, Propagation::Crown)?;
     let mut stats = LpStats::default();
     let k = net.layers().len();
+    let mut traced = vec![vec![(None, None); net.layers()[0].output_size()]];
     for depth in 1..k - 1 {
-        let (iv, st) = tighten_layer(net, set, &pre, depth, settings);
+        let (iv, st, t) = tighten_layer_traced(net, set, &pre, depth, settings);
         pre.layers[depth].intersect(&iv);
         stats.merge(&st);
+        traced.push(t);
     }
-    Ok((pre, stats))
+    Ok((pre, stats, traced))
+}
+
+/// The certificate evidence of the LP on `pre` for `targets`: `evidence` (the relaxations and
+/// the hidden intervals' evidence) with each target's LP multipliers and CROWN's lines on `pre`
+/// (the report keeps the better of the two).
+fn lp_evidence(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    label: usize,
+    targets: &[usize],
+    settings: &LpSettings,
+    mut evidence: crate::certificate::Evidence,
+) -> crate::certificate::Evidence {
+    use crate::certificate::{Lines, Multipliers, TargetEvidence};
+    let spec = linear::margin_spec(net.num_classes(), label, targets);
+    let (outcomes, _) = spec_lp_outcomes(net, set, pre, spec.as_ref(), settings);
+    evidence.relaxations.push(Lines::of(net, pre));
+    let greedy = Multipliers::Relaxation(evidence.relaxations.len() - 1);
+    evidence.targets = targets
+        .iter()
+        .zip(outcomes)
+        .map(|(&t, o)| {
+            (
+                t,
+                vec![
+                    TargetEvidence::Linear(Multipliers::Vectors(o.multipliers)),
+                    TargetEvidence::Linear(greedy.clone()),
+                ],
+            )
+        })
+        .collect();
+    evidence
 }
 
 fn report(
@@ -127,6 +186,22 @@ impl Verifier for Lp {
         r.stats.seconds = start.elapsed().as_secs_f64();
         Ok(r)
     }
+
+    /// Each target's LP multipliers (the LPs are solved again) on CROWN's intervals.
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        use crate::certificate::{Evidence, LayerMultipliers, Lines, Multipliers};
+        let pre = bounds::pre_activation_bounds(network, set, Propagation::Crown)?;
+        let layers = vec![LayerMultipliers::All(vec![Multipliers::Relaxation(0)]); network.layers().len() - 1];
+        let targets = report.bounded_targets();
+        let evidence = Evidence { relaxations: vec![Lines::of(network, &pre)], layers, targets: Vec::new() };
+        Ok(Some(lp_evidence(network, set, &pre, label, &targets, &self.settings, evidence)))
+    }
 }
 
 /// LP-Full (LP-ALL): every unstable pre-activation bound tightened by its own LP/SOCP, layer by
@@ -169,5 +244,24 @@ impl Verifier for LpFull {
         let mut r = report(network, set, &pre, label, targets, &self.settings, stats)?;
         r.stats.seconds = start.elapsed().as_secs_f64();
         Ok(r)
+    }
+
+    /// The LP multipliers of every interval end and every target (LP-Full is solved again), with
+    /// CROWN's lines for the CROWN part of the intervals.
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        use crate::certificate::{Evidence, LayerMultipliers, Lines, Multipliers};
+        let crown = bounds::pre_activation_bounds(network, set, Propagation::Crown)?;
+        let (pre, _, traced) = lp_full_bounds_traced(network, set, &self.settings)?;
+        let base = [Multipliers::Relaxation(0)];
+        let layers = traced.into_iter().map(|t| LayerMultipliers::from_lp(t, &base)).collect();
+        let targets = report.bounded_targets();
+        let evidence = Evidence { relaxations: vec![Lines::of(network, &crown)], layers, targets: Vec::new() };
+        Ok(Some(lp_evidence(network, set, &pre, label, &targets, &self.settings, evidence)))
     }
 }

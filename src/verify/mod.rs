@@ -371,6 +371,10 @@ pub const METHODS: &[&str] = &[
     "bab",
 ];
 
+/// The methods whose bounds come with a certificate ([`Verifier::evidence`],
+/// [`crate::certificate`]); every method's counterexamples do.
+pub const CERTIFICATE_METHODS: &[&str] = &["crown", "alpha-crown", "lp", "lp-full", "bm", "bm-full", "bm-full-lp"];
+
 /// The verifier with the given command-line name, configured to compute every target's tightest
 /// bound: the iterative methods (`sdp`, `bm`, `bm-full`) neither stop at the first positive bound
 /// nor skip the targets after a failed one, as they do by default when only the verdict matters.
