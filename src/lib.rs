@@ -35,7 +35,8 @@
 //!
 //! Modules: [`network`] (the model), [`io`] (file formats), [`spec`] (input sets), [`bounds`]
 //! (the shared bound-propagation core), [`verify`] (verifiers), [`attack`] (PGD), [`certify`]
-//! (one image or a data set, attack first), [`data`] (the bundled digits data set).
+//! (one image or a data set, attack first), [`certificate`] (proofs written to JSON and re-checked
+//! from the model alone), [`data`] (the bundled digits data set).
 
 #![warn(missing_docs)]
 

@@ -372,3 +372,57 @@ fn certificates_of_the_bundled_digits_model_recheck() {
     }
     assert!(robust >= 4, "{robust}");
 }
+
+/// The shared MNIST networks (skipped when ../shared/data is absent): CROWN, alpha-CROWN and LP
+/// certificates of the first images re-check with the verdicts of the runs, on a 2-layer and a
+/// 9-layer network (CROWN), both norms.
+#[test]
+fn certificates_of_the_shared_mnist_networks_recheck() {
+    let Some(dir) = common::shared_data() else { return };
+    let (images, labels) = common::mnist(&dir);
+    let runs = [
+        ("adv-mnist-mlp-2x100.json", Norm::Linf, 0.1, &["crown", "alpha-crown", "lp"][..]),
+        ("lpd-mnist-mlp-2x100.json", Norm::L2, 1.0, &["crown", "alpha-crown", "lp"][..]),
+        ("nor-mnist-mlp-9x100.json", Norm::Linf, 0.01, &["crown"][..]),
+    ];
+    for (model, norm, eps, methods) in runs {
+        let net = nncert::io::load_network(dir.join("models").join(model)).unwrap();
+        for i in 0..2 {
+            let set =
+                InputSet::new(images[i].clone(), eps, norm, Some(Domain::uniform(784, 0.0, 1.0).unwrap())).unwrap();
+            for &name in methods {
+                let v = nncert::verify::by_name(name).unwrap();
+                let report = certify(&net, &set, labels[i], Some(v.as_ref()), &CertifyOptions::default()).unwrap();
+                let Some(cert) = nncert::certify::certificate(&net, &set, Some(i), v.as_ref(), &report).unwrap() else {
+                    assert_eq!(report.verdict, Verdict::Misclassified);
+                    continue;
+                };
+                let checked = certificate::check(&net, &cert).unwrap();
+                assert_eq!(checked.verdict, report.verdict, "{model} image {i} {name}");
+                for (t, b) in &checked.bounds {
+                    let reported = report.lower_bounds[*t].unwrap();
+                    assert!(*b >= reported - 1e-6 * (1.0 + reported.abs()), "{model} image {i} {name} target {t}");
+                }
+            }
+        }
+    }
+}
+
+/// BM-Full's certificate of an MNIST image (slow: one BM-Full run, ~30 s).
+#[test]
+#[ignore]
+fn bm_full_certificate_of_an_mnist_image_rechecks() {
+    let Some(dir) = common::shared_data() else { return };
+    let (images, labels) = common::mnist(&dir);
+    let net = nncert::io::load_network(dir.join("models/adv-mnist-mlp-2x100.json")).unwrap();
+    let set = InputSet::new(images[0].clone(), 1.3, Norm::L2, Some(Domain::uniform(784, 0.0, 1.0).unwrap())).unwrap();
+    let v = nncert::verify::by_name("bm-full").unwrap();
+    let report = certify(&net, &set, labels[0], Some(v.as_ref()), &CertifyOptions::default()).unwrap();
+    assert_eq!(report.verdict, Verdict::Robust);
+    let cert = nncert::certify::certificate(&net, &set, Some(0), v.as_ref(), &report).unwrap().unwrap();
+    let checked = certificate::check(&net, &cert).unwrap();
+    assert_eq!(checked.verdict, Verdict::Robust);
+    // BM's SDP multipliers carry at least one target past what the slopes alone prove.
+    let sdp = cert.targets.iter().filter(|t| t.proofs.iter().any(|p| matches!(p, TargetEvidence::Sdp(_)))).count();
+    assert!(sdp >= 1, "{sdp}");
+}
