@@ -426,3 +426,107 @@ fn bm_full_certificate_of_an_mnist_image_rechecks() {
     let sdp = cert.targets.iter().filter(|t| t.proofs.iter().any(|p| matches!(p, TargetEvidence::Sdp(_)))).count();
     assert!(sdp >= 1, "{sdp}");
 }
+
+/// A tree with a leaf left out, or a branch turned to its other side, no longer covers X: the
+/// claimed bound is not re-proven.
+fn tampered_trees_are_rejected(net: &Network, cert: &Certificate, target: usize) {
+    let k = cert.targets.iter().position(|u| u.target == target).unwrap();
+    fn tree(c: &mut Certificate, k: usize) -> Option<&mut Vec<nncert::certificate::Leaf>> {
+        c.targets[k].proofs.iter_mut().find_map(|p| match p {
+            TargetEvidence::Tree(l) => Some(l),
+            _ => None,
+        })
+    }
+    let mut c = cert.clone();
+    let leaves = tree(&mut c, k).unwrap();
+    if leaves.len() < 2 {
+        return;
+    }
+    leaves.pop();
+    assert!(rejected(net, &c).contains("not re-proven"));
+    let mut c = cert.clone();
+    let leaf = &mut tree(&mut c, k).unwrap()[0];
+    leaf.splits[0] = match leaf.splits[0] {
+        nncert::certificate::Split::Relu { layer, neuron, active } => {
+            nncert::certificate::Split::Relu { layer, neuron, active: !active }
+        }
+        nncert::certificate::Split::Input { dim, at, upper } => {
+            nncert::certificate::Split::Input { dim, at, upper: !upper }
+        }
+    };
+    assert!(rejected(net, &c).contains("not re-proven"));
+}
+
+/// Cases alpha-CROWN leaves open although every margin is positive (by `Exact`): the radius
+/// grown until alpha-CROWN fails, then kept if the exact minima are all > 0.
+fn hard_cases() -> Vec<(Network, InputSet, usize)> {
+    let mut out = Vec::new();
+    for seed in 0..60u64 {
+        let n_in = 3 + seed as usize % 3;
+        let sizes = if seed % 2 == 0 { vec![n_in, 10, 8, 3] } else { vec![n_in, 12, 3] };
+        let net = common::random_network(1300 + seed, &sizes, Activation::Relu);
+        let x: Vec<f64> = (0..n_in).map(|i| ((seed as usize * 5 + i * 7) % 10) as f64 / 10.0 + 0.05).collect();
+        let label = net.predict(&x).unwrap();
+        let norm = if seed % 3 == 0 { Norm::L2 } else { Norm::Linf };
+        for eps in [0.04, 0.08, 0.12, 0.16, 0.24] {
+            let set = InputSet::new(x.clone(), eps, norm, Some(Domain::uniform(n_in, 0.0, 1.0).unwrap())).unwrap();
+            let targets = others(&net, label);
+            let alpha = AlphaCrown::default().lower_bounds(&net, &set, label, &targets).unwrap();
+            if alpha.bounds.iter().all(|b| b.1 > 0.0) {
+                continue;
+            }
+            let exact = targets.iter().all(|&t| Exact::default().phi(&net, &set, label, t).unwrap().lower > 1e-3);
+            if exact {
+                out.push((net.clone(), set, label));
+            }
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn bab_certificates_recheck_their_trees() {
+    let (mut verified, mut rechecked, mut by_tree) = (0, 0, 0);
+    let cases = hard_cases();
+    assert!(cases.len() >= 5, "{}", cases.len());
+    for (i, (net, set, label)) in cases.into_iter().enumerate() {
+        for branching in [nncert::verify::bab::Branching::Relu, nncert::verify::bab::Branching::Input] {
+            let v = nncert::verify::bab::Bab { timeout: 10.0, branching, ..Default::default() };
+            let report = report_for(&net, &set, label, &v);
+            let cert = nncert::certify::certificate(&net, &set, Some(i), &v, &report).unwrap().unwrap();
+            let checked = certificate::check(&net, &cert).unwrap();
+            for (t, b) in &checked.bounds {
+                let phi = Exact::default().phi(&net, &set, label, *t).unwrap();
+                assert!(*b <= phi.upper + 1e-12, "case {i} target {t}: {b} > {}", phi.upper);
+                if report.lower_bounds[*t].is_some_and(|r| r > 0.0) {
+                    verified += 1;
+                    rechecked += (*b > 0.0) as usize;
+                    if *b <= 0.0 {
+                        eprintln!(
+                            "case {i} {branching:?} target {t}: reported {:?}, re-checked {b}",
+                            report.lower_bounds[*t]
+                        );
+                    }
+                    let tree = cert.targets.iter().find(|u| u.target == *t).unwrap();
+                    if tree.proofs.iter().any(|p| matches!(p, TargetEvidence::Tree(_))) {
+                        let mut c = cert.clone();
+                        for tp in &mut c.targets {
+                            tp.proofs.retain(|p| !matches!(p, TargetEvidence::Tree(_)));
+                            tp.bound = f64::NEG_INFINITY;
+                        }
+                        c.verdict = Verdict::Unknown;
+                        let flat = certificate::check(&net, &c).unwrap().bounds.iter().find(|u| u.0 == *t).unwrap().1;
+                        by_tree += (*b > 0.0 && flat <= 0.0) as usize;
+                        if *b > 0.0 && flat <= 0.0 {
+                            tampered_trees_are_rejected(&net, &cert, *t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("bab: {verified} targets verified, {rechecked} re-checked > 0, {by_tree} only through the tree");
+    assert!(rechecked == verified, "{rechecked} of {verified}");
+    assert!(by_tree >= 5, "{by_tree}");
+}

@@ -79,6 +79,8 @@ pub(crate) enum Choice<'a> {
     Lines { lower: &'a [Vec<f64>], upper: &'a [Vec<f64>] },
     /// nu_j given.
     Vectors(&'a [Vec<f64>]),
+    /// nu_j through CROWN-Ada's lines on the intervals themselves (as [`super::Lines::of`]).
+    Adaptive,
 }
 
 /// W^T nu and a bound on its rounding error, entry by entry, in a fixed order.
@@ -152,6 +154,21 @@ pub(crate) fn bound(
                 }
                 _ => return f64::NEG_INFINITY,
             },
+            Choice::Adaptive => (0..g.len())
+                .map(|n| {
+                    let (l, u) = (lo[n], hi[n]);
+                    let slope = if act != Activation::Relu || l >= 0.0 {
+                        1.0
+                    } else if u <= 0.0 {
+                        0.0
+                    } else if g[n] >= 0.0 {
+                        if u > -l { 1.0 } else { 0.0 }
+                    } else {
+                        u / (u - l)
+                    };
+                    slope * g[n]
+                })
+                .collect(),
             Choice::Vectors(v) => match v.get(j) {
                 Some(v) if v.len() == g.len() => v.clone(),
                 _ => return f64::NEG_INFINITY,

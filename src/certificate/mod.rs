@@ -41,6 +41,7 @@
 //! ```
 
 mod lagrangian;
+mod tree;
 
 use serde::{Deserialize, Serialize};
 
@@ -268,6 +269,45 @@ pub enum TargetEvidence {
     /// Proposition 3.1's bound with these SDP multipliers, on the hidden boxes and triangle cuts
     /// of the certificate's intervals ([`crate::verify::sdp`]).
     Sdp(crate::verify::sdp::Multipliers),
+    /// Branch and bound: the leaves of a tree whose branches cover X (each question answered both
+    /// ways below the same node); the bound is the smallest leaf's.
+    Tree(Vec<Leaf>),
+}
+
+/// A branch of a branch-and-bound tree: one side of a ReLU split or of an input bisection.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// The pre-activation of `neuron` in hidden layer `layer` is >= 0 (`active`) or <= 0.
+    Relu {
+        /// Hidden layer (0 = the first).
+        layer: usize,
+        /// Neuron.
+        neuron: usize,
+        /// The side.
+        active: bool,
+    },
+    /// Input coordinate `dim` is >= `at` (`upper`) or <= `at`.
+    Input {
+        /// Coordinate.
+        dim: usize,
+        /// Threshold.
+        at: f64,
+        /// The side.
+        upper: bool,
+    },
+}
+
+/// A leaf of a branch-and-bound tree: the branches from the root to it, in order, and evidence
+/// for its bound (the checker also tries interval arithmetic and CROWN's lines on the leaf's own
+/// intervals, recomputed under its branches).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Leaf {
+    /// The branches from the root, in the order they were made.
+    pub splits: Vec<Split>,
+    /// Multipliers for the leaf's bound (optional).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proofs: Vec<Multipliers>,
 }
 
 /// An input of X where the label loses to `target`.
@@ -639,7 +679,7 @@ fn surely_inside(set: &InputSet, x: &[f64]) -> bool {
 /// The intervals and target bounds the certificate's evidence proves (not compared with its
 /// claims). Errors when the evidence does not fit the network.
 /// (lower, upper) ends per hidden layer.
-type Intervals = Vec<(Vec<f64>, Vec<f64>)>;
+pub(crate) type Intervals = Vec<(Vec<f64>, Vec<f64>)>;
 
 fn reprove(net: &Network, set: &InputSet, cert: &Certificate) -> Result<(Intervals, Vec<f64>)> {
     let layers = net.layers();
@@ -719,6 +759,7 @@ fn reprove(net: &Network, set: &InputSet, cert: &Certificate) -> Result<(Interva
                     sdp_bound(net, set, pre, cert.label, t.target, m)
                         .map_err(|e| reject(format!("target {}: SDP multipliers: {e}", t.target)))?
                 }
+                TargetEvidence::Tree(leaves) => tree::bound(&plain, set, &intervals, &top, &cert.relaxations, leaves),
             };
             best = best.max(b);
         }
@@ -729,7 +770,7 @@ fn reprove(net: &Network, set: &InputSet, cert: &Certificate) -> Result<(Interva
 
 /// The multipliers as the Lagrangian takes them (an unknown relaxation index: no lines, so the
 /// bound is -inf).
-fn choice<'a>(relaxations: &'a [Lines], m: &'a Multipliers) -> Choice<'a> {
+pub(crate) fn choice<'a>(relaxations: &'a [Lines], m: &'a Multipliers) -> Choice<'a> {
     const NONE: &[Vec<f64>] = &[];
     match m {
         Multipliers::Relaxation(i) => match relaxations.get(*i) {

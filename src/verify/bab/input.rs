@@ -29,6 +29,8 @@ struct BoxDomain {
     /// [`INHERIT_MAX_NEURONS`] hidden neurons): they hold on every sub-box too, so the children
     /// start from them.
     hidden: Option<HiddenBounds>,
+    /// The bisections from the root box to this one (for a certificate's tree).
+    path: Vec<crate::certificate::Split>,
 }
 
 /// Up to this many hidden neurons a box keeps its hidden bounds for its children (at the domain
@@ -92,7 +94,7 @@ fn bound_box(
     let score = sensitivity.iter().zip(lo.iter().zip(&hi)).map(|(a, (l, h))| a * (h - l)).collect();
     let y = p.net.forward(&centre)?;
     let found = (p.violated_by(&y) && p.confirms(&centre)).then_some(centre);
-    Ok((BoxDomain { lo, hi, values, score, hidden: kept }, found))
+    Ok((BoxDomain { lo, hi, values, score, hidden: kept, path: Vec::new() }, found))
 }
 
 /// CROWN ∩ IBP bounds of the hidden layers of a ReLU network over `set`, intersected with the
@@ -163,6 +165,7 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
         return Ok(Outcome::Falsified { input: x });
     }
     if p.refutes(&root.values) {
+        tracker.settle(|| crate::certificate::Leaf { splits: Vec::new(), proofs: Vec::new() });
         return Ok(Outcome::Verified { bound: root.score() });
     }
     let root_width: Vec<f64> = root.lo.iter().zip(&root.hi).map(|(l, h)| h - l).collect();
@@ -196,10 +199,15 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
                 let (mut hi_left, mut lo_right) = (d.hi.clone(), d.lo.clone());
                 hi_left[i] = mid;
                 lo_right[i] = mid;
-                Ok(vec![
+                let mut children = vec![
                     bound_box(p, spec.as_ref(), d.lo.clone(), hi_left, d.hidden.as_ref())?,
                     bound_box(p, spec.as_ref(), lo_right, d.hi.clone(), d.hidden.as_ref())?,
-                ])
+                ];
+                for ((child, _), upper) in children.iter_mut().zip([false, true]) {
+                    child.path = d.path.clone();
+                    child.path.push(crate::certificate::Split::Input { dim: i, at: mid, upper });
+                }
+                Ok(children)
             })
             .collect();
         for (d, r) in batch.iter().zip(results) {
@@ -221,6 +229,7 @@ pub(super) fn search(p: &Problem<'_>, settings: &Bab, tracker: &mut Tracker) -> 
                 }
                 if p.refutes(&child.values) {
                     settled = settled.min(child.score());
+                    tracker.settle(|| crate::certificate::Leaf { splits: child.path.clone(), proofs: Vec::new() });
                 } else {
                     open.push(child);
                 }

@@ -224,6 +224,8 @@ pub(crate) struct Tracker {
     /// The most domains to bound (a refinement's search; usize::MAX otherwise).
     budget: usize,
     pub(crate) stats: SearchStats,
+    /// Every settled domain as a certificate's leaf, when recording a tree.
+    pub(crate) leaves: Option<Vec<crate::certificate::Leaf>>,
 }
 
 impl Tracker {
@@ -237,13 +239,21 @@ impl Tracker {
             progress,
             budget: usize::MAX,
             stats: SearchStats::default(),
+            leaves: None,
         }
     }
 
     /// A silent tracker with a `deadline` that stops after `budget` bounded domains.
     fn until(deadline: Instant, budget: usize) -> Self {
         let start = Instant::now();
-        Self { start, deadline, last: start, progress: false, budget, stats: SearchStats::default() }
+        Self { start, deadline, last: start, progress: false, budget, stats: SearchStats::default(), leaves: None }
+    }
+
+    /// Records a settled domain as a leaf (when recording).
+    pub(crate) fn settle(&mut self, leaf: impl FnOnce() -> crate::certificate::Leaf) {
+        if let Some(leaves) = &mut self.leaves {
+            leaves.push(leaf());
+        }
     }
 
     fn timed_out(&self) -> bool {
@@ -737,6 +747,44 @@ fn found(net: &Network, input: Vec<f64>, mut tracker: Tracker) -> PropertyReport
 impl Verifier for Bab {
     fn name(&self) -> &'static str {
         "bab"
+    }
+
+    /// alpha-CROWN's evidence for every bounded target, and for each target the report proves
+    /// (bound > 0) the tree of a new search (recorded: its settled domains' branches; the
+    /// checker bounds each leaf on its own region). ReLU networks only.
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        use crate::certificate::{Evidence, TargetEvidence};
+        if !relu_network(network) {
+            return Ok(None);
+        }
+        let targets = report.bounded_targets();
+        let slopes = bounds::optimized::SlopeSettings::default();
+        let mut evidence = Evidence::optimized(network, set, label, &targets, Some(&slopes), &slopes)?;
+        for (t, proofs) in &mut evidence.targets {
+            if !report.lower_bounds[*t].is_some_and(|b| b > 0.0) {
+                continue;
+            }
+            let mut coeffs = vec![0.0; network.num_classes()];
+            coeffs[label] += 1.0;
+            coeffs[*t] -= 1.0;
+            let constraint = [OutputConstraint { coeffs, constant: 0.0, strict: false }];
+            let p = Problem { net: network, set, constraints: &constraint };
+            let mut tracker = Tracker::new(self.timeout, false);
+            tracker.leaves = Some(Vec::new());
+            // Without the root's refinement and BM-Full's bounding: the tree then stands on the
+            // root intervals the certificate proves (alpha-CROWN's) and on multipliers alone.
+            let plain = Bab { refine: 0.0, sdp_share: 0.0, ..self.clone() };
+            if let Outcome::Verified { .. } = plain.solve(&p, None, &mut tracker)? {
+                proofs.push(TargetEvidence::Tree(tracker.leaves.take().unwrap_or_default()));
+            }
+        }
+        Ok(Some(evidence))
     }
 
     /// Per target, branch and bound on f(x)\[label\] - f(x)\[target\] <= 0 within the shared time

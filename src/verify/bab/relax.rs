@@ -287,6 +287,22 @@ pub fn backward(
     Backward { values, input_coeffs: lam, saved }
 }
 
+/// The coefficient on each hidden layer's pre-activation, after its relaxation and the split
+/// multipliers, in `col`'s backward pass from `lam` on the last hidden layer's output: the
+/// multipliers of the Lagrangian a certificate stores for a domain ([`crate::certificate`]).
+pub fn multipliers(net: &Network, lam: &[f64], col: &Column<'_>) -> Vec<Vec<f64>> {
+    let layers = net.layers();
+    let top = layers.len() - 1;
+    let mut v = lam.to_vec();
+    let mut out = vec![Vec::new(); top];
+    for k in (0..top).rev() {
+        col.relax(k, &mut v);
+        out[k] = v.clone();
+        v = linalg::mat_vec(layers[k].weight_t(), &v);
+    }
+    out
+}
+
 /// Tightens the bounds of the unstable neurons of hidden layer `j` in each of `domains` by one
 /// backward pass each way (CROWN's slopes over the domain's own bounds of the layers before `j`,
 /// no multipliers), all domains in one batch, intersecting the results with the bounds held.

@@ -126,10 +126,11 @@ pub(super) fn search(
     }
     tracker.stats.domains += 1;
     if p.refutes(&root.values) {
+        tracker.settle(|| leaf(p, &spec, &root));
         return Ok(Outcome::Verified { bound: root.score() });
     }
     if root.bounds.unstable().is_empty() {
-        return leaf_only(p, root, tracker);
+        return leaf_only(p, &spec, root, tracker);
     }
     choose_branches(p, &spec, std::slice::from_mut(&mut root), settings);
     // The root, kept for BM-Full's first bound (Bab::sdp_share).
@@ -213,17 +214,22 @@ pub(super) fn search(
         }
         for d in children {
             if d.bounds.is_empty_domain() {
+                tracker.settle(|| leaf(p, &spec, &d));
                 continue;
             }
             if p.refutes(&d.values) {
                 settled = settled.min(d.score());
+                tracker.settle(|| leaf(p, &spec, &d));
                 continue;
             }
             if d.branch.is_none() {
                 // No unstable neuron left: the domain's LP is exact.
                 tracker.stats.leaves += 1;
                 match solve_leaf(p, &d)? {
-                    Leaf::Refuted(v) => settled = settled.min(v),
+                    Leaf::Refuted(v) => {
+                        settled = settled.min(v);
+                        tracker.settle(|| leaf(p, &spec, &d));
+                    }
                     Leaf::Counterexample(x) => return Ok(Outcome::Falsified { input: x }),
                     Leaf::Unresolved(v) => {
                         stuck = true;
@@ -252,6 +258,8 @@ fn sdp_round(
     if let Some(mut root) = sdp_root.take() {
         sdp_bound(p, std::slice::from_mut(&mut root), settings, tracker)?;
         if p.refutes(&root.values) {
+            // BM-Full's proof is not recorded: the leaf carries none (the checker bounds it alone).
+            tracker.settle(|| bare_leaf(&root));
             return Ok(Some(Outcome::Verified { bound: root.score() }));
         }
     }
@@ -269,6 +277,7 @@ fn sdp_round(
         d.sdp_tried = true;
         if p.refutes(&d.values) {
             *settled = settled.min(d.score());
+            tracker.settle(|| bare_leaf(&d));
         } else {
             open.push(d);
         }
@@ -322,13 +331,44 @@ fn sdp_bound(p: &Problem<'_>, domains: &mut [Domain], settings: &Bab, tracker: &
 }
 
 /// The search when the root has no unstable neuron: the root's LP decides.
-fn leaf_only(p: &Problem<'_>, root: Domain, tracker: &mut Tracker) -> Result<Outcome> {
+fn leaf_only(p: &Problem<'_>, spec: &Spec, root: Domain, tracker: &mut Tracker) -> Result<Outcome> {
     tracker.stats.leaves += 1;
     Ok(match solve_leaf(p, &root)? {
-        Leaf::Refuted(v) => Outcome::Verified { bound: v },
+        Leaf::Refuted(v) => {
+            tracker.settle(|| leaf(p, spec, &root));
+            Outcome::Verified { bound: v }
+        }
         Leaf::Counterexample(x) => Outcome::Falsified { input: x },
         Leaf::Unresolved(v) => Outcome::Unknown { bound: v, reason: StopReason::Stuck },
     })
+}
+
+/// A settled domain as a certificate's leaf without multipliers.
+fn bare_leaf(d: &Domain) -> crate::certificate::Leaf {
+    crate::certificate::Leaf { splits: branches(&d.splits), proofs: Vec::new() }
+}
+
+fn branches(splits: &[Split]) -> Vec<crate::certificate::Split> {
+    splits
+        .iter()
+        .map(|s| crate::certificate::Split::Relu { layer: s.layer, neuron: s.neuron, active: s.active })
+        .collect()
+}
+
+/// A settled domain as a certificate's leaf: its splits, and the multipliers of the backward
+/// pass of its best constraint with its slopes and split multipliers.
+fn leaf(p: &Problem<'_>, spec: &Spec, d: &Domain) -> crate::certificate::Leaf {
+    let j = (0..d.values.len()).max_by(|&a, &b| d.values[a].total_cmp(&d.values[b])).unwrap_or(0);
+    let col = relax::Column {
+        bounds: &d.bounds,
+        alpha: d.alpha.get(j).map(|a| a.as_slice()),
+        splits: &d.splits,
+        beta: d.beta.get(j).map_or(&[], |b| b.as_slice()),
+        extra: None,
+    };
+    let lam: Vec<f64> = (0..spec.top.nrows()).map(|i| spec.top[(i, j)]).collect();
+    let nu = relax::multipliers(p.net, &lam, &col);
+    crate::certificate::Leaf { splits: branches(&d.splits), proofs: vec![crate::certificate::Multipliers::Vectors(nu)] }
 }
 
 /// CROWN's adaptive slopes as the starting point of the ascent.
