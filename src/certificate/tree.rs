@@ -5,10 +5,11 @@
 //! x_i <= t for an input bisection. The leaves cover X when, at every node, either a leaf ends
 //! there or all leaves below it branch on the same question and both answers are covered (the two
 //! halves of a question make up the node's region). Each leaf is bounded by the Lagrangian of
-//! lagrangian.rs on its own intervals: the root's (re-proven), with every split neuron's interval
-//! clipped at 0 and the layers after the first split recomputed under the clips (interval
-//! arithmetic and CROWN's lines on the leaf's intervals; for input branches every layer, over the
-//! leaf's box). A leaf whose intervals cross holds no point: its bound is +inf. The tree's bound
+//! lagrangian.rs on its own intervals, computed down the path as the search computed them: from
+//! the root's (re-proven), each ReLU branch clips its neuron's interval at 0 and the layers after
+//! it are recomputed under the clips so far (interval arithmetic and CROWN's lines on the node's
+//! intervals, intersected with its parent's); each input branch recomputes every layer over the
+//! node's box. A leaf whose intervals cross holds no point: its bound is +inf. The tree's bound
 //! is the smallest leaf's.
 
 use rayon::prelude::*;
@@ -178,40 +179,30 @@ fn relu_leaf_bound(
 ) -> f64 {
     let hidden = iv.len();
     let region_set = region.unwrap_or(set);
-    // ReLU branches: clip each split neuron at 0 and recompute the layers after the first split.
-    let first = leaf
-        .splits
-        .iter()
-        .filter_map(|s| match s {
-            Split::Relu { layer, .. } => Some(*layer),
-            Split::Input { .. } => None,
-        })
-        .min()
-        .unwrap_or(hidden);
-    for k in 0..hidden {
-        if k > first {
+    // ReLU branches in the order they were made, as the search did: each clips its neuron at 0,
+    // then the layers after it are recomputed under the clips so far (intersected: every node's
+    // intervals hold on its descendants).
+    for s in &leaf.splits {
+        let Split::Relu { layer, neuron, active } = *s else {
+            continue;
+        };
+        if layer >= hidden || neuron >= iv[layer].0.len() {
+            return f64::NEG_INFINITY;
+        }
+        if active {
+            iv[layer].0[neuron] = iv[layer].0[neuron].max(0.0);
+        } else {
+            iv[layer].1[neuron] = iv[layer].1[neuron].min(0.0);
+        }
+        if iv[layer].0[neuron] > iv[layer].1[neuron] {
+            // Sound enclosures that cross: the region holds no point.
+            return f64::INFINITY;
+        }
+        for k in layer + 1..hidden {
             let (l, u) = lagrangian::layer_interval(net, region_set, &iv[..k], k, |_, _| vec![Choice::Adaptive]);
             if !intersect(&mut iv[k], &l, &u) {
                 return f64::INFINITY;
             }
-        }
-        for s in &leaf.splits {
-            if let Split::Relu { layer, neuron, active } = *s {
-                if layer >= hidden || neuron >= iv[layer].0.len() {
-                    return f64::NEG_INFINITY;
-                }
-                if layer == k {
-                    if active {
-                        iv[k].0[neuron] = iv[k].0[neuron].max(0.0);
-                    } else {
-                        iv[k].1[neuron] = iv[k].1[neuron].min(0.0);
-                    }
-                }
-            }
-        }
-        if iv[k].0.iter().zip(&iv[k].1).any(|(l, u)| l > u) {
-            // Sound enclosures that cross: the region holds no point.
-            return f64::INFINITY;
         }
     }
     let mut best = lagrangian::bound(net, region_set, &iv, hidden, top, Choice::Zero);
