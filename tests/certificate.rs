@@ -530,3 +530,48 @@ fn bab_certificates_recheck_their_trees() {
     assert!(rechecked == verified, "{rechecked} of {verified}");
     assert!(by_tree >= 5, "{by_tree}");
 }
+
+/// CRC's certificates on the bundled curvature-regularized tanh model: the checker re-proves the
+/// margin bounds from the curvature bound, a sound forward pass and a sound gradient, never
+/// above sampled margins; a changed eta or point is rejected.
+#[test]
+fn crc_certificates_recheck_on_the_smooth_digits_model() {
+    let net = nncert::data::digits_model("digits-tanh-crt").unwrap();
+    let data = nncert::data::digits().unwrap();
+    let v = nncert::verify::crc::Crc::default();
+    let mut robust = 0;
+    for i in 0..6 {
+        let set =
+            InputSet::new(data.images[i].clone(), 0.3, Norm::L2, Some(Domain::uniform(64, 0.0, 1.0).unwrap())).unwrap();
+        let label = data.labels[i];
+        let report = certify(&net, &set, label, Some(&v), &CertifyOptions { attack: None, all_targets: true }).unwrap();
+        let Some(cert) = nncert::certify::certificate(&net, &set, Some(i), &v, &report).unwrap() else {
+            assert_eq!(report.verdict, Verdict::Misclassified);
+            continue;
+        };
+        let checked = certificate::check(&net, &cert).unwrap();
+        robust += (checked.verdict == Verdict::Robust) as usize;
+        let mut rng = StdRng::seed_from_u64(i as u64);
+        for (t, b) in &checked.bounds {
+            let reported = report.lower_bounds[*t].unwrap();
+            assert!(*b >= reported - 1e-9 * (1.0 + reported.abs()), "image {i} target {t}: {b} < {reported}");
+            for _ in 0..100 {
+                assert!(net.margin(&set.sample(&mut rng), label, *t).unwrap() >= *b);
+            }
+        }
+        // Tampering with the dual point: eta below -m makes the dual bound void, so only the
+        // Taylor bound remains, below the claim.
+        let k = cert.targets.iter().position(|t| !t.proofs.is_empty()).unwrap();
+        let mut c = cert.clone();
+        if let TargetEvidence::Curvature { eta, .. } = &mut c.targets[k].proofs[0] {
+            *eta = 0.0;
+        }
+        assert!(rejected(&net, &c).contains("not re-proven"));
+        let mut c = cert.clone();
+        if let TargetEvidence::Curvature { point, .. } = &mut c.targets[k].proofs[0] {
+            point.iter_mut().for_each(|v| *v += 0.5);
+        }
+        assert!(rejected(&net, &c).contains("not re-proven"));
+    }
+    assert!(robust >= 2, "{robust}");
+}

@@ -40,6 +40,7 @@
 //! # Ok::<(), nncert::Error>(())
 //! ```
 
+mod curvature;
 mod lagrangian;
 mod tree;
 
@@ -269,6 +270,15 @@ pub enum TargetEvidence {
     /// Proposition 3.1's bound with these SDP multipliers, on the hidden boxes and triangle cuts
     /// of the certificate's intervals ([`crate::verify::sdp`]).
     Sdp(crate::verify::sdp::Multipliers),
+    /// The curvature bound of CRC (networks with smooth activations): the dual bound of
+    /// Definition 2 at this eta and point (`certificate/curvature.rs`); the checker also tries
+    /// the Taylor bound at the center. Over the l2 ball (radius eps; eps sqrt(n) for l_inf sets).
+    Curvature {
+        /// eta (> -m, the curvature's lower bound).
+        eta: f64,
+        /// The point x̄.
+        point: Vec<f64>,
+    },
     /// Branch and bound: the leaves of a tree whose branches cover X (each question answered both
     /// ways below the same node); the bound is the smallest leaf's.
     Tree(Vec<Leaf>),
@@ -500,7 +510,8 @@ impl Certificate {
         let mut cert = Self::header(net, set, image, label, method);
         cert.relaxations = evidence.relaxations.clone();
         let hidden = net.layers().len() - 1;
-        if evidence.layers.len() != hidden {
+        // (No layers: a network with smooth activations, whose evidence is CRC's.)
+        if evidence.layers.len() != hidden && !evidence.layers.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "evidence for {} hidden layers, the network has {hidden}",
                 evidence.layers.len()
@@ -687,8 +698,11 @@ fn reprove(net: &Network, set: &InputSet, cert: &Certificate) -> Result<(Interva
     if let Some(l) =
         layers[..hidden].iter().find(|l| !matches!(l.activation(), Activation::Relu | Activation::Identity))
     {
+        if cert.layers.is_empty() {
+            return Ok((Vec::new(), curvature_bounds(net, set, cert)?));
+        }
         return Err(reject(format!(
-            "bound certificates need ReLU hidden layers, this network has {:?} (CRC applies to smooth activations)",
+            "intervals need ReLU hidden layers, this network has {:?} (its certificates are CRC's)",
             l.activation()
         )));
     }
@@ -760,6 +774,9 @@ fn reprove(net: &Network, set: &InputSet, cert: &Certificate) -> Result<(Interva
                         .map_err(|e| reject(format!("target {}: SDP multipliers: {e}", t.target)))?
                 }
                 TargetEvidence::Tree(leaves) => tree::bound(&plain, set, &intervals, &top, &cert.relaxations, leaves),
+                TargetEvidence::Curvature { .. } => {
+                    return Err(reject("curvature evidence is for networks with smooth activations"));
+                }
             };
             best = best.max(b);
         }
@@ -783,6 +800,45 @@ pub(crate) fn choice<'a>(relaxations: &'a [Lines], m: &'a Multipliers) -> Choice
         },
         Multipliers::Vectors(v) => Choice::Vectors(v),
     }
+}
+
+/// The target bounds of a network with smooth activations: CRC's Taylor bound at the center and
+/// its dual bound at each piece of curvature evidence, on the l2 ball containing X.
+fn curvature_bounds(net: &Network, set: &InputSet, cert: &Certificate) -> Result<Vec<f64>> {
+    let classes = net.num_classes();
+    let rho = match set.norm() {
+        Norm::L2 => set.eps(),
+        // The l_inf ball lies in the l2 ball of radius eps sqrt(n).
+        Norm::Linf => {
+            let r = set.eps() * (set.dim() as f64).sqrt();
+            r * (1.0 + 4.0 * crate::bounds::rounding::UNIT_ROUNDOFF)
+        }
+    };
+    let mut seen = vec![false; classes];
+    let mut out = Vec::with_capacity(cert.targets.len());
+    for t in &cert.targets {
+        if t.target >= classes || t.target == cert.label || seen[t.target] {
+            return Err(reject(format!("target {}: not a class other than the label, or repeated", t.target)));
+        }
+        seen[t.target] = true;
+        let m = crate::verify::crc::curvature_bounds(net, cert.label, t.target)
+            .map_err(|e| reject(format!("target {}: curvature bounds: {e}", t.target)))?
+            .lower;
+        let mut c = vec![0.0; classes];
+        c[cert.label] = 1.0;
+        c[t.target] = -1.0;
+        let mut best = curvature::taylor_bound(net, set.center(), &c, rho, m);
+        for proof in &t.proofs {
+            match proof {
+                TargetEvidence::Curvature { eta, point } => {
+                    best = best.max(curvature::dual_bound(net, set.center(), &c, rho, m, *eta, point));
+                }
+                _ => return Err(reject("only curvature evidence applies to networks with smooth activations")),
+            }
+        }
+        out.push(best);
+    }
+    Ok(out)
 }
 
 /// Proposition 3.1's bound at the multipliers, on the boxes and cuts of `pre` and the R^2 it

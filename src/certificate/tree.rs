@@ -18,6 +18,9 @@ use super::lagrangian::{self, Choice, Plain};
 use super::{Intervals, Leaf, Lines, Split, choice};
 use crate::spec::{Domain, InputSet, Norm};
 
+/// The longest path from the root to a leaf the checker follows.
+const MAX_DEPTH: usize = 4096;
+
 /// The tree's bound on top^T z_L over X: the smallest leaf bound, or -inf when the leaves do not
 /// cover X.
 pub(super) fn bound(
@@ -29,7 +32,8 @@ pub(super) fn bound(
     leaves: &[Leaf],
 ) -> f64 {
     let paths: Vec<&[Split]> = leaves.iter().map(|l| l.splits.as_slice()).collect();
-    if !covers(&paths) {
+    // The coverage check recurses once per branch of a path: deeper trees are refused.
+    if paths.iter().any(|p| p.len() > MAX_DEPTH) || !covers(&paths) {
         return f64::NEG_INFINITY;
     }
     leaves.par_iter().map(|leaf| leaf_bound(net, set, root, top, relaxations, leaf)).reduce(|| f64::INFINITY, f64::min)

@@ -270,6 +270,21 @@ impl Crc {
         label: usize,
         target: usize,
     ) -> Result<(f64, Vec<f64>, f64)> {
+        let (best, attack, margin, _) = self.margin_bound_traced(net, x0, rho, label, target)?;
+        Ok((best, attack, margin))
+    }
+
+    /// [`Crc::margin_bound`] with the (eta, point) of its best dual bound (None: the Taylor bound
+    /// at x0 was the best), the evidence of a certificate ([`crate::certificate`]).
+    #[allow(clippy::type_complexity)]
+    pub fn margin_bound_traced(
+        &self,
+        net: &Network,
+        x0: &[f64],
+        rho: f64,
+        label: usize,
+        target: usize,
+    ) -> Result<(f64, Vec<f64>, f64, Option<(f64, Vec<f64>)>)> {
         let curvature = curvature_bounds(net, label, target)?;
         net.check_input(x0)?;
         let (m, k) = (curvature.lower.min(0.0), curvature.k.max(1e-300));
@@ -277,6 +292,7 @@ impl Crc {
         // The Taylor bound with the global curvature: always valid.
         let gn = g0.iter().map(|v| v * v).sum::<f64>().sqrt();
         let mut best = f0 - gn * rho + 0.5 * m * rho * rho;
+        let mut dual = None;
         let mut attack = (x0.to_vec(), f0);
         let (mut eta_lo, mut eta_hi) = (-m, 20.0 * (1.0 - m));
         let mut x = x0.to_vec();
@@ -296,7 +312,10 @@ impl Crc {
             let value = f + 0.5 * eta * (d2 - rho * rho);
             let grad2: f64 = (0..x.len()).map(|i| (g[i] + eta * (x[i] - x0[i])).powi(2)).sum();
             let lb = value - grad2 / (2.0 * mu) - 1e-12 * (value.abs() + grad2 / mu + 1.0);
-            best = best.max(lb);
+            if lb > best {
+                best = lb;
+                dual = Some((eta, x.clone()));
+            }
             // The iterate, projected into the ball, is an attack.
             let dist = d2.sqrt();
             let p: Vec<f64> = if dist > rho {
@@ -314,13 +333,35 @@ impl Crc {
                 eta_lo = eta;
             }
         }
-        Ok((best, attack.0, attack.1))
+        Ok((best, attack.0, attack.1, dual))
     }
 }
 
 impl Verifier for Crc {
     fn name(&self) -> &'static str {
         "crc"
+    }
+
+    /// Per bounded target, the (eta, point) of its best dual bound (the margin bound is
+    /// recomputed; the checker also tries the Taylor bound at the center).
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        use crate::certificate::{Evidence, TargetEvidence};
+        let mut targets = Vec::new();
+        for t in report.bounded_targets() {
+            let (_, _, _, dual) = self.margin_bound_traced(network, set.center(), set.eps(), label, t)?;
+            let proofs = match dual {
+                Some((eta, point)) => vec![TargetEvidence::Curvature { eta, point }],
+                None => Vec::new(),
+            };
+            targets.push((t, proofs));
+        }
+        Ok(Some(Evidence { relaxations: Vec::new(), layers: Vec::new(), targets }))
     }
     fn lower_bounds(&self, network: &Network, set: &InputSet, label: usize, targets: &[usize]) -> Result<BoundReport> {
         let start = std::time::Instant::now();

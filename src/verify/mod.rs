@@ -374,7 +374,7 @@ pub const METHODS: &[&str] = &[
 /// The methods whose bounds come with a certificate ([`Verifier::evidence`],
 /// [`crate::certificate`]); every method's counterexamples do.
 pub const CERTIFICATE_METHODS: &[&str] =
-    &["crown", "alpha-crown", "lp", "lp-full", "bm", "bm-full", "bm-full-lp", "bab"];
+    &["crown", "alpha-crown", "lp", "lp-full", "bm", "bm-full", "bm-full-lp", "bab", "crc"];
 
 /// The verifier with the given command-line name, configured to compute every target's tightest
 /// bound: the iterative methods (`sdp`, `bm`, `bm-full`) neither stop at the first positive bound
