@@ -12,8 +12,8 @@
 //! --only-correct --all-targets --threads --json, plus --pgd-steps --pgd-restarts --no-attack.
 //! Sharded runs (docs/cluster.md): --shard K/N (or auto from Slurm / Kubernetes) with --lines FILE
 //! (one JSON line per finished image; a rerun resumes), then --merge FILE... --json OUT.
-//! --certificates DIR writes one certificate per image (crown, alpha-crown, bm, bm-full, bm-full-lp, and
-//! pgd's counterexamples), checked by the `check` example.
+//! --certificates DIR writes one certificate per image (every method but exact, and pgd's
+//! counterexamples), checked by the `check` example.
 //! Methods: ibp, fastlin, crown, alpha-crown, lp, lp-full, exact (tiny ReLU nets), sdp, bm, bm-full, bm-full-lp, crc (l2, smooth activations),
 //! bab (complete branch and bound; --timeout per image, --branching), pgd.
 //! The JSON output is documented in docs/formats.md.
@@ -136,7 +136,7 @@ struct Args {
     #[arg(long, num_args = 1.., conflicts_with_all = ["shard", "lines"])]
     merge: Option<Vec<PathBuf>>,
     /// Write a certificate per image to DIR/<image index>.json (docs/formats.md): the bounds'
-    /// evidence (crown, alpha-crown, bm, bm-full, bm-full-lp) or the counterexample. Check one
+    /// evidence (every method but exact) or the counterexample. Check one
     /// with `cargo run --release --example check -- --model MODEL --certificate FILE`.
     #[arg(long, value_name = "DIR")]
     certificates: Option<PathBuf>,

@@ -575,3 +575,30 @@ fn crc_certificates_recheck_on_the_smooth_digits_model() {
     }
     assert!(robust >= 2, "{robust}");
 }
+
+/// Every method that writes certificates (on ReLU networks: all but CRC, tested on its own):
+/// the certificate re-checks, supports the report's verdict, and re-proves every bound the method
+/// reported (up to the solvers' rounding).
+#[test]
+fn every_methods_certificate_rechecks_its_report() {
+    for (i, (net, set, label)) in cases().into_iter().enumerate().filter(|(i, _)| i % 3 == 1).take(3) {
+        for &name in nncert::verify::CERTIFICATE_METHODS.iter().filter(|n| **n != "crc") {
+            let v: Box<dyn Verifier> = match name {
+                "bab" => Box::new(nncert::verify::bab::Bab { timeout: 10.0, ..Default::default() }),
+                _ => nncert::verify::by_name_all_targets(name).unwrap(),
+            };
+            let report = report_for(&net, &set, label, v.as_ref());
+            let cert = nncert::certify::certificate(&net, &set, Some(i), v.as_ref(), &report).unwrap().unwrap();
+            let checked = certificate::check(&net, &cert).unwrap();
+            if report.verdict == Verdict::Robust {
+                assert_eq!(checked.verdict, Verdict::Robust, "{name} case {i}");
+            }
+            for (t, b) in &checked.bounds {
+                let r = report.lower_bounds[*t].unwrap();
+                if name != "bab" || r > 0.0 {
+                    assert!(*b >= r - 1e-6 * (1.0 + r.abs()), "{name} case {i} target {t}: {b} < {r}");
+                }
+            }
+        }
+    }
+}

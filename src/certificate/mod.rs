@@ -145,6 +145,12 @@ impl Lines {
     /// (0, 0) for inactive ones, (1 if u > -l else 0, the chord's slope u / (u - l)) for unstable
     /// ones, (1, 1) for identity layers.
     pub fn of(net: &Network, pre: &PreActivationBounds) -> Self {
+        Self::with_slope(net, pre, crate::bounds::linear::Slope::Adaptive)
+    }
+
+    /// The lines of the backward relaxation with lower slope rule `slope` (Fast-Lin's u/(u-l)
+    /// or CROWN-Ada's) on the hidden layers' intervals of `pre`.
+    pub fn with_slope(net: &Network, pre: &PreActivationBounds, slope: crate::bounds::linear::Slope) -> Self {
         let hidden = net.layers().len() - 1;
         let (lower, upper) = (0..hidden)
             .map(|k| {
@@ -158,7 +164,18 @@ impl Lines {
                         } else if u <= 0.0 {
                             (0.0, 0.0)
                         } else {
-                            (if u > -l { 1.0 } else { 0.0 }, crate::bounds::rounding::relu_chord(l, u).0)
+                            let chord = crate::bounds::rounding::relu_chord(l, u).0;
+                            let lower = match slope {
+                                crate::bounds::linear::Slope::FastLin => chord,
+                                crate::bounds::linear::Slope::Adaptive => {
+                                    if u > -l {
+                                        1.0
+                                    } else {
+                                        0.0
+                                    }
+                                }
+                            };
+                            (lower, chord)
                         }
                     })
                     .unzip::<f64, f64, Vec<f64>, Vec<f64>>()
@@ -344,11 +361,35 @@ pub struct Evidence {
 impl Evidence {
     /// CROWN's ([`crate::verify::Crown`]): its lines, on its own intervals, everywhere.
     pub fn crown(net: &Network, set: &InputSet, targets: &[usize]) -> Result<Self> {
-        let pre = crate::bounds::pre_activation_bounds(net, set, crate::bounds::Propagation::Crown)?;
+        Self::propagation(net, set, targets, crate::bounds::Propagation::Crown)
+    }
+
+    /// A propagation method's: IBP's is interval arithmetic alone (which the checker always
+    /// tries), Fast-Lin's and CROWN's their lines on their own intervals.
+    pub fn propagation(
+        net: &Network,
+        set: &InputSet,
+        targets: &[usize],
+        method: crate::bounds::Propagation,
+    ) -> Result<Self> {
+        use crate::bounds::{Propagation, linear::Slope};
+        let hidden = net.layers().len() - 1;
+        let slope = match method {
+            Propagation::Ibp => {
+                return Ok(Evidence {
+                    relaxations: Vec::new(),
+                    layers: vec![LayerMultipliers::All(Vec::new()); hidden],
+                    targets: targets.iter().map(|&t| (t, Vec::new())).collect(),
+                });
+            }
+            Propagation::FastLin => Slope::FastLin,
+            Propagation::Crown => Slope::Adaptive,
+        };
+        let pre = crate::bounds::pre_activation_bounds(net, set, method)?;
         let base = vec![Multipliers::Relaxation(0)];
         Ok(Evidence {
-            relaxations: vec![Lines::of(net, &pre)],
-            layers: vec![LayerMultipliers::All(base); net.layers().len() - 1],
+            relaxations: vec![Lines::with_slope(net, &pre, slope)],
+            layers: vec![LayerMultipliers::All(base); hidden],
             targets: targets.iter().map(|&t| (t, vec![TargetEvidence::Linear(Multipliers::Relaxation(0))])).collect(),
         })
     }

@@ -260,9 +260,6 @@ fn propagation_report(
 
 macro_rules! propagation_verifier {
     ($(#[$doc:meta])* $ty:ident, $name:literal, $method:expr) => {
-        propagation_verifier!($(#[$doc])* $ty, $name, $method, );
-    };
-    ($(#[$doc:meta])* $ty:ident, $name:literal, $method:expr, $($evidence:item)?) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct $ty;
@@ -280,7 +277,18 @@ macro_rules! propagation_verifier {
             ) -> Result<BoundReport> {
                 propagate($method, network, set, label, targets)
             }
-            $($evidence)?
+            /// Its lines on its own intervals (IBP: interval arithmetic alone); the certificate's
+            /// bound is never below the method's (the checker minimizes every neuron exactly and
+            /// also tries interval arithmetic).
+            fn evidence(
+                &self,
+                network: &Network,
+                set: &InputSet,
+                _label: usize,
+                report: &crate::certify::ImageReport,
+            ) -> Result<Option<crate::certificate::Evidence>> {
+                crate::certificate::Evidence::propagation(network, set, &report.bounded_targets(), $method).map(Some)
+            }
         }
     };
 }
@@ -303,18 +311,7 @@ propagation_verifier!(
     /// pre-activation bounds from their own backward pass (auto_LiRPA's method "CROWN").
     Crown,
     "crown",
-    Propagation::Crown,
-    /// CROWN's slopes everywhere: the certificate proves CROWN's bounds (or better: every end
-    /// is also bounded by interval arithmetic, and every neuron minimized exactly).
-    fn evidence(
-        &self,
-        network: &Network,
-        set: &InputSet,
-        _label: usize,
-        report: &crate::certify::ImageReport,
-    ) -> Result<Option<crate::certificate::Evidence>> {
-        crate::certificate::Evidence::crown(network, set, &report.bounded_targets()).map(Some)
-    }
+    Propagation::Crown
 );
 
 /// alpha-CROWN: every hidden layer's pre-activation bounds and every margin bound from the
@@ -374,7 +371,7 @@ pub const METHODS: &[&str] = &[
 /// The methods whose bounds come with a certificate ([`Verifier::evidence`],
 /// [`crate::certificate`]); every method's counterexamples do.
 pub const CERTIFICATE_METHODS: &[&str] =
-    &["crown", "alpha-crown", "lp", "lp-full", "bm", "bm-full", "bm-full-lp", "bab", "crc"];
+    &["ibp", "fastlin", "crown", "alpha-crown", "lp", "lp-full", "sdp", "bm", "bm-full", "bm-full-lp", "bab", "crc"];
 
 /// The verifier with the given command-line name, configured to compute every target's tightest
 /// bound: the iterative methods (`sdp`, `bm`, `bm-full`) neither stop at the first positive bound

@@ -474,4 +474,31 @@ impl Verifier for SdpFo {
             self.certify_target(network, set, rel, label, t).map(|c| (c.map(|c| c.bound), None))
         })
     }
+
+    /// The SDP multipliers of every bounded target (the ascent is run again) and alpha-CROWN's
+    /// slopes (50 steps, as the report's bounds), on the intervals of CROWN ∩ IBP (or alpha-CROWN's
+    /// per neuron for the other bound sources, whose LP-Full intervals a slope certificate cannot
+    /// always reach).
+    fn evidence(
+        &self,
+        network: &Network,
+        set: &InputSet,
+        label: usize,
+        report: &crate::certify::ImageReport,
+    ) -> Result<Option<crate::certificate::Evidence>> {
+        use crate::bounds::optimized::SlopeSettings;
+        use crate::certificate::{Evidence, TargetEvidence};
+        let targets = report.bounded_targets();
+        let layers = SlopeSettings::default();
+        let layers = (self.bounds != BoundSource::CrownIbp).then_some(&layers);
+        let margins = SlopeSettings { iterations: 50, ..Default::default() };
+        let mut evidence = Evidence::optimized(network, set, label, &targets, layers, &margins)?;
+        let rel = Relaxation::new(network, set, self.bounds)?;
+        for (t, proofs) in &mut evidence.targets {
+            if let Some(c) = self.certify_target(network, set, &rel, label, *t)? {
+                proofs.push(TargetEvidence::Sdp(c.multipliers));
+            }
+        }
+        Ok(Some(evidence))
+    }
 }
