@@ -120,6 +120,24 @@ pub(crate) fn check_query(net: &Network, set: &InputSet, label: usize, targets: 
     targets.iter().try_for_each(|&t| net.check_label(t))
 }
 
+/// The certificate evidence of [`per_target_report`]'s CROWN part for `targets`: alpha-CROWN's
+/// slopes (50 steps, as the report's bounds) on the intervals of `source` as a slope certificate
+/// can prove them (CROWN ∩ IBP's; alpha-CROWN's per neuron for the other sources, whose LP-Full
+/// intervals it cannot always reach). The SDP verifiers add their multipliers to it.
+pub(crate) fn per_target_evidence(
+    network: &Network,
+    set: &InputSet,
+    label: usize,
+    targets: &[usize],
+    source: sdp::BoundSource,
+) -> Result<crate::certificate::Evidence> {
+    use bounds::optimized::SlopeSettings;
+    let layers = SlopeSettings::default();
+    let layers = (source != sdp::BoundSource::CrownIbp).then_some(&layers);
+    let margins = SlopeSettings { iterations: 50, ..Default::default() };
+    crate::certificate::Evidence::optimized(network, set, label, targets, layers, &margins)
+}
+
 /// A report for the verifiers that prove one target at a time on one [`sdp::Relaxation`]
 /// (SDP-FO, BM-r): `bound(relaxation, target)` returns the proven bound, if any. CROWN on the
 /// relaxation's pre-activation bounds (computed here for all targets at once, with its slopes

@@ -475,10 +475,8 @@ impl Verifier for SdpFo {
         })
     }
 
-    /// The SDP multipliers of every bounded target (the ascent is run again) and alpha-CROWN's
-    /// slopes (50 steps, as the report's bounds), on the intervals of CROWN ∩ IBP (or alpha-CROWN's
-    /// per neuron for the other bound sources, whose LP-Full intervals a slope certificate cannot
-    /// always reach).
+    /// The SDP multipliers of every bounded target (the ascent is run again), with
+    /// [`super::per_target_evidence`].
     fn evidence(
         &self,
         network: &Network,
@@ -486,13 +484,8 @@ impl Verifier for SdpFo {
         label: usize,
         report: &crate::certify::ImageReport,
     ) -> Result<Option<crate::certificate::Evidence>> {
-        use crate::bounds::optimized::SlopeSettings;
-        use crate::certificate::{Evidence, TargetEvidence};
-        let targets = report.bounded_targets();
-        let layers = SlopeSettings::default();
-        let layers = (self.bounds != BoundSource::CrownIbp).then_some(&layers);
-        let margins = SlopeSettings { iterations: 50, ..Default::default() };
-        let mut evidence = Evidence::optimized(network, set, label, &targets, layers, &margins)?;
+        use crate::certificate::TargetEvidence;
+        let mut evidence = super::per_target_evidence(network, set, label, &report.bounded_targets(), self.bounds)?;
         let rel = Relaxation::new(network, set, self.bounds)?;
         for (t, proofs) in &mut evidence.targets {
             if let Some(c) = self.certify_target(network, set, &rel, label, *t)? {

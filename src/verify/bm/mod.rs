@@ -376,10 +376,7 @@ impl Verifier for Bm {
         self.report(network, set, label, targets, None)
     }
 
-    /// The SDP multipliers of every target BM proved, and alpha-CROWN's slopes (50 steps, as
-    /// the report's bounds), on the intervals of the source re-proven by slopes (CROWN's for
-    /// `bm`; optimized per neuron for `bm-full`, and for `bm-full-lp`, whose LP-Full intervals a
-    /// slope certificate cannot always reach).
+    /// The SDP multipliers of every target BM proved, with [`super::per_target_evidence`].
     fn evidence(
         &self,
         network: &Network,
@@ -387,13 +384,8 @@ impl Verifier for Bm {
         label: usize,
         report: &crate::certify::ImageReport,
     ) -> Result<Option<crate::certificate::Evidence>> {
-        use crate::bounds::optimized::SlopeSettings;
-        use crate::certificate::{Evidence, TargetEvidence};
-        let targets = report.bounded_targets();
-        let layers = SlopeSettings::default();
-        let layers = (self.bounds != BoundSource::CrownIbp).then_some(&layers);
-        let margins = SlopeSettings { iterations: 50, ..Default::default() };
-        let mut evidence = Evidence::optimized(network, set, label, &targets, layers, &margins)?;
+        use crate::certificate::TargetEvidence;
+        let mut evidence = super::per_target_evidence(network, set, label, &report.bounded_targets(), self.bounds)?;
         let bm = report.bm.as_deref().unwrap_or(&[]);
         for (t, proofs) in &mut evidence.targets {
             if let Some(m) = bm.iter().find(|b| b.target == *t).and_then(|b| b.multipliers.clone()) {
