@@ -11,6 +11,10 @@
 //!   per bound; the multipliers can also be stored as vectors (any method's dual solution).
 //! * **SDP bounds** ([`crate::verify::sdp`], Proposition 3.1 of the BM-r paper): the multipliers
 //!   y, z of the quadratic relaxation, on the intervals above.
+//! * **branch and bound**: a tree of regions (ReLU splits, input bisections) that covers the set,
+//!   each leaf bounded on its region (`tree.rs`).
+//! * **curvature bounds** (CRC, smooth activations): the dual point of Definition 2 of the CRC
+//!   paper, with a sound gradient of the margin (`curvature.rs`).
 //! * a **counterexample**: an input of the set where the label loses.
 //!
 //! [`check`] re-verifies a certificate against a model by a short, separate path: it recomputes
