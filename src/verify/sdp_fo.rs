@@ -475,8 +475,8 @@ impl Verifier for SdpFo {
         })
     }
 
-    /// The SDP multipliers of every bounded target (the ascent is run again), with
-    /// [`super::per_target_evidence`].
+    /// The SDP multipliers of every bounded target (the ascent is run again), with the CROWN part
+    /// of the report (alpha-CROWN's slopes on the relaxation's intervals).
     fn evidence(
         &self,
         network: &Network,
