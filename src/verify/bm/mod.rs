@@ -376,7 +376,8 @@ impl Verifier for Bm {
         self.report(network, set, label, targets, None)
     }
 
-    /// The SDP multipliers of every target BM proved, with the CROWN part of the report (alpha-CROWN's slopes on the relaxation's intervals).
+    /// The SDP multipliers of every target BM proved, with the CROWN part of the report
+    /// (alpha-CROWN's slopes on the relaxation's intervals).
     fn evidence(
         &self,
         network: &Network,
