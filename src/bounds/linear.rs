@@ -258,9 +258,8 @@ fn layer_lines(net: &Network, k: usize, iv: &Interval, slope: Slope) -> Lines {
 }
 
 /// Pre-activation bounds of every layer, each from its own backward pass over the relaxations of
-/// the layers before it, except for the neurons that interval arithmetic on the previous layer's
-/// bounds proves stable, which take those bounds (auto_LiRPA's method "CROWN" for
-/// [`Slope::Adaptive`]).
+/// the layers before it, intersected with interval arithmetic's for the neurons it proves stable
+/// (auto_LiRPA's method "CROWN" for [`Slope::Adaptive`]: the same margins).
 pub fn all_layer_bounds(net: &Network, set: &InputSet, slope: Slope) -> PreActivationBounds {
     all_layer_bounds_within(net, set, slope, None)
 }
@@ -276,6 +275,7 @@ pub fn all_layer_bounds_within(
 ) -> PreActivationBounds {
     let layers = net.layers();
     let mut bounds: Vec<Interval> = Vec::with_capacity(layers.len());
+    let mut basis: Vec<Interval> = Vec::with_capacity(layers.len());
     let mut lines: Vec<Lines> = Vec::with_capacity(layers.len());
     let mut weights: Vec<Vec<f64>> = Vec::new();
     for j in 0..layers.len() {
@@ -289,24 +289,32 @@ pub fn all_layer_bounds_within(
         let consts: Vec<f64> = b.iter().copied().chain(b.iter().map(|v| -v)).collect();
         let lb = backward(net, set, &lines, &weights, j, lam, consts);
         let mut iv = Interval { lower: lb[..n].to_vec(), upper: lb[n..].iter().map(|v| -v).collect() };
+        // `rule`: the bounds the next layers' interval arithmetic starts from, as auto_LiRPA's.
+        let mut rule = iv.clone();
         if j > 0 && layers[j].activation() == Activation::Relu {
-            // A ReLU that interval arithmetic on the previous layer's bounds proves stable takes
-            // those bounds, as auto_LiRPA does (its "sparse intermediate bounds" with IBP
-            // references): the stable set grows, and the results equal auto_LiRPA's (docs/
-            // experiments.md). Not the intersection: CROWN-Ada's slope choice is not monotone in
-            // the intervals, so tighter unstable intervals can give a looser final bound.
-            let (lo, hi) = super::interval::activate(&bounds[j - 1], layers[j - 1].activation());
+            // A ReLU that interval arithmetic on the previous layer's bounds proves stable is
+            // stable, as in auto_LiRPA (its "sparse intermediate bounds" with IBP references):
+            // the stable set grows, and the margins equal auto_LiRPA's (docs/experiments.md).
+            // auto_LiRPA gives such a neuron the IBP bounds, and the next layers' IBP starts from
+            // them (`rule`); the bounds returned here are the intersection with CROWN's, never
+            // looser than either. The unstable neurons keep CROWN's alone: CROWN-Ada's slope
+            // choice is not monotone in the intervals, so tightening them can loosen the margins.
+            let (lo, hi) = super::interval::activate(&basis[j - 1], layers[j - 1].activation());
             let ibp = super::interval::affine_box(layers[j].weight(), layers[j].bias(), &lo, &hi);
             for i in 0..n {
                 if ibp.lower[i] >= 0.0 || ibp.upper[i] <= 0.0 {
-                    iv.lower[i] = ibp.lower[i];
-                    iv.upper[i] = ibp.upper[i];
+                    rule.lower[i] = ibp.lower[i];
+                    rule.upper[i] = ibp.upper[i];
+                    iv.lower[i] = iv.lower[i].max(ibp.lower[i]);
+                    iv.upper[i] = iv.upper[i].min(ibp.upper[i]);
                 }
             }
         }
         if let Some(w) = within {
             iv.intersect(&w.layers[j]);
+            rule.intersect(&w.layers[j]);
         }
+        basis.push(rule);
         lines.push(layer_lines(net, j, &iv, slope));
         bounds.push(iv);
         // This layer's rounding weights (the earlier layers' do not change).
