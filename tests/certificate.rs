@@ -602,3 +602,46 @@ fn every_methods_certificate_rechecks_its_report() {
         }
     }
 }
+
+/// Any multipliers give a valid bound: random vectors (any sign, any size) and random slopes as
+/// evidence never re-prove a bound above the exact minimum or a sampled margin, on every case.
+#[test]
+fn random_multipliers_never_prove_too_much() {
+    use rand::Rng;
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut compared, mut close) = (0, 0);
+    for (i, (net, set, label)) in cases().into_iter().enumerate().take(12) {
+        let targets = others(&net, label);
+        let widths: Vec<usize> = net.layers()[..net.layers().len() - 1].iter().map(|l| l.output_size()).collect();
+        let mut cert =
+            Certificate::seal(&net, &set, None, label, "crown", &Evidence::crown(&net, &set, &targets).unwrap())
+                .unwrap();
+        for trial in 0..6 {
+            let scale = [0.1, 1.0, 10.0][trial % 3];
+            for t in &mut cert.targets {
+                let vectors: Vec<Vec<f64>> = widths
+                    .iter()
+                    .map(|&w| (0..w).map(|_| (rng.random::<f64>() - 0.5) * 2.0 * scale).collect())
+                    .collect();
+                let slopes: Vec<Vec<f64>> =
+                    widths.iter().map(|&w| (0..w).map(|_| rng.random::<f64>() * 1.5 - 0.25).collect()).collect();
+                t.proofs = vec![
+                    TargetEvidence::Linear(Multipliers::Vectors(vectors)),
+                    TargetEvidence::Linear(Multipliers::Slopes { relaxation: 0, lower: slopes }),
+                ];
+                t.bound = f64::NEG_INFINITY;
+            }
+            cert.verdict = Verdict::Unknown;
+            let checked = certificate::check(&net, &cert).unwrap();
+            for (t, b) in &checked.bounds {
+                let phi = Exact::default().phi(&net, &set, label, *t).unwrap();
+                assert!(*b <= phi.upper + 1e-12, "case {i} target {t}: {b} > exact {}", phi.upper);
+                compared += 1;
+                // Not vacuous: many of these bounds come close to the minimum.
+                close += (*b >= phi.upper - 0.25) as usize;
+            }
+        }
+    }
+    assert!(compared >= 100, "{compared}");
+    assert!(close >= 20, "only {close} of {compared} bounds within 0.25 of the exact minimum");
+}
