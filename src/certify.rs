@@ -100,21 +100,22 @@ impl ImageReport {
 
 /// The certificate of one input's report ([`crate::certificate`]): the counterexample of a
 /// `not_robust` verdict, else the bounds of the verifier's evidence (None for a misclassified
-/// center, a method that writes no certificates, or a counterexample the checker's stricter
-/// test cannot confirm). `image` is the input's index in its data set, if any.
+/// center, a method that writes no certificates or no verifier (the attack alone, whose
+/// counterexamples are named "pgd"), or a counterexample the checker's stricter test cannot
+/// confirm). `image` is the input's index in its data set, if any.
 pub fn certificate(
     net: &Network,
     set: &InputSet,
     image: Option<usize>,
-    verifier: &dyn Verifier,
+    verifier: Option<&dyn Verifier>,
     report: &ImageReport,
 ) -> Result<Option<crate::certificate::Certificate>> {
     use crate::certificate::Certificate;
+    let name = verifier.map_or("pgd", |v| v.name());
     match report.verdict {
         Verdict::Misclassified => Ok(None),
         Verdict::NotRobust => {
             let label = report.label;
-            let name = verifier.name();
             if let Some(c) = &report.counterexample
                 && let Some(cert) = Certificate::counterexample(net, set, image, label, name, c.target, &c.input)?
             {
@@ -131,8 +132,11 @@ pub fn certificate(
             }
             Ok(None)
         }
-        Verdict::Robust | Verdict::Unknown => match verifier.evidence(net, set, report.label, report)? {
-            Some(e) => Certificate::seal(net, set, image, report.label, verifier.name(), &e).map(Some),
+        Verdict::Robust | Verdict::Unknown => match verifier {
+            Some(v) => match v.evidence(net, set, report.label, report)? {
+                Some(e) => Certificate::seal(net, set, image, report.label, name, &e).map(Some),
+                None => Ok(None),
+            },
             None => Ok(None),
         },
     }
@@ -145,7 +149,7 @@ pub fn write_certificate(
     index: usize,
     net: &Network,
     set: &InputSet,
-    verifier: &dyn Verifier,
+    verifier: Option<&dyn Verifier>,
     report: &ImageReport,
 ) -> Result<Option<std::path::PathBuf>> {
     let Some(cert) = certificate(net, set, Some(index), verifier, report)? else {

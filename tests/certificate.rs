@@ -100,7 +100,7 @@ fn alpha_crown_certificates_prove_alpha_crowns_bounds() {
     for (i, (net, set, label)) in cases().into_iter().enumerate() {
         let v = AlphaCrown::default();
         let report = report_for(&net, &set, label, &v);
-        let cert = nncert::certify::certificate(&net, &set, Some(i), &v, &report).unwrap().unwrap();
+        let cert = nncert::certify::certificate(&net, &set, Some(i), Some(&v), &report).unwrap().unwrap();
         let checked = certificate::check(&net, &cert).unwrap();
         let crown = Crown.lower_bounds(&net, &set, label, &others(&net, label)).unwrap();
         for ((t, b), (_, c)) in checked.bounds.iter().zip(&crown.bounds) {
@@ -130,7 +130,7 @@ fn lp_certificates_prove_the_lp_bounds_from_the_solvers_multipliers() {
         for name in ["lp", "lp-full"] {
             let v = nncert::verify::by_name(name).unwrap();
             let report = report_for(&net, &set, label, v.as_ref());
-            let cert = nncert::certify::certificate(&net, &set, Some(i), v.as_ref(), &report).unwrap().unwrap();
+            let cert = nncert::certify::certificate(&net, &set, Some(i), Some(v.as_ref()), &report).unwrap().unwrap();
             let checked = certificate::check(&net, &cert).unwrap();
             for (t, b) in &checked.bounds {
                 let lp = report.lower_bounds[*t].unwrap();
@@ -165,7 +165,7 @@ fn bm_certificates_recheck_their_sdp_multipliers() {
         for name in ["bm", "bm-full"] {
             let v = nncert::verify::by_name_all_targets(name).unwrap();
             let report = report_for(&net, &set, label, v.as_ref());
-            let cert = nncert::certify::certificate(&net, &set, Some(i), v.as_ref(), &report).unwrap().unwrap();
+            let cert = nncert::certify::certificate(&net, &set, Some(i), Some(v.as_ref()), &report).unwrap().unwrap();
             let checked = certificate::check(&net, &cert).unwrap();
             for (t, b) in &checked.bounds {
                 let phi = Exact::default().phi(&net, &set, label, *t).unwrap();
@@ -300,7 +300,7 @@ fn counterexample_certificates_are_checked_by_a_sound_forward_pass() {
         if report.verdict != Verdict::NotRobust {
             continue;
         }
-        let cert = nncert::certify::certificate(&net, &set, Some(i), &Crown, &report).unwrap().unwrap();
+        let cert = nncert::certify::certificate(&net, &set, Some(i), Some(&Crown), &report).unwrap().unwrap();
         let checked = certificate::check(&net, &cert).unwrap();
         assert_eq!(checked.verdict, Verdict::NotRobust);
         assert!(checked.counterexample_margin.unwrap() < 0.0);
@@ -360,7 +360,8 @@ fn certificates_of_the_bundled_digits_model_recheck() {
         let label = data.labels[i];
         for v in [Box::new(Crown) as Box<dyn Verifier>, Box::new(AlphaCrown::default())] {
             let report = certify(&net, &set, label, Some(v.as_ref()), &CertifyOptions::default()).unwrap();
-            let Some(cert) = nncert::certify::certificate(&net, &set, Some(i), v.as_ref(), &report).unwrap() else {
+            let Some(cert) = nncert::certify::certificate(&net, &set, Some(i), Some(v.as_ref()), &report).unwrap()
+            else {
                 assert_eq!(report.verdict, Verdict::Misclassified);
                 continue;
             };
@@ -393,7 +394,8 @@ fn certificates_of_the_shared_mnist_networks_recheck() {
             for &name in methods {
                 let v = nncert::verify::by_name(name).unwrap();
                 let report = certify(&net, &set, labels[i], Some(v.as_ref()), &CertifyOptions::default()).unwrap();
-                let Some(cert) = nncert::certify::certificate(&net, &set, Some(i), v.as_ref(), &report).unwrap() else {
+                let Some(cert) = nncert::certify::certificate(&net, &set, Some(i), Some(v.as_ref()), &report).unwrap()
+                else {
                     assert_eq!(report.verdict, Verdict::Misclassified);
                     continue;
                 };
@@ -419,7 +421,7 @@ fn bm_full_certificate_of_an_mnist_image_rechecks() {
     let v = nncert::verify::by_name("bm-full").unwrap();
     let report = certify(&net, &set, labels[0], Some(v.as_ref()), &CertifyOptions::default()).unwrap();
     assert_eq!(report.verdict, Verdict::Robust);
-    let cert = nncert::certify::certificate(&net, &set, Some(0), v.as_ref(), &report).unwrap().unwrap();
+    let cert = nncert::certify::certificate(&net, &set, Some(0), Some(v.as_ref()), &report).unwrap().unwrap();
     let checked = certificate::check(&net, &cert).unwrap();
     assert_eq!(checked.verdict, Verdict::Robust);
     // BM's SDP multipliers carry at least one target past what the slopes alone prove.
@@ -494,7 +496,7 @@ fn bab_certificates_recheck_their_trees() {
         for branching in [nncert::verify::bab::Branching::Relu, nncert::verify::bab::Branching::Input] {
             let v = nncert::verify::bab::Bab { timeout: 10.0, branching, ..Default::default() };
             let report = report_for(&net, &set, label, &v);
-            let cert = nncert::certify::certificate(&net, &set, Some(i), &v, &report).unwrap().unwrap();
+            let cert = nncert::certify::certificate(&net, &set, Some(i), Some(&v), &report).unwrap().unwrap();
             let checked = certificate::check(&net, &cert).unwrap();
             for (t, b) in &checked.bounds {
                 let phi = Exact::default().phi(&net, &set, label, *t).unwrap();
@@ -545,7 +547,7 @@ fn crc_certificates_recheck_on_the_smooth_digits_model() {
             InputSet::new(data.images[i].clone(), 0.3, Norm::L2, Some(Domain::uniform(64, 0.0, 1.0).unwrap())).unwrap();
         let label = data.labels[i];
         let report = certify(&net, &set, label, Some(&v), &CertifyOptions { attack: None, all_targets: true }).unwrap();
-        let Some(cert) = nncert::certify::certificate(&net, &set, Some(i), &v, &report).unwrap() else {
+        let Some(cert) = nncert::certify::certificate(&net, &set, Some(i), Some(&v), &report).unwrap() else {
             assert_eq!(report.verdict, Verdict::Misclassified);
             continue;
         };
@@ -588,7 +590,7 @@ fn every_methods_certificate_rechecks_its_report() {
                 _ => nncert::verify::by_name_all_targets(name).unwrap(),
             };
             let report = report_for(&net, &set, label, v.as_ref());
-            let cert = nncert::certify::certificate(&net, &set, Some(i), v.as_ref(), &report).unwrap().unwrap();
+            let cert = nncert::certify::certificate(&net, &set, Some(i), Some(v.as_ref()), &report).unwrap().unwrap();
             let checked = certificate::check(&net, &cert).unwrap();
             if report.verdict == Verdict::Robust {
                 assert_eq!(checked.verdict, Verdict::Robust, "{name} case {i}");

@@ -129,21 +129,7 @@ pub fn optimized_margin_bounds(
     targets: &[usize],
     settings: &SlopeSettings,
 ) -> Result<Vec<f64>> {
-    check_supported(net, settings)?;
-    let layers = net.layers();
-    net.check_input(set.center())?;
-    net.check_label(label)?;
-    for &t in targets {
-        net.check_label(t)?;
-    }
-    pre.check_shape(net)?;
-    if targets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let depth = layers.len() - 1;
-    let relaxed = Relaxed::new(net, set, pre, depth);
-    let spec = super::linear::margin_spec(net.num_classes(), label, targets);
-    Ok(ascend(net, set, &relaxed, depth, &spec, settings, false).0)
+    Ok(margin_bounds(net, set, pre, label, targets, settings, false)?.0)
 }
 
 /// [`optimized_margin_bounds`] with each target's best slopes (for a certificate).
@@ -155,15 +141,33 @@ pub fn optimized_margin_bounds_traced(
     targets: &[usize],
     settings: &SlopeSettings,
 ) -> Result<(Vec<f64>, Vec<Slopes>)> {
-    // Validates everything (and answers the empty case).
-    optimized_margin_bounds(net, set, pre, label, &targets[..targets.len().min(1)], settings)?;
+    margin_bounds(net, set, pre, label, targets, settings, true)
+}
+
+/// The ascent on the margins, with each target's best slopes when `keep`.
+fn margin_bounds(
+    net: &Network,
+    set: &InputSet,
+    pre: &PreActivationBounds,
+    label: usize,
+    targets: &[usize],
+    settings: &SlopeSettings,
+    keep: bool,
+) -> Result<(Vec<f64>, Vec<Slopes>)> {
+    check_supported(net, settings)?;
+    net.check_input(set.center())?;
+    net.check_label(label)?;
+    for &t in targets {
+        net.check_label(t)?;
+    }
+    pre.check_shape(net)?;
     if targets.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
     let depth = net.layers().len() - 1;
     let relaxed = Relaxed::new(net, set, pre, depth);
     let spec = super::linear::margin_spec(net.num_classes(), label, targets);
-    Ok(ascend(net, set, &relaxed, depth, &spec, settings, true))
+    Ok(ascend(net, set, &relaxed, depth, &spec, settings, keep))
 }
 
 /// Lower bounds on spec\[:, s\]^T f(x) for each column s of `spec` (outputs x specifications),

@@ -200,18 +200,9 @@ pub(super) fn reprove(net: &Network, set: &InputSet, cert: &Certificate) -> Resu
         });
         intervals.push(iv);
     }
-    let classes = net.num_classes();
-    let mut seen = vec![false; classes];
     let mut pre: Option<PreActivationBounds> = None;
     let mut bounds = Vec::with_capacity(cert.targets.len());
-    for t in &cert.targets {
-        if t.target >= classes || t.target == cert.label || seen[t.target] {
-            return Err(reject(format!("target {}: not a class other than the label, or repeated", t.target)));
-        }
-        seen[t.target] = true;
-        let mut top = vec![0.0; classes];
-        top[cert.label] = 1.0;
-        top[t.target] = -1.0;
+    for (t, top) in cert.targets.iter().zip(margin_objectives(net, cert)?) {
         let mut best = lagrangian::bound(&plain, set, &intervals, hidden, &top, Choice::Zero);
         for proof in &t.proofs {
             let b = match proof {
@@ -242,6 +233,26 @@ pub(super) fn reprove(net: &Network, set: &InputSet, cert: &Certificate) -> Resu
     Ok((intervals, bounds))
 }
 
+/// The margin e_label - e_target on the outputs for each of the certificate's targets; a
+/// rejection for a target that is not a class other than the label, or repeats one.
+fn margin_objectives(net: &Network, cert: &Certificate) -> Result<Vec<Vec<f64>>> {
+    let classes = net.num_classes();
+    let mut seen = vec![false; classes];
+    cert.targets
+        .iter()
+        .map(|t| {
+            if t.target >= classes || t.target == cert.label || seen[t.target] {
+                return Err(reject(format!("target {}: not a class other than the label, or repeated", t.target)));
+            }
+            seen[t.target] = true;
+            let mut c = vec![0.0; classes];
+            c[cert.label] = 1.0;
+            c[t.target] = -1.0;
+            Ok(c)
+        })
+        .collect()
+}
+
 /// The multipliers as the Lagrangian takes them (an unknown relaxation index: no lines, so the
 /// bound is -inf).
 pub(crate) fn choice<'a>(relaxations: &'a [Lines], m: &'a Multipliers) -> Choice<'a> {
@@ -262,7 +273,6 @@ pub(crate) fn choice<'a>(relaxations: &'a [Lines], m: &'a Multipliers) -> Choice
 /// The target bounds of a network with smooth activations: CRC's Taylor bound at the center and
 /// its dual bound at each piece of curvature evidence, on the l2 ball containing X.
 fn curvature_bounds(net: &Network, set: &InputSet, cert: &Certificate) -> Result<Vec<f64>> {
-    let classes = net.num_classes();
     let rho = match set.norm() {
         Norm::L2 => set.eps(),
         // The l_inf ball lies in the l2 ball of radius eps sqrt(n).
@@ -271,19 +281,11 @@ fn curvature_bounds(net: &Network, set: &InputSet, cert: &Certificate) -> Result
             r * (1.0 + 4.0 * crate::bounds::rounding::UNIT_ROUNDOFF)
         }
     };
-    let mut seen = vec![false; classes];
     let mut out = Vec::with_capacity(cert.targets.len());
-    for t in &cert.targets {
-        if t.target >= classes || t.target == cert.label || seen[t.target] {
-            return Err(reject(format!("target {}: not a class other than the label, or repeated", t.target)));
-        }
-        seen[t.target] = true;
+    for (t, c) in cert.targets.iter().zip(margin_objectives(net, cert)?) {
         let m = crate::verify::crc::curvature_bounds(net, cert.label, t.target)
             .map_err(|e| reject(format!("target {}: curvature bounds: {e}", t.target)))?
             .lower;
-        let mut c = vec![0.0; classes];
-        c[cert.label] = 1.0;
-        c[t.target] = -1.0;
         let mut best = curvature::taylor_bound(net, set.center(), &c, rho, m);
         for proof in &t.proofs {
             match proof {

@@ -296,6 +296,15 @@ impl Tracker {
     }
 }
 
+/// The conjunction f(x)\[label\] - f(x)\[target\] <= 0: a point of the set satisfying it is a
+/// counterexample to the margin's being positive.
+fn margin_constraint(classes: usize, label: usize, target: usize) -> [OutputConstraint; 1] {
+    let mut coeffs = vec![0.0; classes];
+    coeffs[label] += 1.0;
+    coeffs[target] -= 1.0;
+    [OutputConstraint { coeffs, constant: 0.0, strict: false }]
+}
+
 /// Whether the hidden layers are ReLU and the last layer affine (what ReLU splitting and the
 /// batched relaxation of [`relax`] handle).
 pub(crate) fn relu_network(net: &Network) -> bool {
@@ -545,10 +554,7 @@ impl Bab {
         if label == target {
             return Err(Error::InvalidArgument(format!("the target {target} is the label")));
         }
-        let mut coeffs = vec![0.0; net.num_classes()];
-        coeffs[label] += 1.0;
-        coeffs[target] -= 1.0;
-        self.solve_conjunction(net, set, &[OutputConstraint { coeffs, constant: 0.0, strict: false }])
+        self.solve_conjunction(net, set, &margin_constraint(net.num_classes(), label, target))
     }
 
     /// Branch and bound on one conjunction over `set`; `root` is the ReLU search's root bounds
@@ -770,10 +776,7 @@ impl Verifier for Bab {
             if !report.lower_bounds[*t].is_some_and(|b| b > 0.0) {
                 continue;
             }
-            let mut coeffs = vec![0.0; network.num_classes()];
-            coeffs[label] += 1.0;
-            coeffs[*t] -= 1.0;
-            let constraint = [OutputConstraint { coeffs, constant: 0.0, strict: false }];
+            let constraint = margin_constraint(network.num_classes(), label, *t);
             let p = Problem { net: network, set, constraints: &constraint };
             let mut tracker = Tracker::new(self.timeout, false);
             tracker.leaves = Some(Vec::new());
@@ -817,10 +820,7 @@ impl Verifier for Bab {
             if !open {
                 break;
             }
-            let mut coeffs = vec![0.0; network.num_classes()];
-            coeffs[label] += 1.0;
-            coeffs[targets[k]] -= 1.0;
-            let constraint = [OutputConstraint { coeffs, constant: 0.0, strict: false }];
+            let constraint = margin_constraint(network.num_classes(), label, targets[k]);
             let p = Problem { net: network, set, constraints: &constraint };
             // A few starts of the attack before the search.
             let mut broken = None;
