@@ -129,6 +129,23 @@ impl InputSet {
         Ok(Self { center, eps, norm, domain })
     }
 
+    /// The set's projection on the coordinates `coords`: the same ball and box over those
+    /// coordinates only. For a linear function that is zero on the other coordinates the minimum
+    /// over X equals the minimum over this set (those coordinates can stay at the center, which
+    /// lies in the box and costs no radius), so a support function of sparse coefficients needs
+    /// only their nonzero coordinates.
+    pub(crate) fn restrict(&self, coords: &[usize]) -> InputSet {
+        InputSet {
+            center: coords.iter().map(|&i| self.center[i]).collect(),
+            eps: self.eps,
+            norm: self.norm,
+            domain: self.domain.as_ref().map(|d| Domain {
+                lo: coords.iter().map(|&i| d.lo[i]).collect(),
+                hi: coords.iter().map(|&i| d.hi[i]).collect(),
+            }),
+        }
+    }
+
     /// x_hat.
     pub fn center(&self) -> &[f64] {
         &self.center

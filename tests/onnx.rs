@@ -222,6 +222,69 @@ fn conv_batchnorm_reshape_match_a_direct_computation() {
     let expected: f64 = feats.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + 0.3;
     let got = net.forward(&x).unwrap()[0];
     assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    // The convolution with its BatchNorm stays an operator (no dense matrix in the bound core).
+    assert!(net.layers()[0].conv().is_some());
+}
+
+/// Per-channel input normalization (Sub, Div) -> dilated Conv -> Relu -> Flatten -> Gemm: the
+/// normalization folds into the convolution, which stays an operator with a position-dependent
+/// bias where the zero padding meets the shift, and the outputs match a direct computation.
+#[test]
+fn normalized_dilated_conv_stays_an_operator_and_matches_a_direct_computation() {
+    let kernel: Vec<f32> = (0..3 * 2 * 2 * 2).map(|i| ((i * 5) % 7) as f32 * 0.2 - 0.6).collect();
+    let nodes = vec![
+        node("Sub", &["x", "mean"], "s", vec![]),
+        node("Div", &["s", "std"], "d", vec![]),
+        node(
+            "Conv",
+            &["d", "k", "kb"],
+            "c",
+            vec![ints_attr("pads", &[1, 1, 1, 1]), ints_attr("dilations", &[2, 2]), ints_attr("strides", &[1, 2])],
+        ),
+        node("Relu", &["c"], "r", vec![]),
+        node("Flatten", &["r"], "f", vec![]),
+        node("Gemm", &["f", "w", "b"], "y", vec![int_attr("transB", 1)]),
+    ];
+    // Input (2, 5, 5); kernel (3, 2, 2, 2) dilated 2: extent 3; output (3, 5, 3).
+    let w: Vec<f32> = (0..45).map(|i| ((i * 3) % 11) as f32 * 0.1 - 0.5).collect();
+    let init = vec![
+        f32_tensor("mean", &[1, 2, 1, 1], &[0.4, 0.6]),
+        f32_tensor("std", &[1, 2, 1, 1], &[0.5, 0.25]),
+        f32_tensor("k", &[3, 2, 2, 2], &kernel),
+        f32_tensor("kb", &[3], &[0.1, -0.2, 0.05]),
+        f32_tensor("w", &[1, 45], &w),
+        f32_tensor("b", &[1], &[-0.1]),
+    ];
+    let net = onnx_from_bytes(&model(nodes, init, value("x", &[1, 2, 5, 5]), "y")).unwrap();
+    assert!(net.layers()[0].conv().is_some(), "the normalized convolution is an operator");
+    for seed in 0..3 {
+        let x: Vec<f64> = (0..50).map(|i| ((i * 7 + seed * 13) % 10) as f64 / 10.0).collect();
+        let norm: Vec<f64> =
+            (0..50).map(|i| (x[i] - [0.4f32, 0.6][i / 25] as f64) / [0.5f32, 0.25][i / 25] as f64).collect();
+        let mut feats = Vec::new();
+        for o in 0..3 {
+            for oy in 0..5i64 {
+                for ox in 0..3i64 {
+                    let mut acc = [0.1f32, -0.2, 0.05][o] as f64;
+                    for i in 0..2 {
+                        for a in 0..2i64 {
+                            for b in 0..2i64 {
+                                let (iy, ix) = (oy + 2 * a - 1, ox * 2 + 2 * b - 1);
+                                if (0..5).contains(&iy) && (0..5).contains(&ix) {
+                                    acc += kernel[((o * 2 + i) * 2 + a as usize) * 2 + b as usize] as f64
+                                        * norm[i * 25 + (iy * 5 + ix) as usize];
+                                }
+                            }
+                        }
+                    }
+                    feats.push(acc.max(0.0));
+                }
+            }
+        }
+        let expected: f64 = feats.iter().zip(&w).map(|(a, b)| a * *b as f64).sum::<f64>() - 0.1f32 as f64;
+        let got = net.forward(&x).unwrap()[0];
+        assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
+    }
 }
 
 #[test]

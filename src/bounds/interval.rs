@@ -9,7 +9,7 @@ use faer::{Mat, MatRef};
 
 use super::{Interval, PreActivationBounds, rounding};
 use crate::linalg;
-use crate::network::{Activation, Network};
+use crate::network::{Activation, Layer, Network};
 use crate::spec::InputSet;
 
 /// Exact bounds of the affine first layer z = W x + b over X.
@@ -23,6 +23,42 @@ pub(crate) fn first_layer(w: MatRef<'_, f64>, b: &[f64], set: &InputSet) -> Inte
         upper: neg_upper.iter().zip(b).map(|(u, b)| rounding::upper(-u + b, 0.0)).collect(),
     }
 }
+
+/// [`first_layer`] for a network layer: a convolution's neurons grouped by position, each group's
+/// support function over its receptive field only ([`InputSet::restrict`]).
+pub(crate) fn first_layer_of(layer: &Layer, set: &InputSet) -> Interval {
+    let Some(conv) = layer.conv() else {
+        return first_layer(layer.weight(), layer.bias(), set);
+    };
+    let n = layer.output_size();
+    let b = layer.bias();
+    let mut out = Interval { lower: vec![0.0; n], upper: vec![0.0; n] };
+    for group in conv.neuron_groups(GROUP_COLUMNS.div_ceil(conv.output_shape()[0])) {
+        let m = group.len();
+        let unit = Mat::<f64>::from_fn(m, 2 * m, |r, c| {
+            if c == r {
+                1.0
+            } else if c == r + m {
+                -1.0
+            } else {
+                0.0
+            }
+        });
+        let (rows, lam) = layer.mul_t_rows(&group, unit.as_ref());
+        let v = set.restrict(&rows).min_linear_columns(lam.as_ref());
+        for (r, &i) in group.iter().enumerate() {
+            out.lower[i] = rounding::lower(v[r] + b[i], 0.0);
+            out.upper[i] = rounding::upper(-v[m + r] + b[i], 0.0);
+        }
+    }
+    out
+}
+
+/// Output neurons per group (at least) where a convolution's neurons are bounded by position.
+pub(crate) const GROUP_COLUMNS: usize = 32;
+
+/// Columns per block where a layer's W^T is built piecewise.
+pub(crate) const BLOCK: usize = 512;
 
 /// Post-activation box of a pre-activation interval (ReLU and identity exactly; the smooth
 /// activations' evaluation, a few ulps off, widened by 16 u).
@@ -62,14 +98,33 @@ pub(crate) fn affine_box(w: MatRef<'_, f64>, b: &[f64], lo: &[f64], hi: &[f64]) 
     }
 }
 
+/// [`affine_box`] for a network layer (a convolution applied as an operator).
+pub(crate) fn affine_box_layer(layer: &Layer, lo: &[f64], hi: &[f64]) -> Interval {
+    if layer.conv().is_none() {
+        return affine_box(layer.weight(), layer.bias(), lo, hi);
+    }
+    let b = layer.bias();
+    let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
+    let rad: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (h - l)).collect();
+    let c = layer.mul_vec(&mid);
+    let r = layer.abs_mul_vec(&rad);
+    let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
+    let g = rounding::gamma(layer.input_size() + 4) * (1.0 + 1e-12);
+    let e: Vec<f64> = layer.abs_mul_vec(&mag).into_iter().map(|v| g * v).collect();
+    Interval {
+        lower: (0..c.len()).map(|i| rounding::lower(c[i] - r[i] + b[i], e[i])).collect(),
+        upper: (0..c.len()).map(|i| rounding::upper(c[i] + r[i] + b[i], e[i])).collect(),
+    }
+}
+
 /// IBP bounds on the pre-activations of every layer.
 pub fn ibp(net: &Network, set: &InputSet) -> PreActivationBounds {
     let layers = net.layers();
     let mut out = Vec::with_capacity(layers.len());
-    out.push(first_layer(layers[0].weight(), layers[0].bias(), set));
+    out.push(first_layer_of(&layers[0], set));
     for k in 1..layers.len() {
         let (lo, hi) = activate(&out[k - 1], layers[k - 1].activation());
-        out.push(affine_box(layers[k].weight(), layers[k].bias(), &lo, &hi));
+        out.push(affine_box_layer(&layers[k], &lo, &hi));
     }
     PreActivationBounds { layers: out }
 }
@@ -97,7 +152,7 @@ pub fn spec_lower_bounds(net: &Network, set: &InputSet, pre: &PreActivationBound
     }
     // Folded last layer: lam^T W x + lam^T b, lowered by the rounding of the folding itself
     // (gamma_{n+2} |lam|^T (|W| X + |b|), X bounding |x| on the set).
-    let folded_w = linalg::mul(lam.transpose(), layers[last].weight());
+    let folded_w = layers[last].mul_t(lam).transpose().to_owned();
     let folded_b: Vec<f64> =
         (0..m).map(|s| (0..lam.nrows()).map(|i| lam[(i, s)] * layers[last].bias()[i]).sum()).collect();
     let iv = if last == 0 {

@@ -154,13 +154,13 @@ pub fn margin_spec(classes: usize, label: usize, targets: &[usize]) -> Mat<f64> 
     m
 }
 
-/// Applies the relaxation of one activation layer to lam (neurons x specs) in place; returns per
-/// column the sum of |lam_i o_i| over the offsets used (for the rounding allowance).
-fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines) -> Vec<f64> {
+/// Applies the relaxation of one activation layer to lam (the neurons `rows` x specs) in place;
+/// returns per column the sum of |lam_i o_i| over the offsets used (for the rounding allowance).
+fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines, rows: &[usize]) -> Vec<f64> {
     (0..lam.ncols())
         .map(|s| {
             let (mut c, mut abs) = (0.0, 0.0);
-            for (i, v) in lam.col_mut(s).iter_mut().enumerate() {
+            for (v, &i) in lam.col_mut(s).iter_mut().zip(rows) {
                 let x = *v;
                 let t = if x >= 0.0 {
                     *v = x * lines.lower_slope[i];
@@ -204,6 +204,24 @@ fn backward(
     lines: &[Lines],
     weights: &[Vec<f64>],
     j: usize,
+    lam: Mat<f64>,
+    consts: Vec<f64>,
+) -> Vec<f64> {
+    let rows = (0..lam.nrows()).collect();
+    backward_rows(net, set, lines, weights, j, rows, lam, consts)
+}
+
+/// [`backward`] with lam stored on the entries `rows` of x_j only (the others zero): each step
+/// keeps the coefficients on the neurons they reach (a convolution's receptive fields), so the
+/// bound of one neuron of a convolutional layer costs its receptive field, not the layer's width.
+#[allow(clippy::too_many_arguments)]
+fn backward_rows(
+    net: &Network,
+    set: &InputSet,
+    lines: &[Lines],
+    weights: &[Vec<f64>],
+    j: usize,
+    mut rows: Vec<usize>,
     mut lam: Mat<f64>,
     mut consts: Vec<f64>,
 ) -> Vec<f64> {
@@ -212,17 +230,24 @@ fn backward(
     let mut abs_consts: Vec<f64> = consts.iter().map(|c| c.abs()).collect();
     for k in (0..j).rev() {
         // lam on x_{k+1} = sigma_k(z_k): relax, then through z_k = W_k x_k + b_k.
-        let offsets = relax(&mut lam, &mut consts, &lines[k]);
+        let offsets = relax(&mut lam, &mut consts, &lines[k], &rows);
         let layer = &layers[k];
+        let w: Vec<f64> = rows.iter().map(|&i| weights[k][i]).collect();
+        let b: Vec<f64> = rows.iter().map(|&i| layer.bias()[i]).collect();
         for (s, c) in consts.iter_mut().enumerate() {
             let v = column(&lam, s);
-            err[s] += rounding::step_error(v, &weights[k], offsets[s]);
-            *c += linalg::dot(v, layer.bias());
+            err[s] += rounding::step_error(v, &w, offsets[s]);
+            *c += linalg::dot(v, &b);
             abs_consts[s] += c.abs();
         }
-        lam = mul_nonzero_rows(layer.weight_t(), &lam);
+        (rows, lam) = layer.mul_t_rows(&rows, lam.as_ref());
     }
-    let support = set.min_linear_columns(lam.as_ref());
+    // Coefficients on part of the input: the support function over those coordinates only.
+    let support = if rows.len() < set.dim() {
+        set.restrict(&rows).min_linear_columns(lam.as_ref())
+    } else {
+        set.min_linear_columns(lam.as_ref())
+    };
     let g = rounding::gamma(j + 3);
     (0..consts.len())
         .map(|s| {
@@ -230,22 +255,6 @@ fn backward(
             rounding::lower(v, err[s] + g * (abs_consts[s] + support[s].abs()))
         })
         .collect()
-}
-
-/// W^T lam, leaving out the rows of lam that are zero in every column: neurons whose relaxed
-/// coefficient vanishes everywhere (inactive ReLUs) drop out of the product.
-pub(crate) fn mul_nonzero_rows(wt: MatRef<'_, f64>, lam: &Mat<f64>) -> Mat<f64> {
-    let rows: Vec<usize> = (0..lam.nrows()).filter(|&i| (0..lam.ncols()).any(|s| lam[(i, s)] != 0.0)).collect();
-    if rows.len() == lam.nrows() {
-        return linalg::mul(wt, lam.as_ref());
-    }
-    let mut wt_sub = Mat::<f64>::zeros(wt.nrows(), rows.len());
-    let mut sub = Mat::<f64>::zeros(rows.len(), lam.ncols());
-    for (r, &i) in rows.iter().enumerate() {
-        wt_sub.col_mut(r).copy_from(wt.col(i));
-        sub.row_mut(r).copy_from(lam.row(i));
-    }
-    linalg::mul(wt_sub.as_ref(), sub.as_ref())
 }
 
 fn column(m: &Mat<f64>, s: usize) -> &[f64] {
@@ -273,41 +282,123 @@ pub fn all_layer_bounds_within(
     slope: Slope,
     within: Option<&PreActivationBounds>,
 ) -> PreActivationBounds {
+    layer_bounds(net, set, slope, within, false)
+}
+
+/// The pre-activation bounds a margin bound needs, at a fraction of [`all_layer_bounds`]' cost on
+/// wide layers: a backward pass only for the ReLUs that interval arithmetic leaves unstable; the
+/// others keep interval arithmetic's bounds (auto_LiRPA's sparse intermediate bounds). Every
+/// margin bound is the same as from [`all_layer_bounds`] (a stable ReLU's lines do not depend on
+/// its bounds), up to the rounding allowance; the stable neurons' intervals are looser, so the
+/// LP and SDP relaxations, which use them as constraints, take [`all_layer_bounds`].
+pub fn unstable_layer_bounds(net: &Network, set: &InputSet, slope: Slope) -> PreActivationBounds {
+    layer_bounds(net, set, slope, None, true)
+}
+
+/// The neurons `todo` of layer `j` in blocks that share their coefficients' support: a dense
+/// layer's in blocks of [`super::interval::BLOCK`], a convolution's by position (every channel at
+/// one or a few positions: one receptive field).
+fn neuron_blocks(net: &Network, j: usize, todo: &[bool]) -> Vec<Vec<usize>> {
+    let groups: Vec<Vec<usize>> = match net.layers()[j].conv() {
+        Some(conv) => conv.neuron_groups(super::interval::GROUP_COLUMNS.div_ceil(conv.output_shape()[0])),
+        None => vec![(0..todo.len()).collect()],
+    };
+    let mut out = Vec::new();
+    for g in groups {
+        let kept: Vec<usize> = g.into_iter().filter(|&i| todo[i]).collect();
+        out.extend(kept.chunks(super::interval::BLOCK).map(<[usize]>::to_vec));
+    }
+    out
+}
+
+/// Lower bounds on z_j[i] and on -z_j[i] for the neurons `group` of layer j, by one backward pass
+/// each over the relaxations `lines` of the layers before (`(lower, -upper)` per neuron).
+fn neuron_bounds(
+    net: &Network,
+    set: &InputSet,
+    lines: &[Lines],
+    weights: &[Vec<f64>],
+    j: usize,
+    group: &[usize],
+) -> Vec<f64> {
+    // lam = [I, -I] on z_j, pushed through W_j directly: [W_j^T, -W_j^T] with consts [b, -b]; a
+    // convolution's coefficients live on the group's receptive field only.
+    let layer = &net.layers()[j];
+    let m = group.len();
+    let (rows, lam) = match layer.conv() {
+        Some(_) => {
+            let unit = Mat::<f64>::from_fn(m, 2 * m, |r, c| {
+                if c == r {
+                    1.0
+                } else if c == r + m {
+                    -1.0
+                } else {
+                    0.0
+                }
+            });
+            layer.mul_t_rows(group, unit.as_ref())
+        }
+        None => {
+            let wt = layer.rows_t(group);
+            let mut lam = Mat::<f64>::zeros(wt.nrows(), 2 * m);
+            lam.as_mut().submatrix_mut(0, 0, wt.nrows(), m).copy_from(&wt);
+            lam.as_mut().submatrix_mut(0, m, wt.nrows(), m).copy_from(-&wt);
+            ((0..wt.nrows()).collect(), lam)
+        }
+    };
+    let b: Vec<f64> = group.iter().map(|&i| layer.bias()[i]).collect();
+    let consts: Vec<f64> = b.iter().copied().chain(b.iter().map(|v| -v)).collect();
+    backward_rows(net, set, lines, weights, j, rows, lam, consts)
+}
+
+fn layer_bounds(
+    net: &Network,
+    set: &InputSet,
+    slope: Slope,
+    within: Option<&PreActivationBounds>,
+    unstable_only: bool,
+) -> PreActivationBounds {
     let layers = net.layers();
     let mut bounds: Vec<Interval> = Vec::with_capacity(layers.len());
     let mut basis: Vec<Interval> = Vec::with_capacity(layers.len());
     let mut lines: Vec<Lines> = Vec::with_capacity(layers.len());
     let mut weights: Vec<Vec<f64>> = Vec::new();
     for j in 0..layers.len() {
-        // lam = [I, -I] on z_j, pushed through W_j directly: [W_j^T, -W_j^T] with consts [b, -b].
-        let wt = layers[j].weight_t();
-        let n = wt.ncols();
-        let mut lam = Mat::<f64>::zeros(wt.nrows(), 2 * n);
-        lam.as_mut().submatrix_mut(0, 0, wt.nrows(), n).copy_from(wt);
-        lam.as_mut().submatrix_mut(0, n, wt.nrows(), n).copy_from(-wt);
-        let b = layers[j].bias();
-        let consts: Vec<f64> = b.iter().copied().chain(b.iter().map(|v| -v)).collect();
-        let lb = backward(net, set, &lines, &weights, j, lam, consts);
-        let mut iv = Interval { lower: lb[..n].to_vec(), upper: lb[n..].iter().map(|v| -v).collect() };
+        let n = layers[j].output_size();
+        // A ReLU that interval arithmetic on the previous layer's bounds proves stable is
+        // stable, as in auto_LiRPA (its "sparse intermediate bounds" with IBP references):
+        // the stable set grows, and the margins equal auto_LiRPA's (docs/experiments.md).
+        // auto_LiRPA gives such a neuron the IBP bounds, and the next layers' IBP starts from
+        // them (`rule`); the bounds returned here are the intersection with CROWN's (unless
+        // `unstable_only`), never looser than either. The unstable neurons keep CROWN's alone:
+        // CROWN-Ada's slope choice is not monotone in the intervals, so tightening them can
+        // loosen the margins.
+        let ibp = (j > 0 && layers[j].activation() == Activation::Relu).then(|| {
+            let (lo, hi) = super::interval::activate(&basis[j - 1], layers[j - 1].activation());
+            super::interval::affine_box_layer(&layers[j], &lo, &hi)
+        });
+        let stable = |i: usize| ibp.as_ref().is_some_and(|b| b.lower[i] >= 0.0 || b.upper[i] <= 0.0);
+        let todo: Vec<bool> = (0..n).map(|i| !(unstable_only && stable(i))).collect();
+        let mut iv = match (&ibp, unstable_only) {
+            (Some(b), true) => b.clone(),
+            _ => Interval { lower: vec![f64::NEG_INFINITY; n], upper: vec![f64::INFINITY; n] },
+        };
+        for group in neuron_blocks(net, j, &todo) {
+            let lb = neuron_bounds(net, set, &lines, &weights, j, &group);
+            let m = group.len();
+            for (r, &i) in group.iter().enumerate() {
+                iv.lower[i] = lb[r];
+                iv.upper[i] = -lb[m + r];
+            }
+        }
         // `rule`: the bounds the next layers' interval arithmetic starts from, as auto_LiRPA's.
         let mut rule = iv.clone();
-        if j > 0 && layers[j].activation() == Activation::Relu {
-            // A ReLU that interval arithmetic on the previous layer's bounds proves stable is
-            // stable, as in auto_LiRPA (its "sparse intermediate bounds" with IBP references):
-            // the stable set grows, and the margins equal auto_LiRPA's (docs/experiments.md).
-            // auto_LiRPA gives such a neuron the IBP bounds, and the next layers' IBP starts from
-            // them (`rule`); the bounds returned here are the intersection with CROWN's, never
-            // looser than either. The unstable neurons keep CROWN's alone: CROWN-Ada's slope
-            // choice is not monotone in the intervals, so tightening them can loosen the margins.
-            let (lo, hi) = super::interval::activate(&basis[j - 1], layers[j - 1].activation());
-            let ibp = super::interval::affine_box(layers[j].weight(), layers[j].bias(), &lo, &hi);
-            for i in 0..n {
-                if ibp.lower[i] >= 0.0 || ibp.upper[i] <= 0.0 {
-                    rule.lower[i] = ibp.lower[i];
-                    rule.upper[i] = ibp.upper[i];
-                    iv.lower[i] = iv.lower[i].max(ibp.lower[i]);
-                    iv.upper[i] = iv.upper[i].min(ibp.upper[i]);
-                }
+        if let Some(ibp) = &ibp {
+            for i in (0..n).filter(|&i| stable(i)) {
+                rule.lower[i] = ibp.lower[i];
+                rule.upper[i] = ibp.upper[i];
+                iv.lower[i] = iv.lower[i].max(ibp.lower[i]);
+                iv.upper[i] = iv.upper[i].min(ibp.upper[i]);
             }
         }
         if let Some(w) = within {

@@ -339,7 +339,7 @@ fn ascend(
     let layers = net.layers();
     let cols = spec.ncols();
     // lam on x_depth (the input of layer `depth`): W^T spec, constant spec^T b.
-    let lam_top = linalg::mul(layers[depth].weight_t(), spec.as_ref());
+    let lam_top = layers[depth].mul_t(spec.as_ref());
     let const_top: Vec<f64> =
         (0..cols).map(|s| (0..spec.nrows()).map(|i| spec[(i, s)] * layers[depth].bias()[i]).sum()).collect();
     // The rounding error of that first step, per column.
@@ -400,7 +400,7 @@ fn ascend(
                 consts[s] += c + linalg::dot(v, layers[k].bias());
                 abs_consts[s] += consts[s].abs();
             }
-            lam = linalg::mul(layers[k].weight_t(), lam.as_ref());
+            lam = layers[k].mul_t(lam.as_ref());
         }
         let support = set.min_linear_columns(lam.as_ref());
         let g = super::rounding::gamma(depth + 3);
@@ -443,7 +443,7 @@ fn ascend(
         }
         let t = (step + 1) as i32;
         for k in 0..depth {
-            let mut z = linalg::mul(layers[k].weight(), x.as_ref());
+            let mut z = layers[k].mul(x.as_ref());
             for s in 0..cols {
                 for (i, n) in relaxed[k].iter().enumerate() {
                     let zi = z[(i, s)] + layers[k].bias()[i];

@@ -20,6 +20,10 @@
 //! 3. the product mu = fl(W_k^T v), within gamma_{n+1} |W_k|^T |v| entrywise, which moves
 //!    mu^T x_k by at most gamma_{n+1} |v|^T (|W_k| X_k) (X_k >= |x_k| on the set).
 //!
+//! n is the layer's larger size (max(n_in, n_out)): an entry of W_k^T v sums n_out products; a
+//! convolution applied as an operator sums fewer (at most oc kh kw), in its own order, which the
+//! same gamma covers.
+//!
 //! So the step's error is at most sum_i |v_i| w_i + gamma_{n+1} sum_i |lam_i o_i| with the
 //! per-neuron weight w_i = gamma_{n+2} ((|W_k| X_k)_i + |b_i|) + 4 u Z_i ([`step_weights`]; 4 u
 //! instead of 2 u also covers beta-CROWN's split multipliers added to v). The support function is
@@ -104,9 +108,11 @@ pub fn last_input_magnitude(net: &Network, set: &InputSet, pre: Option<&PreActiv
 
 /// gamma_{n+2} (|W| x_mag + |b|) for each neuron of `layer`: the weights of the rounding of a
 /// product of coefficients on the layer's output with W and b, with no relaxation before it
-/// (`x_mag` bounds the layer's input).
+/// (`x_mag` bounds the layer's input). n is the larger of the layer's two sizes: an entry of
+/// W^T v sums n_out products, v^T b as many, and the checks' own forward products n_in.
 pub fn product_weights(layer: &Layer, x_mag: &[f64]) -> Vec<f64> {
-    abs_affine(layer.weight(), layer.bias(), x_mag, gamma(layer.input_size() + 2))
+    let g = gamma(layer.input_size().max(layer.output_size()) + 2) * (1.0 + 1e-12);
+    layer.abs_mul_vec(x_mag).iter().zip(layer.bias()).map(|(a, b)| (a + b.abs()) * g).collect()
 }
 
 /// gamma_{n+2} (|W| x_mag + |b|) + 4 u z_mag for each neuron of `layer` (see the module's

@@ -17,7 +17,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::network::conv::{Conv2dShape, lower_conv2d};
+use crate::network::conv::{Conv2d, Conv2dShape};
 use crate::network::{Activation, Layer, Network};
 
 #[derive(Deserialize, Serialize)]
@@ -58,6 +58,8 @@ enum LayerFile {
         stride: [usize; 2],
         #[serde(default)]
         padding: [usize; 2],
+        #[serde(default = "one_one")]
+        dilation: [usize; 2],
         #[serde(default)]
         input_shape: Option<[usize; 3]>,
         #[serde(default)]
@@ -128,7 +130,16 @@ fn build(file: ModelFile, path: Option<&Path>) -> Result<Network> {
                 layer = check_finite(layer, k)?;
                 layers.push(layer);
             }
-            LayerFile::Conv2d { weight, bias, stride, padding, input_shape, output_shape, activation: act } => {
+            LayerFile::Conv2d {
+                weight,
+                bias,
+                stride,
+                padding,
+                dilation,
+                input_shape,
+                output_shape,
+                activation: act,
+            } => {
                 let act = activation(&act)?;
                 let input: [usize; 3] = match (input_shape, shape.as_slice()) {
                     (Some(s), _) => s,
@@ -164,7 +175,7 @@ fn build(file: ModelFile, path: Option<&Path>) -> Result<Network> {
                         }
                     }
                 }
-                let cs = Conv2dShape { input, kernel: [oc, ic, kh, kw], stride, padding };
+                let cs = Conv2dShape { input, kernel: [oc, ic, kh, kw], stride, padding, dilation };
                 let out = cs.output(k)?;
                 if let Some(declared) = output_shape
                     && declared != out
@@ -174,8 +185,15 @@ fn build(file: ModelFile, path: Option<&Path>) -> Result<Network> {
                         detail: format!("declared output_shape {declared:?}, the geometry gives {out:?}"),
                     });
                 }
-                let (m, b) = lower_conv2d(&cs, &flat, &bias, k)?;
-                layers.push(check_finite(Layer::new(m, b, act), k)?);
+                if bias.len() != oc {
+                    return Err(Error::Shape {
+                        layer: k,
+                        detail: format!("bias has {} values, expected {oc}", bias.len()),
+                    });
+                }
+                let per = out[1] * out[2];
+                let b = (0..oc * per).map(|j| bias[j / per]).collect();
+                layers.push(check_finite(Layer::conv2d(Conv2d::new(cs, flat, k)?, b, act), k)?);
                 shape = out.to_vec();
             }
             LayerFile::Flatten { output_size, .. } => {
@@ -210,6 +228,15 @@ fn relabel(e: Error, layer: usize) -> Error {
 
 /// Finite check with the file's layer index (the Network re-checks with its own indices).
 fn check_finite(layer: Layer, k: usize) -> Result<Layer> {
+    if let Some(conv) = layer.conv() {
+        if let Some((index, &value)) = conv.kernel().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite { layer: k, what: "kernel", index, value });
+        }
+        if let Some((index, &value)) = layer.bias().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite { layer: k, what: "bias", index, value });
+        }
+        return Ok(layer);
+    }
     let w = layer.weight();
     for i in 0..w.nrows() {
         for j in 0..w.ncols() {
@@ -254,17 +281,9 @@ fn fold_normalization(
     if norm.mean.iter().all(|m| *m == 0.0) && norm.std.iter().all(|s| *s == 1.0) {
         return Ok(());
     }
-    let w = first.weight();
-    let mut nw = w.to_owned();
-    let mut nb = first.bias().to_vec();
-    for j in 0..n {
-        let (m, s) = (at(&norm.mean, j), at(&norm.std, j));
-        for i in 0..w.nrows() {
-            nw[(i, j)] = w[(i, j)] / s;
-            nb[i] -= w[(i, j)] * m / s;
-        }
-    }
-    *first = Layer::new(nw, nb, first.activation());
+    let s: Vec<f64> = (0..n).map(|j| 1.0 / at(&norm.std, j)).collect();
+    let c: Vec<f64> = (0..n).map(|j| -at(&norm.mean, j) / at(&norm.std, j)).collect();
+    *first = first.precompose_scale_shift(&s, &c);
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! activation (and at the end), so input normalization (`Sub`/`Div`/`Mul` by constants) folds
 //! into the first layer. Supported: `Gemm` (transA = 0, any transB/alpha/beta), `MatMul` (running
 //! value on the left), `Add`, `Sub`, `Mul`, `Div` by broadcastable constants, `Conv` (2-D,
-//! symmetric pads, no dilation, one group), `BatchNormalization` (inference), `Flatten`,
+//! symmetric pads, any dilation, one group; kept as an operator), `BatchNormalization` (inference), `Flatten`,
 //! `Reshape` (constant shape), `Identity`, `Dropout`, `Constant`, and the activations `Relu`,
 //! `Sigmoid`, `Tanh`, `Softplus`. Tensors in float32, float64, int32 or int64 (typed fields or
 //! little-endian `raw_data`). Anything else is [`Error::OnnxNode`] naming the node's index, name
@@ -20,7 +20,7 @@ use prost::Message;
 
 use super::onnx_proto::{self as pb, AttributeProto, GraphProto, NodeProto, TensorProto};
 use crate::error::{Error, Result};
-use crate::network::conv::{Conv2dShape, lower_conv2d};
+use crate::network::conv::{Conv2d, Conv2dShape};
 use crate::network::{Activation, Layer, Network};
 
 /// A constant tensor: row-major values and dimensions.
@@ -92,13 +92,23 @@ fn tensor(t: &TensorProto) -> Result<Tensor> {
     Ok(Tensor { dims, values })
 }
 
+/// The pending affine map's linear part.
+enum Pending {
+    /// The identity.
+    Identity,
+    /// x -> d ⊙ x.
+    Diag(Vec<f64>),
+    Dense(Mat<f64>),
+    /// A convolution, kept as an operator while only per-channel scalings follow it.
+    Conv(Box<Conv2d>),
+}
+
 /// The running value: its logical shape (without the batch dimension) and the affine map from the
 /// last emitted layer's output (or the network input) that produces it.
 struct Chain {
     name: String,
     shape: Vec<usize>,
-    /// None: the identity.
-    weight: Option<Mat<f64>>,
+    weight: Pending,
     bias: Vec<f64>,
     layers: Vec<Layer>,
 }
@@ -108,31 +118,75 @@ impl Chain {
         self.shape.iter().product()
     }
 
+    /// The pending linear part as a dense matrix (n_out x n_in).
+    fn dense(&mut self) -> Mat<f64> {
+        let n = self.size();
+        match std::mem::replace(&mut self.weight, Pending::Identity) {
+            Pending::Identity => Mat::from_fn(n, n, |i, j| if i == j { 1.0 } else { 0.0 }),
+            Pending::Diag(d) => Mat::from_fn(n, n, |i, j| if i == j { d[i] } else { 0.0 }),
+            Pending::Dense(w) => w,
+            Pending::Conv(c) => c.lower(),
+        }
+    }
+
     /// Composes x -> m x + c after the pending map.
     fn linear(&mut self, m: Mat<f64>, c: Vec<f64>) {
         let bias = crate::linalg::mat_vec(m.as_ref(), &self.bias).iter().zip(&c).map(|(a, b)| a + b).collect();
-        self.weight = Some(match &self.weight {
-            None => m,
-            Some(w) => crate::linalg::mul(m.as_ref(), w.as_ref()),
+        self.weight = Pending::Dense(match std::mem::replace(&mut self.weight, Pending::Identity) {
+            Pending::Identity => m,
+            Pending::Diag(d) => Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] * d[j]),
+            other => {
+                self.weight = other;
+                let w = self.dense();
+                crate::linalg::mul(m.as_ref(), w.as_ref())
+            }
         });
+        self.bias = bias;
+    }
+
+    /// Composes x -> conv(x) + c after the pending map: the convolution stays an operator when
+    /// the pending map is the identity or a scaling constant on each input channel.
+    fn conv(&mut self, conv: Conv2d, c: Vec<f64>) {
+        let input = faer::ColRef::from_slice(&self.bias);
+        let bias: Vec<f64> = conv.forward(input.as_mat()).col(0).iter().zip(&c).map(|(a, b)| a + b).collect();
+        let [ic, h, w] = conv.shape().input;
+        let per = h * w;
+        self.weight = match std::mem::replace(&mut self.weight, Pending::Identity) {
+            Pending::Identity => Pending::Conv(Box::new(conv)),
+            Pending::Diag(d) if (0..d.len()).all(|j| d[j] == d[(j / per) * per]) => {
+                Pending::Conv(Box::new(conv.scale_inputs(&(0..ic).map(|i| d[i * per]).collect::<Vec<_>>())))
+            }
+            other => {
+                self.weight = other;
+                let w = self.dense();
+                Pending::Dense(crate::linalg::mul(conv.lower().as_ref(), w.as_ref()))
+            }
+        };
         self.bias = bias;
     }
 
     /// Composes x -> s ⊙ x + c (elementwise).
     fn scale_shift(&mut self, s: &[f64], c: &[f64]) {
         let n = self.size();
-        match &mut self.weight {
-            None => {
-                self.weight = Some(Mat::from_fn(n, n, |i, j| if i == j { s[i] } else { 0.0 }));
-            }
-            Some(w) => {
-                for j in 0..w.ncols() {
-                    for i in 0..n {
-                        w[(i, j)] *= s[i];
-                    }
+        self.weight = match std::mem::replace(&mut self.weight, Pending::Identity) {
+            Pending::Identity => Pending::Diag(s.to_vec()),
+            Pending::Diag(d) => Pending::Diag(d.iter().zip(s).map(|(a, b)| a * b).collect()),
+            Pending::Conv(conv) => {
+                let [oc, oh, ow] = conv.output_shape();
+                let per = oh * ow;
+                if (0..n).all(|j| s[j] == s[(j / per) * per]) {
+                    Pending::Conv(Box::new(conv.scale_outputs(&(0..oc).map(|o| s[o * per]).collect::<Vec<_>>())))
+                } else {
+                    let mut w = conv.lower();
+                    scale_rows(&mut w, s);
+                    Pending::Dense(w)
                 }
             }
-        }
+            Pending::Dense(mut w) => {
+                scale_rows(&mut w, s);
+                Pending::Dense(w)
+            }
+        };
         for i in 0..n {
             self.bias[i] = self.bias[i] * s[i] + c[i];
         }
@@ -140,9 +194,27 @@ impl Chain {
 
     fn emit(&mut self, act: Activation) {
         let n = self.size();
-        let w = self.weight.take().unwrap_or_else(|| Mat::from_fn(n, n, |i, j| if i == j { 1.0 } else { 0.0 }));
         let bias = std::mem::replace(&mut self.bias, vec![0.0; n]);
-        self.layers.push(Layer::new(w, bias, act));
+        let layer = match std::mem::replace(&mut self.weight, Pending::Identity) {
+            Pending::Conv(conv) => Layer::conv2d(*conv, bias, act),
+            other => {
+                self.weight = other;
+                Layer::new(self.dense(), bias, act)
+            }
+        };
+        self.layers.push(layer);
+    }
+
+    fn pending(&self) -> bool {
+        !matches!(self.weight, Pending::Identity)
+    }
+}
+
+fn scale_rows(w: &mut Mat<f64>, s: &[f64]) {
+    for j in 0..w.ncols() {
+        for (i, v) in w.col_mut(j).iter_mut().enumerate() {
+            *v *= s[i];
+        }
     }
 }
 
@@ -217,7 +289,8 @@ fn convert(graph: &GraphProto) -> Result<Network> {
     if n0 == 0 {
         return Err(Error::Empty("the graph input has no elements".into()));
     }
-    let mut chain = Chain { name: input.name.clone(), shape, weight: None, bias: vec![0.0; n0], layers: Vec::new() };
+    let mut chain =
+        Chain { name: input.name.clone(), shape, weight: Pending::Identity, bias: vec![0.0; n0], layers: Vec::new() };
     for (index, node) in graph.node.iter().enumerate() {
         let fail =
             |detail: String| Error::OnnxNode { index, name: node.name.clone(), op_type: node.op_type.clone(), detail };
@@ -387,17 +460,21 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                 if attr(node, "group").is_some_and(|a| a.i != 1) {
                     return Err(fail("grouped convolution is not supported".into()));
                 }
-                if attr(node, "dilations").is_some_and(|a| a.ints.iter().any(|&d| d != 1)) {
-                    return Err(fail("dilation is not supported".into()));
-                }
                 if attr(node, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET") {
                     return Err(fail("auto_pad is not supported (write explicit pads)".into()));
                 }
                 let ints = |name: &str, default: Vec<i64>| attr(node, name).map_or(default, |a| a.ints.clone());
                 let strides = ints("strides", vec![1, 1]);
                 let pads = ints("pads", vec![0, 0, 0, 0]);
-                if strides.len() != 2 || pads.len() != 4 || strides.iter().chain(&pads).any(|&v| v < 0) {
-                    return Err(fail(format!("strides {strides:?} / pads {pads:?} are not 2-D")));
+                let dilations = ints("dilations", vec![1, 1]);
+                if strides.len() != 2
+                    || pads.len() != 4
+                    || dilations.len() != 2
+                    || strides.iter().chain(&pads).chain(&dilations).any(|&v| v < 0)
+                {
+                    return Err(fail(format!(
+                        "strides {strides:?} / pads {pads:?} / dilations {dilations:?} are not 2-D"
+                    )));
                 }
                 if pads[0] != pads[2] || pads[1] != pads[3] {
                     return Err(fail(format!("asymmetric pads {pads:?} are not supported")));
@@ -412,11 +489,16 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                     kernel,
                     stride: [strides[0] as usize, strides[1] as usize],
                     padding: [pads[0] as usize, pads[1] as usize],
+                    dilation: [dilations[0] as usize, dilations[1] as usize],
                 };
                 let layer = chain.layers.len();
                 let shape = geometry.output(layer).map_err(|e| fail(e.to_string()))?;
-                let (m, b) = lower_conv2d(&geometry, &k.values, &bias, layer).map_err(|e| fail(e.to_string()))?;
-                chain.linear(m, b);
+                if bias.len() != kernel[0] {
+                    return Err(fail(format!("bias has {} values, expected {}", bias.len(), kernel[0])));
+                }
+                let conv = Conv2d::new(geometry, k.values.clone(), layer).map_err(|e| fail(e.to_string()))?;
+                let per = shape[1] * shape[2];
+                chain.conv(conv, (0..kernel[0] * per).map(|j| bias[j / per]).collect());
                 chain.shape = shape.to_vec();
             }
             other => return Err(fail(format!("operator '{other}' is not supported"))),
@@ -431,7 +513,7 @@ fn convert(graph: &GraphProto) -> Result<Network> {
             out.name, chain.name
         )));
     }
-    if chain.weight.is_some() || chain.layers.is_empty() {
+    if chain.pending() || chain.layers.is_empty() {
         chain.emit(Activation::Identity);
     }
     Network::new(input_shape, chain.layers)

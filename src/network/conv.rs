@@ -1,11 +1,23 @@
-//! Lowering of a 2-D convolution to the dense matrix it applies to a row-major (C, H, W) input.
+//! 2-D convolution as an operator of the bound core, and its lowering to a dense matrix.
+//!
+//! A [`Conv2d`] applies itself (forward, W x) and its transpose (W^T lam, the backward pass of
+//! every linear relaxation) to a batch of columns without forming the n_out x n_in matrix W:
+//! * dense columns go through im2col and one GEMM with the kernel matrix (faer): forward
+//!   Y = K cols(X), transpose C = K^T L followed by the scatter-add of C into the input (col2im);
+//! * sparse columns (most entries zero, as the coefficients of one neuron's bound are: nonzero only
+//!   on its receptive field) scatter each nonzero entry's kernel slice directly.
+//!
+//! Either way each output entry is a sum of at most ic kh kw (forward) or oc kh kw (transpose)
+//! products, never more than the dense product's inner dimension, so the rounding allowances of
+//! [`crate::bounds::rounding`], stated for the dense product in any summation order, cover it.
 
-use faer::Mat;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
 
 use crate::error::{Error, Result};
 
-/// Geometry of a 2-D convolution (no dilation, no groups), as in the JSON model format.
-#[derive(Clone, Debug, PartialEq)]
+/// Geometry of a 2-D convolution (one group), as in the JSON model format and ONNX's `Conv`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dShape {
     /// Input (C, H, W).
     pub input: [usize; 3],
@@ -15,15 +27,23 @@ pub struct Conv2dShape {
     pub stride: [usize; 2],
     /// Zero padding (ph, pw) on each side.
     pub padding: [usize; 2],
+    /// Dilation (dh, dw), both >= 1 (1: a dense kernel).
+    pub dilation: [usize; 2],
 }
 
 impl Conv2dShape {
-    /// Output (C', H', W') = (out_channels, (H + 2 ph - kh) / sh + 1, (W + 2 pw - kw) / sw + 1).
+    /// A geometry without dilation.
+    pub fn new(input: [usize; 3], kernel: [usize; 4], stride: [usize; 2], padding: [usize; 2]) -> Self {
+        Self { input, kernel, stride, padding, dilation: [1, 1] }
+    }
+
+    /// Output (C', H', W') = (out_channels, (H + 2 ph - dh (kh - 1) - 1) / sh + 1, likewise W').
     pub fn output(&self, layer: usize) -> Result<[usize; 3]> {
         let [c, h, w] = self.input;
         let [oc, ic, kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
         let [ph, pw] = self.padding;
+        let [dh, dw] = self.dilation;
         let err = |detail: String| Error::Shape { layer, detail };
         if ic != c {
             return Err(err(format!("kernel has {ic} input channels, input has {c}")));
@@ -31,60 +51,380 @@ impl Conv2dShape {
         if sh == 0 || sw == 0 {
             return Err(err("stride must be >= 1".into()));
         }
+        if dh == 0 || dw == 0 {
+            return Err(err("dilation must be >= 1".into()));
+        }
         if oc == 0 || kh == 0 || kw == 0 || h == 0 || w == 0 {
             return Err(Error::Empty(format!("conv2d layer {layer} has a zero dimension")));
         }
-        if h + 2 * ph < kh || w + 2 * pw < kw {
-            return Err(err(format!("kernel {kh}x{kw} larger than padded input {}x{}", h + 2 * ph, w + 2 * pw)));
+        let (eh, ew) = (dh * (kh - 1) + 1, dw * (kw - 1) + 1);
+        if h + 2 * ph < eh || w + 2 * pw < ew {
+            return Err(err(format!("kernel extent {eh}x{ew} larger than padded input {}x{}", h + 2 * ph, w + 2 * pw)));
         }
-        Ok([oc, (h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1])
+        Ok([oc, (h + 2 * ph - eh) / sh + 1, (w + 2 * pw - ew) / sw + 1])
     }
 }
 
-/// The dense matrix M (out x in) with M x = conv(x) for x flattened row-major (C, H, W), and the
-/// bias repeated over the output positions. `kernel` is flat in (out_c, in_c, kh, kw) order.
-pub fn lower_conv2d(shape: &Conv2dShape, kernel: &[f64], bias: &[f64], layer: usize) -> Result<(Mat<f64>, Vec<f64>)> {
-    let [oc, oh, ow] = shape.output(layer)?;
-    let [c, h, w] = shape.input;
-    let [_, _, kh, kw] = shape.kernel;
-    let [sh, sw] = shape.stride;
-    let [ph, pw] = shape.padding;
-    if kernel.len() != oc * c * kh * kw {
-        return Err(Error::Shape {
-            layer,
-            detail: format!("kernel has {} values, expected {}", kernel.len(), oc * c * kh * kw),
-        });
-    }
-    if bias.len() != oc {
-        return Err(Error::Shape { layer, detail: format!("bias has {} values, expected {oc}", bias.len()) });
-    }
-    let mut m = Mat::<f64>::zeros(oc * oh * ow, c * h * w);
-    let mut b = vec![0.0; oc * oh * ow];
-    for o in 0..oc {
+/// Marks a kernel tap that falls on the zero padding.
+const PAD: u32 = u32::MAX;
+
+/// A 2-D convolution without bias, x (C, H, W) row-major -> (C', H', W') row-major.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    shape: Conv2dShape,
+    output: [usize; 3],
+    /// (oc, ic, kh, kw) row-major.
+    kernel: Vec<f64>,
+    /// K as oc x (ic kh kw).
+    k: Mat<f64>,
+    /// |K|.
+    k_abs: Mat<f64>,
+    /// K^T, (ic kh kw) x oc.
+    k_t: Mat<f64>,
+    /// For output position p and tap r = (i, a, b): the input index read, or PAD
+    /// (`taps[p * ic kh kw + r]`).
+    taps: Vec<u32>,
+    /// The inverse of `taps` (CSR over the inputs): input q is read by the taps
+    /// `inverse[inverse_start[q]..inverse_start[q + 1]]`, each as p * ic kh kw + r.
+    inverse_start: Vec<u32>,
+    inverse: Vec<u32>,
+}
+
+impl Conv2d {
+    /// The operator of `shape` with `kernel` flat in (out_c, in_c, kh, kw) order; `layer` names the
+    /// layer in errors.
+    pub fn new(shape: Conv2dShape, kernel: Vec<f64>, layer: usize) -> Result<Self> {
+        let output = shape.output(layer)?;
+        let [oc, ic, kh, kw] = shape.kernel;
+        if kernel.len() != oc * ic * kh * kw {
+            return Err(Error::Shape {
+                layer,
+                detail: format!("kernel has {} values, expected {}", kernel.len(), oc * ic * kh * kw),
+            });
+        }
+        let [c, h, w] = shape.input;
+        if c * h * w >= PAD as usize {
+            return Err(Error::Shape { layer, detail: format!("input of {} values is too large", c * h * w) });
+        }
+        let [_, oh, ow] = output;
+        let [sh, sw] = shape.stride;
+        let [ph, pw] = shape.padding;
+        let [dh, dw] = shape.dilation;
+        let ckk = ic * kh * kw;
+        let mut taps = vec![PAD; oh * ow * ckk];
         for y in 0..oh {
             for x in 0..ow {
-                let row = (o * oh + y) * ow + x;
-                b[row] = bias[o];
-                for i in 0..c {
-                    for ky in 0..kh {
-                        let iy = (y * sh + ky) as isize - ph as isize;
+                let p = y * ow + x;
+                for i in 0..ic {
+                    for a in 0..kh {
+                        let iy = (y * sh + a * dh) as isize - ph as isize;
                         if iy < 0 || iy >= h as isize {
                             continue;
                         }
-                        for kx in 0..kw {
-                            let ix = (x * sw + kx) as isize - pw as isize;
+                        for b in 0..kw {
+                            let ix = (x * sw + b * dw) as isize - pw as isize;
                             if ix < 0 || ix >= w as isize {
                                 continue;
                             }
-                            let col = (i * h + iy as usize) * w + ix as usize;
-                            m[(row, col)] = kernel[((o * c + i) * kh + ky) * kw + kx];
+                            taps[p * ckk + (i * kh + a) * kw + b] = ((i * h + iy as usize) * w + ix as usize) as u32;
                         }
                     }
                 }
             }
         }
+        let mut counts = vec![0u32; c * h * w + 1];
+        for &t in taps.iter().filter(|&&t| t != PAD) {
+            counts[t as usize + 1] += 1;
+        }
+        for q in 0..c * h * w {
+            counts[q + 1] += counts[q];
+        }
+        let inverse_start = counts.clone();
+        let mut inverse = vec![0u32; counts[c * h * w] as usize];
+        for (j, &t) in taps.iter().enumerate() {
+            if t != PAD {
+                inverse[counts[t as usize] as usize] = j as u32;
+                counts[t as usize] += 1;
+            }
+        }
+        let k = Mat::from_fn(oc, ckk, |o, r| kernel[o * ckk + r]);
+        let k_abs = Mat::from_fn(oc, ckk, |o, r| kernel[o * ckk + r].abs());
+        let k_t = k.transpose().to_owned();
+        Ok(Self { shape, output, kernel, k, k_abs, k_t, taps, inverse_start, inverse })
     }
-    Ok((m, b))
+
+    /// The geometry.
+    pub fn shape(&self) -> &Conv2dShape {
+        &self.shape
+    }
+    /// The kernel, flat in (out_c, in_c, kh, kw) order.
+    pub fn kernel(&self) -> &[f64] {
+        &self.kernel
+    }
+    /// Output (C', H', W').
+    pub fn output_shape(&self) -> [usize; 3] {
+        self.output
+    }
+    /// Number of inputs C H W.
+    pub fn input_size(&self) -> usize {
+        self.shape.input.iter().product()
+    }
+    /// Number of outputs C' H' W'.
+    pub fn output_size(&self) -> usize {
+        self.output.iter().product()
+    }
+    fn positions(&self) -> usize {
+        self.output[1] * self.output[2]
+    }
+    fn taps_per_position(&self) -> usize {
+        self.k.ncols()
+    }
+
+    /// The same convolution with its kernel scaled per output channel (`s[o]`).
+    pub fn scale_outputs(&self, s: &[f64]) -> Self {
+        let per = self.taps_per_position();
+        let kernel = self.kernel.iter().enumerate().map(|(j, v)| v * s[j / per]).collect();
+        Self::new(self.shape.clone(), kernel, 0).expect("same geometry")
+    }
+
+    /// The same convolution with its kernel scaled per input channel (`s[i]`): conv(s ⊙ x).
+    pub fn scale_inputs(&self, s: &[f64]) -> Self {
+        let [_, ic, kh, kw] = self.shape.kernel;
+        let kernel = self.kernel.iter().enumerate().map(|(j, v)| v * s[(j / (kh * kw)) % ic]).collect();
+        Self::new(self.shape.clone(), kernel, 0).expect("same geometry")
+    }
+
+    /// W X for every column of `x` (inputs x columns).
+    pub fn forward(&self, x: MatRef<'_, f64>) -> Mat<f64> {
+        self.forward_with(self.k.as_ref(), x)
+    }
+
+    /// |W| X (the kernel's magnitudes).
+    pub fn forward_abs(&self, x: MatRef<'_, f64>) -> Mat<f64> {
+        self.forward_with(self.k_abs.as_ref(), x)
+    }
+
+    fn forward_with(&self, k: MatRef<'_, f64>, x: MatRef<'_, f64>) -> Mat<f64> {
+        let (np, ckk, oc) = (self.positions(), self.taps_per_position(), self.output[0]);
+        let mut out = Mat::<f64>::zeros(self.output_size(), x.ncols());
+        for (start, len) in chunks(x.ncols(), np, ckk.max(oc)) {
+            // im2col: column p + np s' holds the taps of position p for input column start + s'.
+            let mut cols = Mat::<f64>::zeros(ckk, np * len);
+            for s in 0..len {
+                let xs = x.col(start + s);
+                for p in 0..np {
+                    let taps = &self.taps[p * ckk..(p + 1) * ckk];
+                    let dst = cols.col_mut(p + np * s).try_as_col_major_mut().expect("owned").as_slice_mut();
+                    for (d, &t) in dst.iter_mut().zip(taps) {
+                        if t != PAD {
+                            *d = xs[t as usize];
+                        }
+                    }
+                }
+            }
+            let mut y = Mat::<f64>::zeros(oc, np * len);
+            matmul(y.as_mut(), Accum::Replace, k, cols.as_ref(), 1.0, Par::Seq);
+            for s in 0..len {
+                let dst = out.col_mut(start + s).try_as_col_major_mut().expect("owned").as_slice_mut();
+                for o in 0..oc {
+                    for p in 0..np {
+                        dst[o * np + p] = y[(o, p + np * s)];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// W^T lam for every column of `lam` (outputs x columns): scatters the nonzero entries when
+    /// few are, else im2col's transpose through one GEMM.
+    pub fn transpose(&self, lam: MatRef<'_, f64>) -> Mat<f64> {
+        let (np, ckk, oc) = (self.positions(), self.taps_per_position(), self.output[0]);
+        let mut out = Mat::<f64>::zeros(self.input_size(), lam.ncols());
+        let nnz: usize = (0..lam.ncols()).map(|s| lam.col(s).iter().filter(|v| **v != 0.0).count()).sum();
+        // A GEMM flop is ~8 times cheaper than a scattered one.
+        if nnz * 8 < lam.nrows() * lam.ncols() {
+            for s in 0..lam.ncols() {
+                let dst = out.col_mut(s).try_as_col_major_mut().expect("owned").as_slice_mut();
+                for (j, &v) in lam.col(s).iter().enumerate() {
+                    if v == 0.0 {
+                        continue;
+                    }
+                    let (o, p) = (j / np, j % np);
+                    let taps = &self.taps[p * ckk..(p + 1) * ckk];
+                    let k = &self.kernel[o * ckk..(o + 1) * ckk];
+                    for (&t, &kv) in taps.iter().zip(k) {
+                        if t != PAD {
+                            dst[t as usize] += v * kv;
+                        }
+                    }
+                }
+            }
+            return out;
+        }
+        for (start, len) in chunks(lam.ncols(), np, ckk.max(oc)) {
+            // L (oc x np len): L[o, p + np s'] = lam[o np + p, start + s'].
+            let mut l = Mat::<f64>::zeros(oc, np * len);
+            for s in 0..len {
+                let src = lam.col(start + s);
+                for o in 0..oc {
+                    for p in 0..np {
+                        l[(o, p + np * s)] = src[o * np + p];
+                    }
+                }
+            }
+            // C = K^T L, column-major and contiguous: column p + np s' of C starts at
+            // (p + np s') ckk, so tap r of position p for column s' is C[(p ckk + r) + np ckk s'].
+            let mut c = vec![0.0; ckk * np * len];
+            let cm = faer::MatMut::from_column_major_slice_mut(&mut c, ckk, np * len);
+            matmul(cm, Accum::Replace, self.k_t.as_ref(), l.as_ref(), 1.0, Par::Seq);
+            // col2im as a gather: each input sums the taps that read it.
+            for s in 0..len {
+                let dst = out.col_mut(start + s).try_as_col_major_mut().expect("owned").as_slice_mut();
+                let cs = &c[np * ckk * s..np * ckk * (s + 1)];
+                for (q, d) in dst.iter_mut().enumerate() {
+                    let range = self.inverse_start[q] as usize..self.inverse_start[q + 1] as usize;
+                    *d = self.inverse[range].iter().map(|&j| cs[j as usize]).sum();
+                }
+            }
+        }
+        out
+    }
+
+    /// W^T lam for coefficients `lam` stored on the output neurons `rows` only (the others zero),
+    /// returned on the inputs they reach (sorted, as `(inputs, values)`): the receptive fields of
+    /// `rows`, so that coefficients local in space stay small.
+    pub fn transpose_rows(&self, rows: &[usize], lam: MatRef<'_, f64>) -> (Vec<usize>, Mat<f64>) {
+        let (np, ckk) = (self.positions(), self.taps_per_position());
+        let mut slot = vec![PAD; self.input_size()];
+        let mut touched: Vec<usize> = Vec::new();
+        for &j in rows {
+            let p = j % np;
+            for &t in &self.taps[p * ckk..(p + 1) * ckk] {
+                if t != PAD && slot[t as usize] == PAD {
+                    slot[t as usize] = 0;
+                    touched.push(t as usize);
+                }
+            }
+        }
+        touched.sort_unstable();
+        for (r, &t) in touched.iter().enumerate() {
+            slot[t] = r as u32;
+        }
+        let mut out = Mat::<f64>::zeros(touched.len(), lam.ncols());
+        let nnz: usize = (0..lam.ncols()).map(|s| lam.col(s).iter().filter(|v| **v != 0.0).count()).sum();
+        if nnz * 8 < lam.nrows() * lam.ncols() {
+            // Few nonzeros: scatter each one's kernel slice.
+            for s in 0..lam.ncols() {
+                let dst = out.col_mut(s).try_as_col_major_mut().expect("owned").as_slice_mut();
+                for (&j, &v) in rows.iter().zip(lam.col(s).iter()) {
+                    if v == 0.0 {
+                        continue;
+                    }
+                    let (o, p) = (j / np, j % np);
+                    let taps = &self.taps[p * ckk..(p + 1) * ckk];
+                    for (&t, &kv) in taps.iter().zip(&self.kernel[o * ckk..(o + 1) * ckk]) {
+                        if t != PAD {
+                            dst[slot[t as usize] as usize] += v * kv;
+                        }
+                    }
+                }
+            }
+            return (touched, out);
+        }
+        // The positions present; per position and column, the channel stack as one column of
+        // L (oc x positions columns), one GEMM with K^T, then the patches added into place.
+        let oc = self.output[0];
+        let mut at = vec![usize::MAX; np];
+        let mut positions: Vec<usize> = Vec::new();
+        for &j in rows {
+            let p = j % np;
+            if at[p] == usize::MAX {
+                at[p] = positions.len();
+                positions.push(p);
+            }
+        }
+        let npg = positions.len();
+        let cols = lam.ncols();
+        for (start, len) in chunks(cols, npg, ckk.max(oc)) {
+            let mut l = Mat::<f64>::zeros(oc, npg * len);
+            for s in 0..len {
+                for (&j, &v) in rows.iter().zip(lam.col(start + s).iter()) {
+                    l[(j / np, at[j % np] + npg * s)] = v;
+                }
+            }
+            let mut c = Mat::<f64>::zeros(ckk, npg * len);
+            matmul(c.as_mut(), Accum::Replace, self.k_t.as_ref(), l.as_ref(), 1.0, Par::Seq);
+            for s in 0..len {
+                let dst = out.col_mut(start + s).try_as_col_major_mut().expect("owned").as_slice_mut();
+                for (pi, &p) in positions.iter().enumerate() {
+                    let taps = &self.taps[p * ckk..(p + 1) * ckk];
+                    let src = c.col(pi + npg * s).try_as_col_major().expect("owned").as_slice();
+                    for (&t, &v) in taps.iter().zip(src) {
+                        if t != PAD {
+                            dst[slot[t as usize] as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+        (touched, out)
+    }
+
+    /// The output neurons grouped by position: every channel at `per_group` consecutive output
+    /// positions (row-major) per group. Neurons of one group share most of their receptive field.
+    pub fn neuron_groups(&self, per_group: usize) -> Vec<Vec<usize>> {
+        let (np, oc) = (self.positions(), self.output[0]);
+        (0..np)
+            .step_by(per_group.max(1))
+            .map(|p0| {
+                let ps = p0..(p0 + per_group.max(1)).min(np);
+                (0..oc).flat_map(|o| ps.clone().map(move |p| o * np + p)).collect()
+            })
+            .collect()
+    }
+
+    /// Columns `rows` of W^T (the rows of W as columns), each scattered from the kernel.
+    pub fn rows_transposed(&self, rows: &[usize]) -> Mat<f64> {
+        let (np, ckk) = (self.positions(), self.taps_per_position());
+        let mut out = Mat::<f64>::zeros(self.input_size(), rows.len());
+        for (s, &j) in rows.iter().enumerate() {
+            let (o, p) = (j / np, j % np);
+            let dst = out.col_mut(s).try_as_col_major_mut().expect("owned").as_slice_mut();
+            let taps = &self.taps[p * ckk..(p + 1) * ckk];
+            for (&t, &kv) in taps.iter().zip(&self.kernel[o * ckk..(o + 1) * ckk]) {
+                if t != PAD {
+                    dst[t as usize] += kv;
+                }
+            }
+        }
+        out
+    }
+
+    /// The dense matrix M (out x in) with M x = conv(x).
+    pub fn lower(&self) -> Mat<f64> {
+        let all: Vec<usize> = (0..self.output_size()).collect();
+        self.rows_transposed(&all).transpose().to_owned()
+    }
+}
+
+/// Column ranges small enough that the im2col buffers (taps x positions x columns) stay near
+/// 2^19 entries (4 MiB).
+fn chunks(ncols: usize, np: usize, ckk: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = ((1usize << 19) / (np * ckk).max(1)).clamp(1, 256);
+    (0..ncols).step_by(step).map(move |s| (s, step.min(ncols - s)))
+}
+
+/// The dense matrix M (out x in) with M x = conv(x) for x flattened row-major (C, H, W), and the
+/// bias repeated over the output positions. `kernel` is flat in (out_c, in_c, kh, kw) order.
+pub fn lower_conv2d(shape: &Conv2dShape, kernel: &[f64], bias: &[f64], layer: usize) -> Result<(Mat<f64>, Vec<f64>)> {
+    let conv = Conv2d::new(shape.clone(), kernel.to_vec(), layer)?;
+    let [oc, oh, ow] = conv.output_shape();
+    if bias.len() != oc {
+        return Err(Error::Shape { layer, detail: format!("bias has {} values, expected {oc}", bias.len()) });
+    }
+    let b = (0..oc * oh * ow).map(|j| bias[j / (oh * ow)]).collect();
+    Ok((conv.lower(), b))
 }
 
 #[cfg(test)]
@@ -96,6 +436,7 @@ mod tests {
         let [c, h, w] = shape.input;
         let [oc, _, kh, kw] = shape.kernel;
         let [oc2, oh, ow] = shape.output(0).unwrap();
+        let [dh, dw] = shape.dilation;
         assert_eq!(oc, oc2);
         let mut padded = vec![0.0; c * (h + 2 * shape.padding[0]) * (w + 2 * shape.padding[1])];
         let (hp, wp) = (h + 2 * shape.padding[0], w + 2 * shape.padding[1]);
@@ -115,7 +456,8 @@ mod tests {
                         for a in 0..kh {
                             for b in 0..kw {
                                 s += k[((o * c + i) * kh + a) * kw + b]
-                                    * padded[(i * hp + y * shape.stride[0] + a) * wp + x * shape.stride[1] + b];
+                                    * padded
+                                        [(i * hp + y * shape.stride[0] + a * dh) * wp + x * shape.stride[1] + b * dw];
                             }
                         }
                     }
@@ -126,23 +468,32 @@ mod tests {
         out
     }
 
-    #[test]
-    fn lowering_matches_direct_convolution() {
-        let cases = [
-            ([2, 7, 6], [3, 2, 3, 3], [1, 1], [0, 0]),
-            ([1, 8, 8], [4, 1, 4, 4], [2, 2], [1, 1]),
-            ([3, 5, 9], [2, 3, 2, 4], [2, 3], [1, 2]),
-        ];
-        let mut seed = 1u64;
-        let mut rnd = || {
+    fn rnd_source(mut seed: u64) -> impl FnMut() -> f64 {
+        move || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-        };
-        for (input, kernel, stride, padding) in cases {
-            let shape = Conv2dShape { input, kernel, stride, padding };
+        }
+    }
+
+    /// Geometries with several strides, paddings, dilations and channel counts.
+    fn geometries() -> Vec<Conv2dShape> {
+        vec![
+            Conv2dShape::new([2, 7, 6], [3, 2, 3, 3], [1, 1], [0, 0]),
+            Conv2dShape::new([1, 8, 8], [4, 1, 4, 4], [2, 2], [1, 1]),
+            Conv2dShape::new([3, 5, 9], [2, 3, 2, 4], [2, 3], [1, 2]),
+            Conv2dShape { input: [2, 9, 8], kernel: [3, 2, 3, 2], stride: [1, 2], padding: [2, 1], dilation: [2, 3] },
+            Conv2dShape { input: [4, 6, 6], kernel: [5, 4, 2, 2], stride: [3, 1], padding: [0, 1], dilation: [3, 1] },
+        ]
+    }
+
+    #[test]
+    fn lowering_matches_direct_convolution() {
+        let mut rnd = rnd_source(1);
+        for shape in geometries() {
+            let kernel = shape.kernel;
             let k: Vec<f64> = (0..kernel.iter().product::<usize>()).map(|_| rnd()).collect();
             let bias: Vec<f64> = (0..kernel[0]).map(|_| rnd()).collect();
-            let x: Vec<f64> = (0..input.iter().product::<usize>()).map(|_| rnd()).collect();
+            let x: Vec<f64> = (0..shape.input.iter().product::<usize>()).map(|_| rnd()).collect();
             let (m, b) = lower_conv2d(&shape, &k, &bias, 0).unwrap();
             let expect = direct_conv(&shape, &k, &bias, &x);
             assert_eq!(m.nrows(), expect.len());
@@ -154,12 +505,77 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_applies_the_lowered_matrix_and_its_transpose() {
+        let mut rnd = rnd_source(7);
+        for shape in geometries() {
+            let k: Vec<f64> = (0..shape.kernel.iter().product::<usize>()).map(|_| rnd()).collect();
+            let conv = Conv2d::new(shape.clone(), k, 0).unwrap();
+            let m = conv.lower();
+            let (n_out, n_in) = (conv.output_size(), conv.input_size());
+            assert_eq!((m.nrows(), m.ncols()), (n_out, n_in));
+            let close = |a: &Mat<f64>, b: &Mat<f64>| {
+                assert_eq!((a.nrows(), a.ncols()), (b.nrows(), b.ncols()));
+                for j in 0..a.ncols() {
+                    for i in 0..a.nrows() {
+                        assert!((a[(i, j)] - b[(i, j)]).abs() < 1e-12, "{shape:?} ({i}, {j})");
+                    }
+                }
+            };
+            // 300 columns: more than one im2col chunk on the small geometries.
+            let x = Mat::from_fn(n_in, 300, |_, _| rnd());
+            close(&conv.forward(x.as_ref()), &crate::linalg::mul(m.as_ref(), x.as_ref()));
+            let m_abs = Mat::from_fn(n_out, n_in, |i, j| m[(i, j)].abs());
+            close(&conv.forward_abs(x.as_ref()), &crate::linalg::mul(m_abs.as_ref(), x.as_ref()));
+            // Dense coefficients (the GEMM path) and sparse ones (the scatter path).
+            let dense = Mat::from_fn(n_out, 40, |_, _| rnd());
+            let sparse = Mat::from_fn(n_out, 40, |i, j| if (i * 7 + j * 3) % 23 == 0 { rnd() } else { 0.0 });
+            for lam in [dense, sparse] {
+                close(&conv.transpose(lam.as_ref()), &crate::linalg::mul(m.transpose(), lam.as_ref()));
+            }
+            let rows = [0, n_out / 2, n_out - 1];
+            let got = conv.rows_transposed(&rows);
+            for (s, &r) in rows.iter().enumerate() {
+                for j in 0..n_in {
+                    assert_eq!(got[(j, s)], m[(r, j)]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scaling_channels_scales_the_kernel() {
+        let mut rnd = rnd_source(3);
+        let shape = Conv2dShape::new([2, 5, 5], [3, 2, 3, 3], [1, 1], [1, 1]);
+        let k: Vec<f64> = (0..54).map(|_| rnd()).collect();
+        let conv = Conv2d::new(shape, k, 0).unwrap();
+        let x = Mat::from_fn(50, 1, |_, _| rnd());
+        let y = conv.forward(x.as_ref());
+        let out = conv.scale_outputs(&[2.0, -1.0, 0.5]).forward(x.as_ref());
+        for j in 0..75 {
+            let s = [2.0, -1.0, 0.5][j / 25];
+            assert!((out[(j, 0)] - s * y[(j, 0)]).abs() < 1e-12);
+        }
+        let xs = Mat::from_fn(50, 1, |i, _| x[(i, 0)] * [3.0, -0.25][i / 25]);
+        let a = conv.scale_inputs(&[3.0, -0.25]).forward(x.as_ref());
+        let b = conv.forward(xs.as_ref());
+        for j in 0..75 {
+            assert!((a[(j, 0)] - b[(j, 0)]).abs() < 1e-12);
+        }
+    }
+
+    #[test]
     fn bad_geometry_is_an_error() {
-        let s = Conv2dShape { input: [1, 2, 2], kernel: [1, 1, 5, 5], stride: [1, 1], padding: [0, 0] };
+        let s = Conv2dShape::new([1, 2, 2], [1, 1, 5, 5], [1, 1], [0, 0]);
         assert!(matches!(s.output(3), Err(Error::Shape { layer: 3, .. })));
-        let s = Conv2dShape { input: [2, 4, 4], kernel: [1, 1, 2, 2], stride: [1, 1], padding: [0, 0] };
+        let s = Conv2dShape::new([2, 4, 4], [1, 1, 2, 2], [1, 1], [0, 0]);
         assert!(s.output(0).is_err());
-        let s = Conv2dShape { input: [1, 4, 4], kernel: [1, 1, 2, 2], stride: [0, 1], padding: [0, 0] };
+        let s = Conv2dShape::new([1, 4, 4], [1, 1, 2, 2], [0, 1], [0, 0]);
+        assert!(s.output(0).is_err());
+        let s = Conv2dShape { dilation: [1, 0], ..Conv2dShape::new([1, 4, 4], [1, 1, 2, 2], [1, 1], [0, 0]) };
+        assert!(s.output(0).is_err());
+        let s = Conv2dShape { dilation: [3, 1], ..Conv2dShape::new([1, 4, 4], [1, 1, 2, 2], [1, 1], [0, 0]) };
+        assert!(s.output(0).is_ok());
+        let s = Conv2dShape { dilation: [4, 1], ..Conv2dShape::new([1, 4, 4], [1, 1, 2, 2], [1, 1], [0, 0]) };
         assert!(s.output(0).is_err());
     }
 }

@@ -1,8 +1,9 @@
 //! Feed-forward networks: a chain of affine layers, each followed by an element-wise activation.
 //!
-//! Convolutions are lowered to dense matrices when a model is loaded ([`conv::lower_conv2d`]) and
-//! flattening a row-major (C, H, W) tensor is the identity on the flat vector, so every network is
-//! a sequence of [`Layer`]s `x_{k+1} = sigma_k(W_k x_k + b_k)`; the output of the last layer is the
+//! A layer's affine map is a dense matrix or a 2-D convolution applied as an operator
+//! ([`Conv2d`]: forward by im2col and GEMM, backward by its transpose, never an n_out x n_in
+//! matrix in the bound core); flattening a row-major (C, H, W) tensor is the identity on the flat
+//! vector, so every network is a sequence of [`Layer`]s `x_{k+1} = sigma_k(W_k x_k + b_k)`; the output of the last layer is the
 //! vector of logits. This is the form every verifier works on (the papers' `x_{k+1} = ReLU(W_k x_k)`).
 
 mod activation;
@@ -10,17 +11,34 @@ pub mod conv;
 
 pub use activation::{Activation, CurvatureConstants, sigmoid, softplus};
 
+use std::sync::{Arc, OnceLock};
+
 use faer::{Mat, MatRef};
 
 use crate::error::{Error, Result};
 use crate::linalg;
+pub use conv::{Conv2d, Conv2dShape};
+
+/// How a layer applies W: a stored dense matrix, or a convolution whose dense matrix is built
+/// only if a method asks for it ([`Layer::weight`]).
+#[derive(Clone, Debug)]
+enum Op {
+    Dense {
+        weight: Mat<f64>,
+        /// W^T, kept because the backward passes read the weights by rows.
+        weight_t: Mat<f64>,
+    },
+    Conv {
+        conv: Arc<Conv2d>,
+        /// (W, W^T), lowered on first use.
+        dense: OnceLock<(Mat<f64>, Mat<f64>)>,
+    },
+}
 
 /// One affine layer `z = W x + b` followed by an activation `sigma(z)`.
 #[derive(Clone, Debug)]
 pub struct Layer {
-    weight: Mat<f64>,
-    /// W^T, kept because the backward passes read the weights by rows.
-    weight_t: Mat<f64>,
+    op: Op,
     bias: Vec<f64>,
     activation: Activation,
 }
@@ -30,7 +48,14 @@ impl Layer {
     /// finiteness are checked when the layer is put into a [`Network`].
     pub fn new(weight: Mat<f64>, bias: Vec<f64>, activation: Activation) -> Self {
         let weight_t = weight.transpose().to_owned();
-        Self { weight, weight_t, bias, activation }
+        Self { op: Op::Dense { weight, weight_t }, bias, activation }
+    }
+
+    /// A convolution layer: `z = conv(x) + b` with one bias per output neuron (C' H' W' values; a
+    /// per-channel bias repeated over the positions, or any other). The bound core applies it as
+    /// an operator ([`Conv2d`]), never as a dense matrix.
+    pub fn conv2d(conv: Conv2d, bias: Vec<f64>, activation: Activation) -> Self {
+        Self { op: Op::Conv { conv: Arc::new(conv), dense: OnceLock::new() }, bias, activation }
     }
 
     /// A layer from the rows of its weight matrix; an error when the rows differ in length.
@@ -45,13 +70,35 @@ impl Layer {
         Ok(Self::new(Mat::from_fn(rows.len(), ncols, |i, j| rows[i][j]), bias, activation))
     }
 
-    /// W (outputs x inputs).
-    pub fn weight(&self) -> MatRef<'_, f64> {
-        self.weight.as_ref()
+    fn lowered(&self) -> (MatRef<'_, f64>, MatRef<'_, f64>) {
+        match &self.op {
+            Op::Dense { weight, weight_t } => (weight.as_ref(), weight_t.as_ref()),
+            Op::Conv { conv, dense } => {
+                let (w, wt) = dense.get_or_init(|| {
+                    let w = conv.lower();
+                    let wt = w.transpose().to_owned();
+                    (w, wt)
+                });
+                (w.as_ref(), wt.as_ref())
+            }
+        }
     }
-    /// W^T (inputs x outputs), stored contiguously.
+
+    /// W (outputs x inputs). For a convolution this is its dense lowering, built on the first call
+    /// and kept (the LP and SDP builders use it; the bound core applies the operator instead).
+    pub fn weight(&self) -> MatRef<'_, f64> {
+        self.lowered().0
+    }
+    /// W^T (inputs x outputs), stored contiguously (lowered on first use for a convolution).
     pub fn weight_t(&self) -> MatRef<'_, f64> {
-        self.weight_t.as_ref()
+        self.lowered().1
+    }
+    /// The convolution, when the layer is one.
+    pub fn conv(&self) -> Option<&Conv2d> {
+        match &self.op {
+            Op::Conv { conv, .. } => Some(conv),
+            Op::Dense { .. } => None,
+        }
     }
     /// b.
     pub fn bias(&self) -> &[f64] {
@@ -63,37 +110,174 @@ impl Layer {
     }
     /// Number of inputs.
     pub fn input_size(&self) -> usize {
-        self.weight.ncols()
+        match &self.op {
+            Op::Dense { weight, .. } => weight.ncols(),
+            Op::Conv { conv, .. } => conv.input_size(),
+        }
     }
     /// Number of outputs (neurons).
     pub fn output_size(&self) -> usize {
-        self.weight.nrows()
+        match &self.op {
+            Op::Dense { weight, .. } => weight.nrows(),
+            Op::Conv { conv, .. } => conv.output_size(),
+        }
+    }
+
+    /// W X for every column of `x` (inputs x columns).
+    pub fn mul(&self, x: MatRef<'_, f64>) -> Mat<f64> {
+        match &self.op {
+            Op::Dense { weight, .. } => linalg::mul(weight.as_ref(), x),
+            Op::Conv { conv, .. } => conv.forward(x),
+        }
+    }
+
+    /// W x.
+    pub fn mul_vec(&self, x: &[f64]) -> Vec<f64> {
+        match &self.op {
+            Op::Dense { weight, .. } => linalg::mat_vec(weight.as_ref(), x),
+            Op::Conv { conv, .. } => {
+                conv.forward(faer::ColRef::from_slice(x).as_mat()).col(0).iter().copied().collect()
+            }
+        }
+    }
+
+    /// |W| x (entrywise magnitudes of W).
+    pub fn abs_mul_vec(&self, x: &[f64]) -> Vec<f64> {
+        match &self.op {
+            Op::Dense { weight, .. } => {
+                let mut out = vec![0.0; weight.nrows()];
+                // Column by column (the weights are column-major).
+                for (j, &xj) in x.iter().enumerate() {
+                    if xj == 0.0 {
+                        continue;
+                    }
+                    let col = weight.col(j).try_as_col_major().expect("owned").as_slice();
+                    out.iter_mut().zip(col).for_each(|(o, v)| *o += v.abs() * xj);
+                }
+                out
+            }
+            Op::Conv { conv, .. } => {
+                conv.forward_abs(faer::ColRef::from_slice(x).as_mat()).col(0).iter().copied().collect()
+            }
+        }
+    }
+
+    /// W^T lam for every column of `lam` (outputs x columns). A dense layer leaves out the rows of
+    /// lam that are zero in every column (neurons whose relaxed coefficient vanishes everywhere,
+    /// such as inactive ReLUs); a convolution scatters sparse columns.
+    pub fn mul_t(&self, lam: MatRef<'_, f64>) -> Mat<f64> {
+        match &self.op {
+            Op::Dense { weight_t, .. } => {
+                let rows: Vec<usize> =
+                    (0..lam.nrows()).filter(|&i| (0..lam.ncols()).any(|s| lam[(i, s)] != 0.0)).collect();
+                if rows.len() == lam.nrows() {
+                    return linalg::mul(weight_t.as_ref(), lam);
+                }
+                let mut wt_sub = Mat::<f64>::zeros(weight_t.nrows(), rows.len());
+                let mut sub = Mat::<f64>::zeros(rows.len(), lam.ncols());
+                for (r, &i) in rows.iter().enumerate() {
+                    wt_sub.col_mut(r).copy_from(weight_t.col(i));
+                    sub.row_mut(r).copy_from(lam.row(i));
+                }
+                linalg::mul(wt_sub.as_ref(), sub.as_ref())
+            }
+            Op::Conv { conv, .. } => conv.transpose(lam),
+        }
+    }
+
+    /// W^T lam for coefficients `lam` stored on the output neurons `rows` only (the others zero),
+    /// as `(inputs, values)`: the values on the listed inputs, the others zero. A dense layer
+    /// reaches every input; a convolution only the receptive fields of `rows`.
+    pub fn mul_t_rows(&self, rows: &[usize], lam: MatRef<'_, f64>) -> (Vec<usize>, Mat<f64>) {
+        match &self.op {
+            Op::Dense { weight_t, .. } => {
+                let nonzero: Vec<usize> =
+                    (0..lam.nrows()).filter(|&r| (0..lam.ncols()).any(|s| lam[(r, s)] != 0.0)).collect();
+                let mut wt_sub = Mat::<f64>::zeros(weight_t.nrows(), nonzero.len());
+                let mut sub = Mat::<f64>::zeros(nonzero.len(), lam.ncols());
+                for (c, &r) in nonzero.iter().enumerate() {
+                    wt_sub.col_mut(c).copy_from(weight_t.col(rows[r]));
+                    sub.row_mut(c).copy_from(lam.row(r));
+                }
+                ((0..weight_t.nrows()).collect(), linalg::mul(wt_sub.as_ref(), sub.as_ref()))
+            }
+            Op::Conv { conv, .. } => {
+                if rows.len() == conv.output_size() {
+                    ((0..conv.input_size()).collect(), conv.transpose(lam))
+                } else {
+                    conv.transpose_rows(rows, lam)
+                }
+            }
+        }
+    }
+
+    /// W^T v.
+    pub fn mul_t_vec(&self, v: &[f64]) -> Vec<f64> {
+        match &self.op {
+            Op::Dense { weight_t, .. } => linalg::mat_vec(weight_t.as_ref(), v),
+            Op::Conv { conv, .. } => {
+                conv.transpose(faer::ColRef::from_slice(v).as_mat()).col(0).iter().copied().collect()
+            }
+        }
+    }
+
+    /// The columns `rows` of W^T: row i of W as a column, for each listed neuron i.
+    pub fn rows_t(&self, rows: &[usize]) -> Mat<f64> {
+        match &self.op {
+            Op::Dense { weight_t, .. } => {
+                let mut out = Mat::<f64>::zeros(weight_t.nrows(), rows.len());
+                for (s, &i) in rows.iter().enumerate() {
+                    out.col_mut(s).copy_from(weight_t.col(i));
+                }
+                out
+            }
+            Op::Conv { conv, .. } => conv.rows_transposed(rows),
+        }
+    }
+
+    /// The same layer with its input replaced by `s ⊙ x + c` (W diag(s), b + W c): input
+    /// normalization folded into the first layer. A convolution stays one when `s` is constant
+    /// on each input channel (its bias becomes position-dependent where the padding meets c).
+    pub fn precompose_scale_shift(&self, s: &[f64], c: &[f64]) -> Layer {
+        let mut bias = self.mul_vec(c);
+        bias.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
+        if let Op::Conv { conv, .. } = &self.op {
+            let [ic, h, w] = conv.shape().input;
+            let per = h * w;
+            let channel: Vec<f64> = (0..ic).map(|i| s[i * per]).collect();
+            if (0..s.len()).all(|j| s[j] == channel[j / per]) {
+                return Layer::conv2d(conv.scale_inputs(&channel), bias, self.activation);
+            }
+        }
+        let w = self.weight();
+        Layer::new(Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)] * s[j]), bias, self.activation)
     }
 
     fn validate(&self, layer: usize) -> Result<()> {
-        if self.weight.nrows() == 0 || self.weight.ncols() == 0 {
-            return Err(Error::Empty(format!(
-                "layer {layer} has a {}x{} weight matrix",
-                self.weight.nrows(),
-                self.weight.ncols()
-            )));
+        let (rows, cols) = (self.output_size(), self.input_size());
+        if rows == 0 || cols == 0 {
+            return Err(Error::Empty(format!("layer {layer} has a {rows}x{cols} weight matrix")));
         }
-        if self.bias.len() != self.weight.nrows() {
+        if self.bias.len() != rows {
             return Err(Error::Shape {
                 layer,
-                detail: format!("bias has {} entries, weight has {} rows", self.bias.len(), self.weight.nrows()),
+                detail: format!("bias has {} entries, weight has {rows} rows", self.bias.len()),
             });
         }
-        for j in 0..self.weight.ncols() {
-            for i in 0..self.weight.nrows() {
-                let v = self.weight[(i, j)];
-                if !v.is_finite() {
-                    return Err(Error::NonFinite {
-                        layer,
-                        what: "weight",
-                        index: i * self.weight.ncols() + j,
-                        value: v,
-                    });
+        match &self.op {
+            Op::Dense { weight, .. } => {
+                for j in 0..cols {
+                    for i in 0..rows {
+                        let v = weight[(i, j)];
+                        if !v.is_finite() {
+                            return Err(Error::NonFinite { layer, what: "weight", index: i * cols + j, value: v });
+                        }
+                    }
+                }
+            }
+            Op::Conv { conv, .. } => {
+                if let Some((index, &value)) = conv.kernel().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                    return Err(Error::NonFinite { layer, what: "kernel", index, value });
                 }
             }
         }
@@ -101,6 +285,26 @@ impl Layer {
             return Err(Error::NonFinite { layer, what: "bias", index, value });
         }
         Ok(())
+    }
+
+    /// Hashes what defines the layer's map (for [`Network::fingerprint`]).
+    fn hash_into(&self, h: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        (self.output_size(), self.input_size(), self.activation).hash(h);
+        match &self.op {
+            Op::Dense { weight, .. } => {
+                for j in 0..weight.ncols() {
+                    for i in 0..weight.nrows() {
+                        weight[(i, j)].to_bits().hash(h);
+                    }
+                }
+            }
+            Op::Conv { conv, .. } => {
+                conv.shape().hash(h);
+                conv.kernel().iter().for_each(|v| v.to_bits().hash(h));
+            }
+        }
+        self.bias.iter().for_each(|b| b.to_bits().hash(h));
     }
 }
 
@@ -132,16 +336,7 @@ impl Network {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             self.input_shape.hash(&mut h);
             for layer in &self.layers {
-                let w = layer.weight();
-                (w.nrows(), w.ncols(), layer.activation()).hash(&mut h);
-                for j in 0..w.ncols() {
-                    for i in 0..w.nrows() {
-                        w[(i, j)].to_bits().hash(&mut h);
-                    }
-                }
-                for b in layer.bias() {
-                    b.to_bits().hash(&mut h);
-                }
+                layer.hash_into(&mut h);
             }
             h.finish()
         })
@@ -230,7 +425,7 @@ impl Network {
     pub(crate) fn forward_unchecked(&self, x: &[f64]) -> Vec<f64> {
         let mut h = x.to_vec();
         for layer in &self.layers {
-            let mut z = linalg::mat_vec(layer.weight(), &h);
+            let mut z = layer.mul_vec(&h);
             for (zi, bi) in z.iter_mut().zip(&layer.bias) {
                 *zi = layer.activation.eval(*zi + bi);
             }
@@ -245,15 +440,19 @@ impl Network {
     /// at most |W| e_h; the activation is 1-Lipschitz (sigmoid 1/4) and its own evaluation is
     /// exact (ReLU, identity) or within 16 u of its value (see [`crate::bounds::rounding`]).
     pub fn forward_with_error(&self, x: &[f64]) -> Result<(Vec<f64>, Vec<f64>)> {
-        use crate::bounds::rounding::{UNIT_ROUNDOFF, abs_affine, gamma};
+        use crate::bounds::rounding::{UNIT_ROUNDOFF, gamma};
         self.check_input(x)?;
         let mut h = x.to_vec();
         let mut e = vec![0.0; x.len()];
         for layer in &self.layers {
             let h_abs: Vec<f64> = h.iter().map(|v| v.abs()).collect();
-            let round = abs_affine(layer.weight(), &layer.bias, &h_abs, gamma(layer.input_size() + 1));
-            let carried = abs_affine(layer.weight(), &vec![0.0; layer.output_size()], &e, 1.0);
-            let mut z = linalg::mat_vec(layer.weight(), &h);
+            // (|W| |h| + |b|) gamma_{n+1} and |W| e, each with the rounding of its own computation
+            // covered by a relative 1e-12.
+            let g = gamma(layer.input_size() + 1) * (1.0 + 1e-12);
+            let round: Vec<f64> =
+                layer.abs_mul_vec(&h_abs).iter().zip(&layer.bias).map(|(a, b)| (a + b.abs()) * g).collect();
+            let carried: Vec<f64> = layer.abs_mul_vec(&e).iter().map(|v| v * (1.0 + 1e-12)).collect();
+            let mut z = layer.mul_vec(&h);
             let lipschitz = if layer.activation == Activation::Sigmoid { 0.25 } else { 1.0 };
             let exact = matches!(layer.activation, Activation::Relu | Activation::Identity);
             e = (0..z.len())
@@ -309,7 +508,7 @@ impl Network {
     pub fn forward_batch(&self, x: MatRef<'_, f64>) -> Mat<f64> {
         let mut h = x.to_owned();
         for layer in &self.layers {
-            let mut z = linalg::mul(layer.weight(), h.as_ref());
+            let mut z = layer.mul(h.as_ref());
             apply_bias_activation(&mut z, layer, |v| layer.activation.eval(v));
             h = z;
         }
@@ -350,7 +549,7 @@ impl Network {
         let mut cache: Vec<(Mat<f64>, Mat<f64>)> = Vec::with_capacity(self.layers.len());
         let mut h = x.to_owned();
         for layer in &self.layers {
-            let mut z = linalg::mul(layer.weight(), h.as_ref());
+            let mut z = layer.mul(h.as_ref());
             apply_bias_activation(&mut z, layer, |v| v);
             let a = Mat::from_fn(z.nrows(), z.ncols(), |i, j| layer.activation.eval(z[(i, j)]));
             h = a.clone();
@@ -366,7 +565,7 @@ impl Network {
                     }
                 }
             }
-            g = linalg::mul(layer.weight_t(), g.as_ref());
+            g = layer.mul_t(g.as_ref());
         }
         (values, g)
     }

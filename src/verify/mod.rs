@@ -251,7 +251,12 @@ fn propagate(
 ) -> Result<BoundReport> {
     let start = Instant::now();
     check_query(network, set, label, targets)?;
-    let pre = bounds::pre_activation_bounds(network, set, method)?;
+    // The margins need backward passes only for the neurons interval arithmetic leaves unstable.
+    let pre = match method {
+        Propagation::Ibp => bounds::pre_activation_bounds(network, set, method)?,
+        Propagation::FastLin => bounds::linear::unstable_layer_bounds(network, set, bounds::linear::Slope::FastLin),
+        Propagation::Crown => bounds::linear::unstable_layer_bounds(network, set, bounds::linear::Slope::Adaptive),
+    };
     let lbs = bounds::margin_lower_bounds(network, set, &pre, method, label, targets)?;
     Ok(propagation_report(targets, lbs, &pre, start))
 }

@@ -108,11 +108,11 @@ fn relu_bounds(p: &Problem<'_>, set: &crate::spec::InputSet, parent: Option<&Hid
     let mut hb = HiddenBounds { lower: Vec::with_capacity(hidden), upper: Vec::with_capacity(hidden) };
     for j in 0..hidden {
         let iv = if j == 0 {
-            interval::first_layer(layers[0].weight(), layers[0].bias(), set)
+            interval::first_layer_of(&layers[0], set)
         } else {
             let lo: Vec<f64> = hb.lower[j - 1].iter().map(|v| v.max(0.0)).collect();
             let hi: Vec<f64> = hb.upper[j - 1].iter().map(|v| v.max(0.0)).collect();
-            interval::affine_box(layers[j].weight(), layers[j].bias(), &lo, &hi)
+            interval::affine_box_layer(&layers[j], &lo, &hi)
         };
         let (mut lower, mut upper) = (iv.lower, iv.upper);
         if let Some(parent) = parent {

@@ -274,7 +274,7 @@ pub fn backward(
             consts[s] += linalg::dot(v, layers[k].bias());
             abs_consts[s] += consts[s].abs();
         }
-        lam = crate::bounds::linear::mul_nonzero_rows(layers[k].weight_t(), &lam);
+        lam = layers[k].mul_t(lam.as_ref());
     }
     saved.reverse();
     // Sound in floating point: the support function is, and each value is lowered by the
@@ -298,7 +298,7 @@ pub fn multipliers(net: &Network, lam: &[f64], col: &Column<'_>) -> Vec<Vec<f64>
     for k in (0..top).rev() {
         col.relax(k, &mut v);
         out[k] = v.clone();
-        v = linalg::mat_vec(layers[k].weight_t(), &v);
+        v = layers[k].mul_t_vec(&v);
     }
     out
 }
@@ -321,8 +321,12 @@ pub fn tighten_layer(net: &Network, set: &InputSet, domains: &mut [&mut HiddenBo
     if jobs.is_empty() {
         return;
     }
-    let wt = layer.weight_t();
-    let lam = Mat::<f64>::from_fn(wt.nrows(), jobs.len(), |r, s| jobs[s].2 * wt[(r, jobs[s].1)]);
+    let mut lam = layer.rows_t(&jobs.iter().map(|j| j.1).collect::<Vec<_>>());
+    for (s, job) in jobs.iter().enumerate() {
+        if job.2 < 0.0 {
+            lam.col_mut(s).iter_mut().for_each(|v| *v = -*v);
+        }
+    }
     let consts: Vec<f64> = jobs.iter().map(|&(_, i, sg)| sg * layer.bias()[i]).collect();
     let values = {
         let cols: Vec<Column<'_>> = jobs
@@ -366,7 +370,7 @@ pub fn gradients(
     let layers = net.layers();
     let mut h = x.clone();
     for (k, lam) in back.saved.iter().enumerate() {
-        let mut z = linalg::mul(layers[k].weight(), h.as_ref());
+        let mut z = layers[k].mul(h.as_ref());
         let b = layers[k].bias();
         for (s, col) in cols.iter().enumerate() {
             let zc = z.col_as_slice_mut(s);

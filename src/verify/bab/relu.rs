@@ -80,7 +80,7 @@ impl Spec {
         let last = &layers[layers.len() - 1];
         let m = p.constraints.len();
         let c = Mat::<f64>::from_fn(p.net.num_classes(), m, |i, j| p.constraints[j].coeffs[i]);
-        let top = linalg::mul(last.weight_t(), c.as_ref());
+        let top = last.mul_t(c.as_ref());
         // The same folding as the objective networks of BM-Full's bounding ([`super::sdp`]).
         let x_mag = rounding::last_input_magnitude(p.net, p.set, pre);
         let consts = p
@@ -633,7 +633,7 @@ fn solve_leaf(p: &Problem<'_>, d: &Domain) -> Result<Leaf> {
     let mut values = Vec::with_capacity(p.constraints.len());
     let mut points = Vec::new();
     for c in p.constraints {
-        let w = linalg::mat_vec(layers[k - 1].weight_t(), &c.coeffs);
+        let w = layers[k - 1].mul_t_vec(&c.coeffs);
         let constant = linalg::dot(&c.coeffs, layers[k - 1].bias()) + c.constant;
         let q = program.objective(&w);
         let out = program.solver(&q, &settings).minimize(&q, constant);
