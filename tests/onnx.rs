@@ -287,6 +287,82 @@ fn normalized_dilated_conv_stays_an_operator_and_matches_a_direct_computation() 
     }
 }
 
+/// Conv -> Relu -> AveragePool (3x3, stride 2, pad 1, the padding not counted) -> Relu ->
+/// GlobalAveragePool -> Flatten -> Gemm, against a direct computation; with count_include_pad
+/// the pooling stays a convolution operator.
+#[test]
+fn average_pooling_matches_a_direct_computation() {
+    for include_pad in [0, 1] {
+        let kernel: Vec<f32> = (0..2 * 9).map(|i| ((i * 4) % 9) as f32 * 0.25 - 1.0).collect();
+        let nodes = vec![
+            node("Conv", &["x", "k"], "c", vec![ints_attr("pads", &[1, 1, 1, 1])]),
+            node("Relu", &["c"], "r", vec![]),
+            node(
+                "AveragePool",
+                &["r"],
+                "p",
+                vec![
+                    ints_attr("kernel_shape", &[3, 3]),
+                    ints_attr("strides", &[2, 2]),
+                    ints_attr("pads", &[1, 1, 1, 1]),
+                    int_attr("count_include_pad", include_pad),
+                ],
+            ),
+            node("Relu", &["p"], "q", vec![]),
+            node("GlobalAveragePool", &["q"], "g", vec![]),
+            node("Flatten", &["g"], "f", vec![]),
+            node("Gemm", &["f", "w"], "y", vec![int_attr("transB", 1)]),
+        ];
+        let init = vec![f32_tensor("k", &[2, 1, 3, 3], &kernel), f32_tensor("w", &[1, 2], &[1.5, -0.5])];
+        let net = onnx_from_bytes(&model(nodes, init, value("x", &[1, 1, 5, 5]), "y")).unwrap();
+        if include_pad == 1 {
+            assert!(net.layers()[1].conv().is_some(), "the pooling is a convolution operator");
+        }
+        let x: Vec<f64> = (0..25).map(|i| ((i * 7) % 10) as f64 / 10.0 - 0.3).collect();
+        // Conv 3x3 pad 1: (2, 5, 5), ReLU.
+        let mut c = vec![0.0; 50];
+        for o in 0..2 {
+            for y in 0..5i64 {
+                for xx in 0..5i64 {
+                    let mut acc = 0.0;
+                    for a in 0..3i64 {
+                        for b in 0..3i64 {
+                            let (iy, ix) = (y + a - 1, xx + b - 1);
+                            if (0..5).contains(&iy) && (0..5).contains(&ix) {
+                                acc += kernel[o * 9 + (a * 3 + b) as usize] as f64 * x[(iy * 5 + ix) as usize];
+                            }
+                        }
+                    }
+                    c[o * 25 + (y * 5 + xx) as usize] = acc.max(0.0);
+                }
+            }
+        }
+        // Average pool 3x3 stride 2 pad 1: (2, 3, 3), ReLU (a no-op on averages of ReLUs), then the
+        // global average per channel.
+        let mut g = [0.0; 2];
+        for (o, go) in g.iter_mut().enumerate() {
+            for y in 0..3i64 {
+                for xx in 0..3i64 {
+                    let (mut acc, mut n) = (0.0, 0.0);
+                    for a in 0..3i64 {
+                        for b in 0..3i64 {
+                            let (iy, ix) = (2 * y + a - 1, 2 * xx + b - 1);
+                            if (0..5).contains(&iy) && (0..5).contains(&ix) {
+                                acc += c[o * 25 + (iy * 5 + ix) as usize];
+                                n += 1.0;
+                            }
+                        }
+                    }
+                    *go += acc / if include_pad == 1 { 9.0 } else { n } / 9.0;
+                }
+            }
+        }
+        let expected = 1.5 * g[0] - 0.5 * g[1];
+        let got = net.forward(&x).unwrap()[0];
+        assert!((got - expected).abs() < 1e-12, "count_include_pad {include_pad}: {got} vs {expected}");
+    }
+}
+
 #[test]
 fn unsupported_constructs_are_typed_errors_naming_the_node() {
     let w = f32_tensor("w", &[2, 2], &[1.0, 0.0, 0.0, 1.0]);

@@ -7,7 +7,7 @@
 //! into the first layer. Supported: `Gemm` (transA = 0, any transB/alpha/beta), `MatMul` (running
 //! value on the left), `Add`, `Sub`, `Mul`, `Div` by broadcastable constants, `Conv` (2-D,
 //! symmetric pads, any dilation, one group; kept as an operator), `BatchNormalization` (inference), `Flatten`,
-//! `Reshape` (constant shape), `Identity`, `Dropout`, `Constant`, and the activations `Relu`,
+//! `Reshape` (constant shape), `AveragePool` / `GlobalAveragePool` (a convolution with a diagonal kernel), `Identity`, `Dropout`, `Constant`, and the activations `Relu`,
 //! `Sigmoid`, `Tanh`, `Softplus`. Tensors in float32, float64, int32 or int64 (typed fields or
 //! little-endian `raw_data`). Anything else is [`Error::OnnxNode`] naming the node's index, name
 //! and op type; a file that is not a valid ModelProto is [`Error::ModelFormat`].
@@ -445,6 +445,75 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                 let s: Vec<f64> = (0..n).map(|i| p[0].values[i / per] / (p[3].values[i / per] + eps).sqrt()).collect();
                 let c: Vec<f64> = (0..n).map(|i| p[1].values[i / per] - p[2].values[i / per] * s[i]).collect();
                 chain.scale_shift(&s, &c);
+            }
+            "AveragePool" | "GlobalAveragePool" => {
+                let [c, h, w] = chain.shape[..] else {
+                    return Err(fail(format!("input of shape {:?} (C, H, W expected)", chain.shape)));
+                };
+                let global = node.op_type == "GlobalAveragePool";
+                let ints = |name: &str, default: Vec<i64>| attr(node, name).map_or(default, |a| a.ints.clone());
+                let kernel = if global { vec![h as i64, w as i64] } else { ints("kernel_shape", vec![]) };
+                let strides = if global { vec![1, 1] } else { ints("strides", vec![1, 1]) };
+                let pads = if global { vec![0; 4] } else { ints("pads", vec![0, 0, 0, 0]) };
+                if attr(node, "ceil_mode").is_some_and(|a| a.i != 0) {
+                    return Err(fail("ceil_mode = 1 is not supported".into()));
+                }
+                if attr(node, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET") {
+                    return Err(fail("auto_pad is not supported (write explicit pads)".into()));
+                }
+                if ints("dilations", vec![1, 1]).iter().any(|&d| d != 1) {
+                    return Err(fail("dilated pooling is not supported".into()));
+                }
+                if kernel.len() != 2
+                    || strides.len() != 2
+                    || pads.len() != 4
+                    || kernel.iter().chain(&strides).any(|&v| v < 1)
+                    || pads.iter().any(|&v| v < 0)
+                {
+                    return Err(fail(format!("kernel {kernel:?} / strides {strides:?} / pads {pads:?} are not 2-D")));
+                }
+                if pads[0] != pads[2] || pads[1] != pads[3] {
+                    return Err(fail(format!("asymmetric pads {pads:?} are not supported")));
+                }
+                let (kh, kw) = (kernel[0] as usize, kernel[1] as usize);
+                let include_pad = attr(node, "count_include_pad").is_some_and(|a| a.i != 0);
+                let geometry = Conv2dShape::new(
+                    [c, h, w],
+                    [c, c, kh, kw],
+                    [strides[0] as usize, strides[1] as usize],
+                    [pads[0] as usize, pads[1] as usize],
+                );
+                let layer = chain.layers.len();
+                let shape = geometry.output(layer).map_err(|e| fail(e.to_string()))?;
+                // A convolution with a diagonal kernel of ones, then the division by the number of
+                // taps averaged (all of them, or only those inside the image).
+                let ones: Vec<f64> = (0..c * c * kh * kw)
+                    .map(|j| if j / (kh * kw) % c == j / (c * kh * kw) { 1.0 } else { 0.0 })
+                    .collect();
+                let conv = Conv2d::new(geometry, ones, layer).map_err(|e| fail(e.to_string()))?;
+                let counts = if include_pad {
+                    vec![(kh * kw) as f64; shape[1] * shape[2]]
+                } else {
+                    let image = vec![1.0; h * w];
+                    let probe = Conv2d::new(
+                        Conv2dShape::new(
+                            [1, h, w],
+                            [1, 1, kh, kw],
+                            [strides[0] as usize, strides[1] as usize],
+                            [pads[0] as usize, pads[1] as usize],
+                        ),
+                        vec![1.0; kh * kw],
+                        layer,
+                    )
+                    .map_err(|e| fail(e.to_string()))?;
+                    probe.forward(faer::ColRef::from_slice(&image).as_mat()).col(0).iter().copied().collect()
+                };
+                let n_out = c * shape[1] * shape[2];
+                chain.conv(conv, vec![0.0; n_out]);
+                let per = shape[1] * shape[2];
+                let scale: Vec<f64> = (0..n_out).map(|j| 1.0 / counts[j % per]).collect();
+                chain.shape = shape.to_vec();
+                chain.scale_shift(&scale, &vec![0.0; n_out]);
             }
             "Conv" => {
                 if pos != 0 {
