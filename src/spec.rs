@@ -528,6 +528,41 @@ mod tests {
     }
 
     #[test]
+    fn the_support_of_sparse_coefficients_needs_only_their_coordinates() {
+        // a is zero outside `coords`: the minimum over X equals the minimum over X restricted to
+        // coords (up to the two computations' rounding allowances), for every norm, with and
+        // without the box, and the restricted set's minimizer extends by the centre.
+        let mut rng = StdRng::seed_from_u64(3);
+        for norm in [Norm::Linf, Norm::L2] {
+            for with_box in [false, true] {
+                for eps in [0.0, 0.05, 0.3, 2.0] {
+                    let x = set(norm, eps, with_box);
+                    for coords in [vec![0, 2], vec![1, 3, 4], vec![4], vec![0, 1, 2, 3, 4]] {
+                        let mut a = vec![0.0; 5];
+                        for &i in &coords {
+                            a[i] = rand::Rng::random::<f64>(&mut rng) * 2.0 - 1.0;
+                        }
+                        let sub: Vec<f64> = coords.iter().map(|&i| a[i]).collect();
+                        let full = x.min_linear(&a);
+                        let restricted = x.restrict(&coords);
+                        let part = restricted.min_linear(&sub);
+                        assert!(
+                            (full - part).abs() <= 1e-14,
+                            "{norm:?} box {with_box} eps {eps} {coords:?}: {full} vs {part}"
+                        );
+                        let mut point = x.center().to_vec();
+                        for (&i, v) in coords.iter().zip(restricted.argmin_linear(&sub)) {
+                            point[i] = v;
+                        }
+                        assert!(x.contains(&point, 1e-12));
+                        assert!(dot(&a, &point) >= full - 1e-12);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn invalid_sets_are_errors() {
         assert!(matches!(InputSet::new(vec![0.0], -0.1, Norm::L2, None), Err(Error::InvalidRadius(_))));
         assert!(matches!(InputSet::new(vec![0.0], f64::NAN, Norm::L2, None), Err(Error::InvalidRadius(_))));

@@ -35,15 +35,7 @@ pub(crate) fn first_layer_of(layer: &Layer, set: &InputSet) -> Interval {
     let mut out = Interval { lower: vec![0.0; n], upper: vec![0.0; n] };
     for group in conv.neuron_groups(GROUP_COLUMNS.div_ceil(conv.output_shape()[0])) {
         let m = group.len();
-        let unit = Mat::<f64>::from_fn(m, 2 * m, |r, c| {
-            if c == r {
-                1.0
-            } else if c == r + m {
-                -1.0
-            } else {
-                0.0
-            }
-        });
+        let unit = super::linear::plus_minus_identity(m);
         let (rows, lam) = layer.mul_t_rows(&group, unit.as_ref());
         let v = set.restrict(&rows).min_linear_columns(lam.as_ref());
         for (r, &i) in group.iter().enumerate() {

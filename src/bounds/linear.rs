@@ -327,15 +327,7 @@ fn neuron_bounds(
     let m = group.len();
     let (rows, lam) = match layer.conv() {
         Some(_) => {
-            let unit = Mat::<f64>::from_fn(m, 2 * m, |r, c| {
-                if c == r {
-                    1.0
-                } else if c == r + m {
-                    -1.0
-                } else {
-                    0.0
-                }
-            });
+            let unit = plus_minus_identity(m);
             layer.mul_t_rows(group, unit.as_ref())
         }
         None => {
@@ -349,6 +341,19 @@ fn neuron_bounds(
     let b: Vec<f64> = group.iter().map(|&i| layer.bias()[i]).collect();
     let consts: Vec<f64> = b.iter().copied().chain(b.iter().map(|v| -v)).collect();
     backward_rows(net, set, lines, weights, j, rows, lam, consts)
+}
+
+/// [I, -I] (m x 2m): the coefficients of both ends of m neurons' bounds.
+pub(crate) fn plus_minus_identity(m: usize) -> Mat<f64> {
+    Mat::from_fn(m, 2 * m, |r, c| {
+        if c == r {
+            1.0
+        } else if c == r + m {
+            -1.0
+        } else {
+            0.0
+        }
+    })
 }
 
 fn layer_bounds(

@@ -3,8 +3,9 @@
 //! A layer's affine map is a dense matrix or a 2-D convolution applied as an operator
 //! ([`Conv2d`]: forward by im2col and GEMM, backward by its transpose, never an n_out x n_in
 //! matrix in the bound core); flattening a row-major (C, H, W) tensor is the identity on the flat
-//! vector, so every network is a sequence of [`Layer`]s `x_{k+1} = sigma_k(W_k x_k + b_k)`; the output of the last layer is the
-//! vector of logits. This is the form every verifier works on (the papers' `x_{k+1} = ReLU(W_k x_k)`).
+//! vector, so every network is a sequence of [`Layer`]s `x_{k+1} = sigma_k(W_k x_k + b_k)`; the
+//! output of the last layer is the vector of logits. This is the form every verifier works on (the
+//! papers' `x_{k+1} = ReLU(W_k x_k)`).
 
 mod activation;
 pub mod conv;
@@ -167,20 +168,7 @@ impl Layer {
     /// such as inactive ReLUs); a convolution scatters sparse columns.
     pub fn mul_t(&self, lam: MatRef<'_, f64>) -> Mat<f64> {
         match &self.op {
-            Op::Dense { weight_t, .. } => {
-                let rows: Vec<usize> =
-                    (0..lam.nrows()).filter(|&i| (0..lam.ncols()).any(|s| lam[(i, s)] != 0.0)).collect();
-                if rows.len() == lam.nrows() {
-                    return linalg::mul(weight_t.as_ref(), lam);
-                }
-                let mut wt_sub = Mat::<f64>::zeros(weight_t.nrows(), rows.len());
-                let mut sub = Mat::<f64>::zeros(rows.len(), lam.ncols());
-                for (r, &i) in rows.iter().enumerate() {
-                    wt_sub.col_mut(r).copy_from(weight_t.col(i));
-                    sub.row_mut(r).copy_from(lam.row(i));
-                }
-                linalg::mul(wt_sub.as_ref(), sub.as_ref())
-            }
+            Op::Dense { weight_t, .. } => dense_t(weight_t, None, lam),
             Op::Conv { conv, .. } => conv.transpose(lam),
         }
     }
@@ -191,15 +179,8 @@ impl Layer {
     pub fn mul_t_rows(&self, rows: &[usize], lam: MatRef<'_, f64>) -> (Vec<usize>, Mat<f64>) {
         match &self.op {
             Op::Dense { weight_t, .. } => {
-                let nonzero: Vec<usize> =
-                    (0..lam.nrows()).filter(|&r| (0..lam.ncols()).any(|s| lam[(r, s)] != 0.0)).collect();
-                let mut wt_sub = Mat::<f64>::zeros(weight_t.nrows(), nonzero.len());
-                let mut sub = Mat::<f64>::zeros(nonzero.len(), lam.ncols());
-                for (c, &r) in nonzero.iter().enumerate() {
-                    wt_sub.col_mut(c).copy_from(weight_t.col(rows[r]));
-                    sub.row_mut(c).copy_from(lam.row(r));
-                }
-                ((0..weight_t.nrows()).collect(), linalg::mul(wt_sub.as_ref(), sub.as_ref()))
+                let rows = (rows.len() < weight_t.ncols()).then_some(rows);
+                ((0..weight_t.nrows()).collect(), dense_t(weight_t, rows, lam))
             }
             Op::Conv { conv, .. } => {
                 if rows.len() == conv.output_size() {
@@ -306,6 +287,23 @@ impl Layer {
         }
         self.bias.iter().for_each(|b| b.to_bits().hash(h));
     }
+}
+
+/// W^T lam for lam on the neurons `rows` (None: all of them, in order), leaving out the rows of
+/// lam that are zero in every column (neurons whose relaxed coefficient vanishes everywhere, such
+/// as inactive ReLUs): they drop out of the product.
+fn dense_t(weight_t: &Mat<f64>, rows: Option<&[usize]>, lam: MatRef<'_, f64>) -> Mat<f64> {
+    let nonzero: Vec<usize> = (0..lam.nrows()).filter(|&r| (0..lam.ncols()).any(|s| lam[(r, s)] != 0.0)).collect();
+    if rows.is_none() && nonzero.len() == lam.nrows() {
+        return linalg::mul(weight_t.as_ref(), lam);
+    }
+    let mut wt_sub = Mat::<f64>::zeros(weight_t.nrows(), nonzero.len());
+    let mut sub = Mat::<f64>::zeros(nonzero.len(), lam.ncols());
+    for (c, &r) in nonzero.iter().enumerate() {
+        wt_sub.col_mut(c).copy_from(weight_t.col(rows.map_or(r, |rs| rs[r])));
+        sub.row_mut(c).copy_from(lam.row(r));
+    }
+    linalg::mul(wt_sub.as_ref(), sub.as_ref())
 }
 
 /// A validated feed-forward network.
