@@ -69,6 +69,31 @@ impl Conv2dShape {
 const PAD: u32 = u32::MAX;
 
 /// A 2-D convolution without bias, x (C, H, W) row-major -> (C', H', W') row-major.
+///
+/// ```
+/// use nncert::network::{Conv2d, Conv2dShape};
+/// use nncert::verify::{Crown, Verifier};
+/// use nncert::{Activation, Domain, InputSet, Layer, Network, Norm};
+///
+/// // A 1x4x4 image -> conv 2 channels 3x3, stride 1, padding 1 (2x4x4) -> ReLU -> dense 2 classes.
+/// let shape = Conv2dShape::new([1, 4, 4], [2, 1, 3, 3], [1, 1], [1, 1]);
+/// let kernel: Vec<f64> = (0..18).map(|i| if i % 2 == 0 { 0.2 } else { -0.1 }).collect();
+/// let conv = Conv2d::new(shape, kernel, 0)?;
+/// let bias = vec![0.05; conv.output_size()]; // one bias per output neuron
+/// let hidden = Layer::conv2d(conv, bias, Activation::Relu);
+/// let w = faer::Mat::from_fn(2, 32, |i, j| if (i + j) % 3 == 0 { 0.5 } else { -0.25 });
+/// let out = Layer::new(w, vec![0.0, 0.1], Activation::Identity);
+/// let net = Network::new(vec![1, 4, 4], vec![hidden, out])?;
+///
+/// let x = vec![0.5; 16];
+/// let label = net.predict(&x)?;
+/// let set = InputSet::new(x, 0.01, Norm::Linf, Some(Domain::uniform(16, 0.0, 1.0)?))?;
+/// let report = Crown.lower_bounds(&net, &set, label, &[1 - label])?;
+/// // The bound is sound: below the margin at the centre.
+/// let centre = net.margin(set.center(), label, 1 - label)?;
+/// assert!(report.bounds[0].1 <= centre);
+/// # Ok::<(), nncert::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     shape: Conv2dShape,
