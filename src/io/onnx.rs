@@ -6,9 +6,10 @@
 //! activation (and at the end), so input normalization (`Sub`/`Div`/`Mul` by constants) folds
 //! into the first layer. Supported: `Gemm` (transA = 0, any transB/alpha/beta), `MatMul` (running
 //! value on the left), `Add`, `Sub`, `Mul`, `Div` by broadcastable constants, `Conv` (2-D,
-//! symmetric pads, any dilation, one group; kept as an operator), `BatchNormalization` (inference), `Flatten`,
-//! `Reshape` (constant shape), `AveragePool` / `GlobalAveragePool` (a convolution with a diagonal kernel), `Identity`, `Dropout`, `Constant`, and the activations `Relu`,
-//! `Sigmoid`, `Tanh`, `Softplus`. Tensors in float32, float64, int32 or int64 (typed fields or
+//! symmetric pads, any dilation, one group; kept as an operator while only per-channel scalings
+//! surround it), `BatchNormalization` (inference), `Flatten`, `Reshape` (constant shape),
+//! `AveragePool` / `GlobalAveragePool` (a convolution with a diagonal kernel), `Identity`,
+//! `Dropout`, `Constant`, and the activations `Relu`, `Sigmoid`, `Tanh`, `Softplus`. Tensors in float32, float64, int32 or int64 (typed fields or
 //! little-endian `raw_data`). Anything else is [`Error::OnnxNode`] naming the node's index, name
 //! and op type; a file that is not a valid ModelProto is [`Error::ModelFormat`].
 
