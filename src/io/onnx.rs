@@ -9,9 +9,10 @@
 //! symmetric pads, any dilation, one group; kept as an operator while only per-channel scalings
 //! surround it), `BatchNormalization` (inference), `Flatten`, `Reshape` (constant shape),
 //! `AveragePool` / `GlobalAveragePool` (a convolution with a diagonal kernel), `Identity`,
-//! `Dropout`, `Constant`, and the activations `Relu`, `Sigmoid`, `Tanh`, `Softplus`. Tensors in float32, float64, int32 or int64 (typed fields or
-//! little-endian `raw_data`). Anything else is [`Error::OnnxNode`] naming the node's index, name
-//! and op type; a file that is not a valid ModelProto is [`Error::ModelFormat`].
+//! `Dropout`, `Constant`, and the activations `Relu`, `Sigmoid`, `Tanh`, `Softplus`. Tensors in
+//! float32, float64, int32 or int64 (typed fields or little-endian `raw_data`). Anything else is
+//! [`Error::OnnxNode`] naming the node's index, name and op type; a file that is not a valid
+//! ModelProto is [`Error::ModelFormat`].
 
 use std::collections::HashMap;
 use std::path::Path;
