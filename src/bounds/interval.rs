@@ -74,20 +74,8 @@ pub(crate) fn activate(iv: &Interval, act: Activation) -> (Vec<f64>, Vec<f64>) {
 /// (lo + hi) / 2 and (hi - lo) / 2 per coordinate, so gamma_{n+4} |W| (|mid| + rad) covers all
 /// (see [`super::rounding`]).
 pub(crate) fn affine_box(w: MatRef<'_, f64>, b: &[f64], lo: &[f64], hi: &[f64]) -> Interval {
-    let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
-    let rad: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (h - l)).collect();
     let abs_w = Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)].abs());
-    let c = linalg::mat_vec(w, &mid);
-    let r = linalg::mat_vec(abs_w.as_ref(), &rad);
-    let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
-    let e: Vec<f64> = linalg::mat_vec(abs_w.as_ref(), &mag)
-        .into_iter()
-        .map(|v| rounding::gamma(w.ncols() + 4) * v * (1.0 + 1e-12))
-        .collect();
-    Interval {
-        lower: (0..c.len()).map(|i| rounding::lower(c[i] - r[i] + b[i], e[i])).collect(),
-        upper: (0..c.len()).map(|i| rounding::upper(c[i] + r[i] + b[i], e[i])).collect(),
-    }
+    box_bounds(|x| linalg::mat_vec(w, x), |x| linalg::mat_vec(abs_w.as_ref(), x), w.ncols(), b, lo, hi)
 }
 
 /// [`affine_box`] for a network layer (a convolution applied as an operator).
@@ -95,14 +83,25 @@ pub(crate) fn affine_box_layer(layer: &Layer, lo: &[f64], hi: &[f64]) -> Interva
     if layer.conv().is_none() {
         return affine_box(layer.weight(), layer.bias(), lo, hi);
     }
-    let b = layer.bias();
+    box_bounds(|x| layer.mul_vec(x), |x| layer.abs_mul_vec(x), layer.input_size(), layer.bias(), lo, hi)
+}
+
+/// [`affine_box`] with W x and |W| x given as functions (`n` inputs).
+fn box_bounds(
+    mul: impl Fn(&[f64]) -> Vec<f64>,
+    abs_mul: impl Fn(&[f64]) -> Vec<f64>,
+    n: usize,
+    b: &[f64],
+    lo: &[f64],
+    hi: &[f64],
+) -> Interval {
     let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
     let rad: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (h - l)).collect();
-    let c = layer.mul_vec(&mid);
-    let r = layer.abs_mul_vec(&rad);
+    let c = mul(&mid);
+    let r = abs_mul(&rad);
     let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
-    let g = rounding::gamma(layer.input_size() + 4) * (1.0 + 1e-12);
-    let e: Vec<f64> = layer.abs_mul_vec(&mag).into_iter().map(|v| g * v).collect();
+    let g = rounding::gamma(n + 4);
+    let e: Vec<f64> = abs_mul(&mag).into_iter().map(|v| g * v * (1.0 + 1e-12)).collect();
     Interval {
         lower: (0..c.len()).map(|i| rounding::lower(c[i] - r[i] + b[i], e[i])).collect(),
         upper: (0..c.len()).map(|i| rounding::upper(c[i] + r[i] + b[i], e[i])).collect(),

@@ -30,8 +30,6 @@
 //! made sound where it is computed ([`crate::spec::InputSet::min_linear`]); the additions that
 //! join the terms add u |sum| each ([`lower`]).
 
-use faer::MatRef;
-
 use super::{Interval, PreActivationBounds};
 pub use crate::linalg::psd::{UNIT_ROUNDOFF, gamma};
 use crate::network::{Activation, Layer, Network};
@@ -111,8 +109,7 @@ pub fn last_input_magnitude(net: &Network, set: &InputSet, pre: Option<&PreActiv
 /// (`x_mag` bounds the layer's input). n is the larger of the layer's two sizes: an entry of
 /// W^T v sums n_out products, v^T b as many, and the checks' own forward products n_in.
 pub fn product_weights(layer: &Layer, x_mag: &[f64]) -> Vec<f64> {
-    let g = gamma(layer.input_size().max(layer.output_size()) + 2) * (1.0 + 1e-12);
-    layer.abs_mul_vec(x_mag).iter().zip(layer.bias()).map(|(a, b)| (a + b.abs()) * g).collect()
+    abs_affine(layer, layer.bias(), x_mag, gamma(layer.input_size().max(layer.output_size()) + 2))
 }
 
 /// gamma_{n+2} (|W| x_mag + |b|) + 4 u z_mag for each neuron of `layer` (see the module's
@@ -121,23 +118,11 @@ pub fn step_weights(layer: &Layer, x_mag: &[f64], z_mag: &[f64]) -> Vec<f64> {
     product_weights(layer, x_mag).into_iter().zip(z_mag).map(|(a, z)| a + 4.0 * UNIT_ROUNDOFF * z).collect()
 }
 
-/// g (|W| x + |b|) per row of W (x >= 0), with the rounding of this very computation covered by
-/// a relative 1e-12.
-pub fn abs_affine(w: MatRef<'_, f64>, b: &[f64], x: &[f64], g: f64) -> Vec<f64> {
-    let mut out: Vec<f64> = b.iter().map(|v| v.abs()).collect();
-    // Column by column (the layers' weights are column-major).
-    for (j, &xj) in x.iter().enumerate() {
-        if xj == 0.0 {
-            continue;
-        }
-        let col = w.col(j);
-        match col.try_as_col_major() {
-            Some(c) => out.iter_mut().zip(c.as_slice()).for_each(|(o, v)| *o += v.abs() * xj),
-            None => out.iter_mut().zip(col.iter()).for_each(|(o, v)| *o += v.abs() * xj),
-        }
-    }
-    out.iter_mut().for_each(|o| *o *= g * (1.0 + 1e-12));
-    out
+/// g (|W| x + |b|) per neuron of `layer` (x >= 0; `b` as long as the layer's output), with the
+/// rounding of this very computation covered by a relative 1e-12.
+pub fn abs_affine(layer: &Layer, b: &[f64], x: &[f64], g: f64) -> Vec<f64> {
+    let g = g * (1.0 + 1e-12);
+    layer.abs_mul_vec(x).iter().zip(b).map(|(a, b)| (a + b.abs()) * g).collect()
 }
 
 /// The error of one backward step for one column: sum_i |v_i| w_i plus gamma_{n+1} times

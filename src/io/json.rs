@@ -226,31 +226,10 @@ fn relabel(e: Error, layer: usize) -> Error {
     }
 }
 
-/// Finite check with the file's layer index (the Network re-checks with its own indices).
+/// The layer's own checks ([`Layer::validate`]) with the file's layer index (the Network
+/// re-checks with its own indices).
 fn check_finite(layer: Layer, k: usize) -> Result<Layer> {
-    if let Some(conv) = layer.conv() {
-        if let Some((index, &value)) = conv.kernel().iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFinite { layer: k, what: "kernel", index, value });
-        }
-        if let Some((index, &value)) = layer.bias().iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFinite { layer: k, what: "bias", index, value });
-        }
-        return Ok(layer);
-    }
-    let w = layer.weight();
-    for i in 0..w.nrows() {
-        for j in 0..w.ncols() {
-            if !w[(i, j)].is_finite() {
-                return Err(Error::NonFinite { layer: k, what: "weight", index: i * w.ncols() + j, value: w[(i, j)] });
-            }
-        }
-    }
-    if layer.bias().len() != w.nrows() {
-        return Err(Error::Shape {
-            layer: k,
-            detail: format!("bias has {} entries, weight has {} rows", layer.bias().len(), w.nrows()),
-        });
-    }
+    layer.validate(k)?;
     Ok(layer)
 }
 

@@ -22,7 +22,7 @@ use prost::Message;
 
 use super::onnx_proto::{self as pb, AttributeProto, GraphProto, NodeProto, TensorProto};
 use crate::error::{Error, Result};
-use crate::network::conv::{Conv2d, Conv2dShape};
+use crate::network::conv::{Conv2d, Conv2dShape, on_slice, per_channel};
 use crate::network::{Activation, Layer, Network};
 
 /// A constant tensor: row-major values and dimensions.
@@ -149,16 +149,17 @@ impl Chain {
     /// Composes x -> conv(x) + c after the pending map: the convolution stays an operator when
     /// the pending map is the identity or a scaling constant on each input channel.
     fn conv(&mut self, conv: Conv2d, c: Vec<f64>) {
-        let input = faer::ColRef::from_slice(&self.bias);
-        let bias: Vec<f64> = conv.forward(input.as_mat()).col(0).iter().zip(&c).map(|(a, b)| a + b).collect();
-        let [ic, h, w] = conv.shape().input;
-        let per = h * w;
-        self.weight = match std::mem::replace(&mut self.weight, Pending::Identity) {
-            Pending::Identity => Pending::Conv(Box::new(conv)),
-            Pending::Diag(d) if (0..d.len()).all(|j| d[j] == d[(j / per) * per]) => {
-                Pending::Conv(Box::new(conv.scale_inputs(&(0..ic).map(|i| d[i * per]).collect::<Vec<_>>())))
-            }
-            other => {
+        let bias: Vec<f64> = on_slice(&self.bias, |m| conv.forward(m)).iter().zip(&c).map(|(a, b)| a + b).collect();
+        let [_, h, w] = conv.shape().input;
+        let prev = std::mem::replace(&mut self.weight, Pending::Identity);
+        let channel = match &prev {
+            Pending::Diag(d) => per_channel(d, h * w),
+            _ => None,
+        };
+        self.weight = match (prev, channel) {
+            (Pending::Identity, _) => Pending::Conv(Box::new(conv)),
+            (Pending::Diag(_), Some(channel)) => Pending::Conv(Box::new(conv.scale_inputs(&channel))),
+            (other, _) => {
                 self.weight = other;
                 let w = self.dense();
                 Pending::Dense(crate::linalg::mul(conv.lower().as_ref(), w.as_ref()))
@@ -174,14 +175,14 @@ impl Chain {
             Pending::Identity => Pending::Diag(s.to_vec()),
             Pending::Diag(d) => Pending::Diag(d.iter().zip(s).map(|(a, b)| a * b).collect()),
             Pending::Conv(conv) => {
-                let [oc, oh, ow] = conv.output_shape();
-                let per = oh * ow;
-                if (0..n).all(|j| s[j] == s[(j / per) * per]) {
-                    Pending::Conv(Box::new(conv.scale_outputs(&(0..oc).map(|o| s[o * per]).collect::<Vec<_>>())))
-                } else {
-                    let mut w = conv.lower();
-                    scale_rows(&mut w, s);
-                    Pending::Dense(w)
+                let [_, oh, ow] = conv.output_shape();
+                match per_channel(s, oh * ow) {
+                    Some(channel) => Pending::Conv(Box::new(conv.scale_outputs(&channel))),
+                    None => {
+                        let mut w = conv.lower();
+                        scale_rows(&mut w, s);
+                        Pending::Dense(w)
+                    }
                 }
             }
             Pending::Dense(mut w) => {
@@ -508,7 +509,7 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                         layer,
                     )
                     .map_err(|e| fail(e.to_string()))?;
-                    probe.forward(faer::ColRef::from_slice(&image).as_mat()).col(0).iter().copied().collect()
+                    on_slice(&image, |m| probe.forward(m))
                 };
                 let n_out = c * shape[1] * shape[2];
                 chain.conv(conv, vec![0.0; n_out]);

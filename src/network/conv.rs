@@ -266,23 +266,11 @@ impl Conv2d {
     pub fn transpose(&self, lam: MatRef<'_, f64>) -> Mat<f64> {
         let (np, ckk, oc) = (self.positions(), self.taps_per_position(), self.output[0]);
         let mut out = Mat::<f64>::zeros(self.input_size(), lam.ncols());
-        let nnz: usize = (0..lam.ncols()).map(|s| lam.col(s).iter().filter(|v| **v != 0.0).count()).sum();
-        // A GEMM flop is ~8 times cheaper than a scattered one.
-        if nnz * 8 < lam.nrows() * lam.ncols() {
+        if mostly_zero(lam) {
             for s in 0..lam.ncols() {
                 let dst = out.col_mut(s).try_as_col_major_mut().expect("owned").as_slice_mut();
                 for (j, &v) in lam.col(s).iter().enumerate() {
-                    if v == 0.0 {
-                        continue;
-                    }
-                    let (o, p) = (j / np, j % np);
-                    let taps = &self.taps[p * ckk..(p + 1) * ckk];
-                    let k = &self.kernel[o * ckk..(o + 1) * ckk];
-                    for (&t, &kv) in taps.iter().zip(k) {
-                        if t != PAD {
-                            dst[t as usize] += v * kv;
-                        }
-                    }
+                    self.scatter(dst, j, v, |t| t);
                 }
             }
             return out;
@@ -337,22 +325,11 @@ impl Conv2d {
             slot[t] = r as u32;
         }
         let mut out = Mat::<f64>::zeros(touched.len(), lam.ncols());
-        let nnz: usize = (0..lam.ncols()).map(|s| lam.col(s).iter().filter(|v| **v != 0.0).count()).sum();
-        if nnz * 8 < lam.nrows() * lam.ncols() {
-            // Few nonzeros: scatter each one's kernel slice.
+        if mostly_zero(lam) {
             for s in 0..lam.ncols() {
                 let dst = out.col_mut(s).try_as_col_major_mut().expect("owned").as_slice_mut();
                 for (&j, &v) in rows.iter().zip(lam.col(s).iter()) {
-                    if v == 0.0 {
-                        continue;
-                    }
-                    let (o, p) = (j / np, j % np);
-                    let taps = &self.taps[p * ckk..(p + 1) * ckk];
-                    for (&t, &kv) in taps.iter().zip(&self.kernel[o * ckk..(o + 1) * ckk]) {
-                        if t != PAD {
-                            dst[slot[t as usize] as usize] += v * kv;
-                        }
-                    }
+                    self.scatter(dst, j, v, |t| slot[t] as usize);
                 }
             }
             return (touched, out);
@@ -411,19 +388,28 @@ impl Conv2d {
 
     /// Columns `rows` of W^T (the rows of W as columns), each scattered from the kernel.
     pub fn rows_transposed(&self, rows: &[usize]) -> Mat<f64> {
-        let (np, ckk) = (self.positions(), self.taps_per_position());
         let mut out = Mat::<f64>::zeros(self.input_size(), rows.len());
         for (s, &j) in rows.iter().enumerate() {
-            let (o, p) = (j / np, j % np);
             let dst = out.col_mut(s).try_as_col_major_mut().expect("owned").as_slice_mut();
-            let taps = &self.taps[p * ckk..(p + 1) * ckk];
-            for (&t, &kv) in taps.iter().zip(&self.kernel[o * ckk..(o + 1) * ckk]) {
-                if t != PAD {
-                    dst[t as usize] += kv;
-                }
-            }
+            self.scatter(dst, j, 1.0, |t| t);
         }
         out
+    }
+
+    /// Adds v times output neuron j's kernel slice to `dst`, input t landing at `at(t)`: one
+    /// entry of W^T lam by scattering (nothing for v = 0).
+    fn scatter(&self, dst: &mut [f64], j: usize, v: f64, at: impl Fn(usize) -> usize) {
+        if v == 0.0 {
+            return;
+        }
+        let (np, ckk) = (self.positions(), self.taps_per_position());
+        let (o, p) = (j / np, j % np);
+        let taps = &self.taps[p * ckk..(p + 1) * ckk];
+        for (&t, &kv) in taps.iter().zip(&self.kernel[o * ckk..(o + 1) * ckk]) {
+            if t != PAD {
+                dst[at(t as usize)] += v * kv;
+            }
+        }
     }
 
     /// The dense matrix M (out x in) with M x = conv(x).
@@ -431,6 +417,24 @@ impl Conv2d {
         let all: Vec<usize> = (0..self.output_size()).collect();
         self.rows_transposed(&all).transpose().to_owned()
     }
+}
+
+/// Whether fewer than 1 in 8 entries of `lam` are nonzero: then scattering them beats the GEMM
+/// (a GEMM flop is ~8 times cheaper than a scattered one).
+fn mostly_zero(lam: MatRef<'_, f64>) -> bool {
+    let nnz: usize = (0..lam.ncols()).map(|s| lam.col(s).iter().filter(|v| **v != 0.0).count()).sum();
+    nnz * 8 < lam.nrows() * lam.ncols()
+}
+
+/// `f` (an operator on columns) applied to the single column `x`.
+pub(crate) fn on_slice(x: &[f64], f: impl FnOnce(MatRef<'_, f64>) -> Mat<f64>) -> Vec<f64> {
+    f(faer::ColRef::from_slice(x).as_mat()).col(0).iter().copied().collect()
+}
+
+/// The per-channel values of `v` (C blocks of `per` entries each) when each block is constant.
+pub(crate) fn per_channel(v: &[f64], per: usize) -> Option<Vec<f64>> {
+    let per = per.max(1);
+    (0..v.len()).all(|j| v[j] == v[(j / per) * per]).then(|| v.iter().step_by(per).copied().collect())
 }
 
 /// Column ranges small enough that the im2col buffers (taps x positions x columns) stay near

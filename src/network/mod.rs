@@ -136,9 +136,7 @@ impl Layer {
     pub fn mul_vec(&self, x: &[f64]) -> Vec<f64> {
         match &self.op {
             Op::Dense { weight, .. } => linalg::mat_vec(weight.as_ref(), x),
-            Op::Conv { conv, .. } => {
-                conv.forward(faer::ColRef::from_slice(x).as_mat()).col(0).iter().copied().collect()
-            }
+            Op::Conv { conv, .. } => conv::on_slice(x, |m| conv.forward(m)),
         }
     }
 
@@ -157,9 +155,7 @@ impl Layer {
                 }
                 out
             }
-            Op::Conv { conv, .. } => {
-                conv.forward_abs(faer::ColRef::from_slice(x).as_mat()).col(0).iter().copied().collect()
-            }
+            Op::Conv { conv, .. } => conv::on_slice(x, |m| conv.forward_abs(m)),
         }
     }
 
@@ -196,9 +192,7 @@ impl Layer {
     pub fn mul_t_vec(&self, v: &[f64]) -> Vec<f64> {
         match &self.op {
             Op::Dense { weight_t, .. } => linalg::mat_vec(weight_t.as_ref(), v),
-            Op::Conv { conv, .. } => {
-                conv.transpose(faer::ColRef::from_slice(v).as_mat()).col(0).iter().copied().collect()
-            }
+            Op::Conv { conv, .. } => conv::on_slice(v, |m| conv.transpose(m)),
         }
     }
 
@@ -223,10 +217,8 @@ impl Layer {
         let mut bias = self.mul_vec(c);
         bias.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
         if let Op::Conv { conv, .. } = &self.op {
-            let [ic, h, w] = conv.shape().input;
-            let per = h * w;
-            let channel: Vec<f64> = (0..ic).map(|i| s[i * per]).collect();
-            if (0..s.len()).all(|j| s[j] == channel[j / per]) {
+            let [_, h, w] = conv.shape().input;
+            if let Some(channel) = conv::per_channel(s, h * w) {
                 return Layer::conv2d(conv.scale_inputs(&channel), bias, self.activation);
             }
         }
@@ -234,7 +226,9 @@ impl Layer {
         Layer::new(Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)] * s[j]), bias, self.activation)
     }
 
-    fn validate(&self, layer: usize) -> Result<()> {
+    /// An error naming `layer` for an empty layer, a bias of the wrong length, or a non-finite
+    /// weight, kernel value or bias.
+    pub(crate) fn validate(&self, layer: usize) -> Result<()> {
         let (rows, cols) = (self.output_size(), self.input_size());
         if rows == 0 || cols == 0 {
             return Err(Error::Empty(format!("layer {layer} has a {rows}x{cols} weight matrix")));
@@ -438,18 +432,14 @@ impl Network {
     /// at most |W| e_h; the activation is 1-Lipschitz (sigmoid 1/4) and its own evaluation is
     /// exact (ReLU, identity) or within 16 u of its value (see [`crate::bounds::rounding`]).
     pub fn forward_with_error(&self, x: &[f64]) -> Result<(Vec<f64>, Vec<f64>)> {
-        use crate::bounds::rounding::{UNIT_ROUNDOFF, gamma};
+        use crate::bounds::rounding::{UNIT_ROUNDOFF, abs_affine, gamma};
         self.check_input(x)?;
         let mut h = x.to_vec();
         let mut e = vec![0.0; x.len()];
         for layer in &self.layers {
             let h_abs: Vec<f64> = h.iter().map(|v| v.abs()).collect();
-            // (|W| |h| + |b|) gamma_{n+1} and |W| e, each with the rounding of its own computation
-            // covered by a relative 1e-12.
-            let g = gamma(layer.input_size() + 1) * (1.0 + 1e-12);
-            let round: Vec<f64> =
-                layer.abs_mul_vec(&h_abs).iter().zip(&layer.bias).map(|(a, b)| (a + b.abs()) * g).collect();
-            let carried: Vec<f64> = layer.abs_mul_vec(&e).iter().map(|v| v * (1.0 + 1e-12)).collect();
+            let round = abs_affine(layer, &layer.bias, &h_abs, gamma(layer.input_size() + 1));
+            let carried = abs_affine(layer, &vec![0.0; layer.output_size()], &e, 1.0);
             let mut z = layer.mul_vec(&h);
             let lipschitz = if layer.activation == Activation::Sigmoid { 0.25 } else { 1.0 };
             let exact = matches!(layer.activation, Activation::Relu | Activation::Identity);
