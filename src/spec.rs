@@ -10,7 +10,7 @@
 //! This module defines X ([`InputSet`]), projections onto it (for PGD), and the support function
 //! min over X of a^T x (for the linear bounds).
 
-use faer::MatRef;
+use faer::{Mat, MatRef};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -373,6 +373,38 @@ impl InputSet {
             .collect()
     }
 
+    /// [`InputSet::argmin_linear`] for every column of `a` (inputs x columns), the bounding box
+    /// computed once for l_inf.
+    pub fn argmin_linear_columns(&self, a: MatRef<'_, f64>) -> Mat<f64> {
+        debug_assert_eq!(a.nrows(), self.dim());
+        let mut x = Mat::<f64>::zeros(a.nrows(), a.ncols());
+        if self.norm == Norm::Linf && self.eps > 0.0 {
+            let (lo, hi) = self.bounding_box();
+            for j in 0..a.ncols() {
+                let dst = x.col_as_slice_mut(j);
+                for i in 0..lo.len() {
+                    let ai = a[(i, j)];
+                    dst[i] = if ai > 0.0 {
+                        lo[i]
+                    } else if ai < 0.0 {
+                        hi[i]
+                    } else {
+                        self.center[i].clamp(lo[i], hi[i])
+                    };
+                }
+            }
+            return x;
+        }
+        let mut col = vec![0.0; a.nrows()];
+        for j in 0..a.ncols() {
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = a[(i, j)];
+            }
+            x.col_as_slice_mut(j).copy_from_slice(&self.argmin_linear(&col));
+        }
+        x
+    }
+
     /// A point of X where a^T x is (nearly) minimal: the primal side of [`InputSet::min_linear`].
     ///
     /// Used only as a search direction (the gradient of a bound with respect to relaxation
@@ -556,6 +588,28 @@ mod tests {
                         }
                         assert!(x.contains(&point, 1e-12));
                         assert!(dot(&a, &point) >= full - 1e-12);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_batched_minimizers_are_the_single_ones() {
+        // Columns with zeros (the centre's coordinate, clamped), signs of both kinds, a zero column.
+        let a = Mat::from_fn(5, 4, |i, j| if (i + j) % 3 == 0 { 0.0 } else { (i as f64 - 2.0) * (j as f64 + 0.5) });
+        for norm in [Norm::Linf, Norm::L2] {
+            for with_box in [false, true] {
+                for eps in [0.0, 0.05, 0.3, 2.0] {
+                    let x = set(norm, eps, with_box);
+                    let batch = x.argmin_linear_columns(a.as_ref());
+                    for j in 0..a.ncols() {
+                        let col: Vec<f64> = (0..a.nrows()).map(|i| a[(i, j)]).collect();
+                        assert_eq!(
+                            batch.col_as_slice(j),
+                            x.argmin_linear(&col).as_slice(),
+                            "{norm:?} {with_box} {eps}"
+                        );
                     }
                 }
             }

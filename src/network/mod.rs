@@ -287,7 +287,22 @@ impl Layer {
 /// lam that are zero in every column (neurons whose relaxed coefficient vanishes everywhere, such
 /// as inactive ReLUs): they drop out of the product.
 fn dense_t(weight_t: &Mat<f64>, rows: Option<&[usize]>, lam: MatRef<'_, f64>) -> Mat<f64> {
-    let nonzero: Vec<usize> = (0..lam.nrows()).filter(|&r| (0..lam.ncols()).any(|s| lam[(r, s)] != 0.0)).collect();
+    // Rows of lam that are nonzero in some column, scanned column by column (contiguous).
+    let mut used = vec![false; lam.nrows()];
+    let mut left = lam.nrows();
+    for s in 0..lam.ncols() {
+        if left == 0 {
+            break;
+        }
+        let col = lam.col(s);
+        for (r, u) in used.iter_mut().enumerate() {
+            if !*u && col[r] != 0.0 {
+                *u = true;
+                left -= 1;
+            }
+        }
+    }
+    let nonzero: Vec<usize> = (0..lam.nrows()).filter(|&r| used[r]).collect();
     if rows.is_none() && nonzero.len() == lam.nrows() {
         return linalg::mul(weight_t.as_ref(), lam);
     }

@@ -347,12 +347,7 @@ pub fn tighten_layer(net: &Network, set: &InputSet, domains: &mut [&mut HiddenBo
 
 /// The minimizers x* of the support function for each column of `coeffs` (input x columns).
 pub fn minimizers(set: &InputSet, coeffs: &Mat<f64>) -> Mat<f64> {
-    let mut x = Mat::<f64>::zeros(coeffs.nrows(), coeffs.ncols());
-    for s in 0..coeffs.ncols() {
-        let xs = set.argmin_linear(coeffs.col_as_slice(s));
-        x.col_as_slice_mut(s).copy_from_slice(&xs);
-    }
-    x
+    set.argmin_linear_columns(coeffs.as_ref())
 }
 
 /// Gradients of each column's bound with respect to its slopes and its multipliers at the

@@ -402,6 +402,11 @@ fn refresh_intermediate(p: &Problem<'_>, domains: &mut [Domain], depth: usize) {
 /// Raises every domain's bounds by `iterations` steps of Adam on its slopes and multipliers,
 /// keeping the best value of each constraint (every step's value is a valid bound) and the slopes
 /// and multipliers that gave it. Returns a counterexample if a relaxation minimizer is one.
+///
+/// A domain leaves the batch once one constraint refutes it. (Dropping columns whose bound has not
+/// risen for a few steps as well was tried and is worse: Adam's path often falls before it rises,
+/// and with 3 or 5 such steps the root of 256x4 prop_7_0.05 ended at -0.58 / -0.39 instead of
+/// -0.15.)
 fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: usize) -> Option<Vec<f64>> {
     if domains.is_empty() {
         return None;
@@ -410,8 +415,6 @@ fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: us
     let hidden = net.layers().len() - 1;
     let m = p.constraints.len();
     let ncols = domains.len() * m;
-    let top = Mat::<f64>::from_fn(spec.top.nrows(), ncols, |r, c| spec.top[(r, c % m)]);
-    let consts: Vec<f64> = (0..ncols).map(|c| spec.consts[c % m]).collect();
     // Working copies of alpha and beta, per column; Adam's moments.
     let mut alpha: Vec<Vec<Vec<f64>>> = domains.iter().flat_map(|d| d.alpha.iter().cloned()).collect();
     let mut beta: Vec<Vec<f64>> = domains.iter().flat_map(|d| d.beta.iter().cloned()).collect();
@@ -427,32 +430,38 @@ fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: us
     let mut best_beta: Vec<Option<Vec<f64>>> = vec![None; ncols];
     let (lr_a, lr_b, b1, b2): (f64, f64, f64, f64) = (0.1, 0.05, 0.9, 0.999);
     let mut found = None;
+    // The columns still stepped.
+    let mut act: Vec<usize> = (0..ncols).collect();
     for step in 0..=iterations {
-        let cols: Vec<Column<'_>> = (0..ncols)
-            .map(|c| {
+        let cols: Vec<Column<'_>> = act
+            .iter()
+            .map(|&c| {
                 let d = &domains[c / m];
                 Column { bounds: &d.bounds, alpha: Some(&alpha[c]), splits: &d.splits, beta: &beta[c], extra: None }
             })
             .collect();
-        let back = relax::backward(net, p.set, hidden, top.clone(), consts.clone(), &cols, step < iterations);
+        let top = Mat::<f64>::from_fn(spec.top.nrows(), act.len(), |r, a| spec.top[(r, act[a] % m)]);
+        let consts: Vec<f64> = act.iter().map(|&c| spec.consts[c % m]).collect();
+        let back = relax::backward(net, p.set, hidden, top, consts, &cols, step < iterations);
         let x = relax::minimizers(p.set, &back.input_coeffs);
-        let mut improved = vec![false; ncols];
-        for c in 0..ncols {
-            if back.values[c] > best[c] {
-                best[c] = back.values[c];
-                improved[c] = true;
-                best_point[c] = x.col_as_slice(c).to_vec();
+        for (a, &c) in act.iter().enumerate() {
+            let v = back.values[a];
+            if v > best[c] {
+                best[c] = v;
+                best_point[c] = x.col_as_slice(a).to_vec();
+                best_alpha[c] = Some(alpha[c].clone());
+                best_beta[c] = Some(beta[c].clone());
             }
         }
         // Every domain's minimizers are candidate counterexamples (checked on the real network).
         if step == 0 || step == iterations {
             let y = net.forward_batch(x.as_ref());
-            for c in 0..ncols {
-                let yc: Vec<f64> = y.col_as_slice(c).to_vec();
+            for a in 0..act.len() {
+                let yc: Vec<f64> = y.col_as_slice(a).to_vec();
                 if p.violated_by(&yc) {
                     // Confirmed at the projection onto X (the minimizer may lie on the bounding
                     // box's outward-rounded corner).
-                    let mut xc = x.col_as_slice(c).to_vec();
+                    let mut xc = x.col_as_slice(a).to_vec();
                     p.set.project(&mut xc);
                     if p.confirms(&xc) {
                         found = Some(xc);
@@ -463,37 +472,37 @@ fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: us
                 break;
             }
         }
-        for c in 0..ncols {
-            if improved[c] {
-                best_alpha[c] = Some(alpha[c].clone());
-                best_beta[c] = Some(beta[c].clone());
-            }
+        if step == iterations {
+            break;
         }
-        // A domain refuted by one constraint needs no more steps; stop when every one is.
-        let all_refuted = (0..domains.len()).all(|di| p.refutes(&best[di * m..(di + 1) * m]));
-        if step == iterations || all_refuted {
+        // Which columns take the next step.
+        let keep: Vec<bool> = act.iter().map(|&c| !p.refutes(&best[c / m * m..(c / m + 1) * m])).collect();
+        if !keep.contains(&true) {
             break;
         }
         let t = (step + 1) as i32;
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         let mut ga: Vec<(usize, usize, usize, f64)> = Vec::new();
         let mut gb: Vec<(usize, usize, f64)> = Vec::new();
-        relax::gradients(net, &x, &back, &cols, |c, k, i, g| ga.push((c, k, i, g)), |c, j, g| gb.push((c, j, g)));
+        relax::gradients(net, &x, &back, &cols, |a, k, i, g| ga.push((a, k, i, g)), |a, j, g| gb.push((a, j, g)));
         drop(cols);
-        for (c, k, i, g) in ga {
+        for (a, k, i, g) in ga {
+            let c = act[a];
             let (mm, vv) = (&mut ma[c][k][i], &mut va[c][k][i]);
             *mm = b1 * *mm + (1.0 - b1) * g;
             *vv = b2 * *vv + (1.0 - b2) * g * g;
             let a = &mut alpha[c][k][i];
             *a = (*a + lr_a * (*mm / c1) / ((*vv / c2).sqrt() + 1e-12)).clamp(0.0, 1.0);
         }
-        for (c, j, g) in gb {
+        for (a, j, g) in gb {
+            let c = act[a];
             let (mm, vv) = (&mut mb[c][j], &mut vb[c][j]);
             *mm = b1 * *mm + (1.0 - b1) * g;
             *vv = b2 * *vv + (1.0 - b2) * g * g;
             let b = &mut beta[c][j];
             *b = (*b + lr_b * (*mm / c1) / ((*vv / c2).sqrt() + 1e-12)).max(0.0);
         }
+        act = act.iter().zip(&keep).filter(|(_, k)| **k).map(|(c, _)| *c).collect();
     }
     for (di, d) in domains.iter_mut().enumerate() {
         for j in 0..m {
