@@ -328,9 +328,12 @@ impl InputSet {
 
     /// a^T c - eps ||a||_2, lowered by its rounding error.
     fn min_linear_l2_ball(&self, a: &[f64]) -> f64 {
-        let (v, abs) = a.iter().zip(&self.center).fold((0.0, 0.0), |(v, s), (x, c)| (v + x * c, s + (x * c).abs()));
-        let n = norm2(a);
-        // faer's norm (scaled sum of squares, then a square root) is within gamma_{n+4} of ||a||.
+        let (v, abs, squares) = crate::linalg::dot_abs_squares(a, &self.center);
+        // The plain sum of squares is within gamma_n of the exact one, except that a square may
+        // underflow (by less than the smallest normal float each; n of them are added back) or
+        // overflow (r = inf, the bound -inf): the norm below is >= ||a|| (1 - gamma_{n+2}), and
+        // within gamma_{n+8} of it once multiplied by eps.
+        let n = (squares + a.len() as f64 * f64::MIN_POSITIVE).sqrt();
         let r = self.eps * n;
         lower(v - r, gamma(a.len() + 2) * abs + gamma(a.len() + 8) * r)
     }
@@ -350,13 +353,12 @@ impl InputSet {
             return (0..a.ncols())
                 .map(|j| {
                     // One pass: the value a^T mid - |a|^T rad and the magnitude |a|^T (|mid| + rad).
-                    let fused = |(v, abs): (f64, f64), (ai, ((m, r), g)): (&f64, ((&f64, &f64), &f64))| {
-                        let x = ai.abs();
-                        (v + (ai * m - x * r), abs + x * g)
-                    };
                     let (v, abs) = match a.col(j).try_as_col_major() {
-                        Some(col) => col.as_slice().iter().zip(mid.iter().zip(&rad).zip(&mag)).fold((0.0, 0.0), fused),
-                        None => a.col(j).iter().zip(mid.iter().zip(&rad).zip(&mag)).fold((0.0, 0.0), fused),
+                        Some(col) => crate::linalg::box_support(col.as_slice(), &mid, &rad, &mag),
+                        None => {
+                            let col: Vec<f64> = a.col(j).iter().copied().collect();
+                            crate::linalg::box_support(&col, &mid, &rad, &mag)
+                        }
                     };
                     lower(v, g * abs)
                 })
@@ -364,11 +366,14 @@ impl InputSet {
         }
         let mut col = vec![0.0; a.nrows()];
         (0..a.ncols())
-            .map(|j| {
-                for (i, v) in col.iter_mut().enumerate() {
-                    *v = a[(i, j)];
+            .map(|j| match a.col(j).try_as_col_major() {
+                Some(c) => self.min_linear(c.as_slice()),
+                None => {
+                    for (i, v) in col.iter_mut().enumerate() {
+                        *v = a[(i, j)];
+                    }
+                    self.min_linear(&col)
                 }
-                self.min_linear(&col)
             })
             .collect()
     }
@@ -381,9 +386,13 @@ impl InputSet {
         if self.norm == Norm::Linf && self.eps > 0.0 {
             let (lo, hi) = self.bounding_box();
             for j in 0..a.ncols() {
+                let col: Vec<f64> = match a.col(j).try_as_col_major() {
+                    Some(c) => c.as_slice().to_vec(),
+                    None => a.col(j).iter().copied().collect(),
+                };
                 let dst = x.col_as_slice_mut(j);
                 for i in 0..lo.len() {
-                    let ai = a[(i, j)];
+                    let ai = col[i];
                     dst[i] = if ai > 0.0 {
                         lo[i]
                     } else if ai < 0.0 {
@@ -397,10 +406,16 @@ impl InputSet {
         }
         let mut col = vec![0.0; a.nrows()];
         for j in 0..a.ncols() {
-            for (i, v) in col.iter_mut().enumerate() {
-                *v = a[(i, j)];
-            }
-            x.col_as_slice_mut(j).copy_from_slice(&self.argmin_linear(&col));
+            let xs = match a.col(j).try_as_col_major() {
+                Some(c) => self.argmin_linear(c.as_slice()),
+                None => {
+                    for (i, v) in col.iter_mut().enumerate() {
+                        *v = a[(i, j)];
+                    }
+                    self.argmin_linear(&col)
+                }
+            };
+            x.col_as_slice_mut(j).copy_from_slice(&xs);
         }
         x
     }

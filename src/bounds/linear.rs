@@ -28,6 +28,7 @@
 
 use faer::{Mat, MatRef};
 
+use super::ball::BallSupport;
 use super::{Interval, PreActivationBounds, rounding};
 use crate::linalg;
 use crate::network::{Activation, Network};
@@ -157,17 +158,23 @@ pub fn margin_spec(classes: usize, label: usize, targets: &[usize]) -> Mat<f64> 
 /// Applies the relaxation of one activation layer to lam (the neurons `rows` x specs) in place;
 /// returns per column the sum of |lam_i o_i| over the offsets used (for the rounding allowance).
 fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines, rows: &[usize]) -> Vec<f64> {
+    // The lines of the rows, gathered once (the columns then run over plain slices).
+    let gather = |v: &[f64]| -> Vec<f64> { rows.iter().map(|&i| v[i]).collect() };
+    let (ls, lo) = (gather(&lines.lower_slope), gather(&lines.lower_offset));
+    let (us, uo) = (gather(&lines.upper_slope), gather(&lines.upper_offset));
     (0..lam.ncols())
         .map(|s| {
             let (mut c, mut abs) = (0.0, 0.0);
-            for (v, &i) in lam.col_mut(s).iter_mut().zip(rows) {
+            let col =
+                lam.col_mut(s).try_as_col_major_mut().expect("owned matrices have contiguous columns").as_slice_mut();
+            for ((v, (ls, lo)), (us, uo)) in col.iter_mut().zip(ls.iter().zip(&lo)).zip(us.iter().zip(&uo)) {
                 let x = *v;
                 let t = if x >= 0.0 {
-                    *v = x * lines.lower_slope[i];
-                    x * lines.lower_offset[i]
+                    *v = x * ls;
+                    x * lo
                 } else {
-                    *v = x * lines.upper_slope[i];
-                    x * lines.upper_offset[i]
+                    *v = x * us;
+                    x * uo
                 };
                 c += t;
                 abs += t.abs();
@@ -198,9 +205,11 @@ fn layer_step_weights(net: &Network, set: &InputSet, bounds: &[Interval], k: usi
 /// x_j of layer j (x_0 is the network input) and `lines[k]` relaxes the activation of layer k < j;
 /// `weights[k]` are layer k's rounding weights ([`step_weights`]): every bound is lowered by the
 /// a-priori bound on its rounding error ([`rounding`]).
+#[allow(clippy::too_many_arguments)]
 fn backward(
     net: &Network,
     set: &InputSet,
+    ball: Option<&BallSupport<'_>>,
     lines: &[Lines],
     weights: &[Vec<f64>],
     j: usize,
@@ -208,7 +217,7 @@ fn backward(
     consts: Vec<f64>,
 ) -> Vec<f64> {
     let rows = (0..lam.nrows()).collect();
-    backward_rows(net, set, lines, weights, j, rows, lam, consts)
+    backward_rows(net, set, ball, lines, weights, j, rows, lam, consts)
 }
 
 /// [`backward`] with lam stored on the entries `rows` of x_j only (the others zero): each step
@@ -218,6 +227,7 @@ fn backward(
 fn backward_rows(
     net: &Network,
     set: &InputSet,
+    ball: Option<&BallSupport<'_>>,
     lines: &[Lines],
     weights: &[Vec<f64>],
     j: usize,
@@ -228,6 +238,9 @@ fn backward_rows(
     let layers = net.layers();
     let mut err = vec![0.0; lam.ncols()];
     let mut abs_consts: Vec<f64> = consts.iter().map(|c| c.abs()).collect();
+    // The plain l2 ball ends through the first layer's Gram matrix instead of W_0^T lam.
+    let ball = ball.filter(|_| j > 0 && rows.len() == layers[0].output_size());
+    let mut support = None;
     for k in (0..j).rev() {
         // lam on x_{k+1} = sigma_k(z_k): relax, then through z_k = W_k x_k + b_k.
         let offsets = relax(&mut lam, &mut consts, &lines[k], &rows);
@@ -240,13 +253,19 @@ fn backward_rows(
             *c += linalg::dot(v, &b);
             abs_consts[s] += c.abs();
         }
+        if k == 0
+            && let Some(ball) = ball
+        {
+            support = Some(ball.support_columns(lam.as_ref()));
+            break;
+        }
         (rows, lam) = layer.mul_t_rows(&rows, lam.as_ref());
     }
     // Coefficients on part of the input: the support function over those coordinates only.
-    let support = if rows.len() < set.dim() {
-        set.restrict(&rows).min_linear_columns(lam.as_ref())
-    } else {
-        set.min_linear_columns(lam.as_ref())
+    let support = match support {
+        Some(s) => s,
+        None if rows.len() < set.dim() => set.restrict(&rows).min_linear_columns(lam.as_ref()),
+        None => set.min_linear_columns(lam.as_ref()),
     };
     let g = rounding::gamma(j + 3);
     (0..consts.len())
@@ -313,14 +332,30 @@ fn neuron_blocks(net: &Network, j: usize, todo: &[bool]) -> Vec<Vec<usize>> {
 
 /// Lower bounds on z_j[i] and on -z_j[i] for the neurons `group` of layer j, by one backward pass
 /// each over the relaxations `lines` of the layers before (`(lower, -upper)` per neuron).
+#[allow(clippy::too_many_arguments)]
 fn neuron_bounds(
     net: &Network,
     set: &InputSet,
+    ball: Option<&BallSupport<'_>>,
     lines: &[Lines],
     weights: &[Vec<f64>],
     j: usize,
     group: &[usize],
 ) -> Vec<f64> {
+    if j == 0
+        && let Some(ball) = ball
+    {
+        // The plain l2 ball: (W c)_i + b_i -/+ eps ||W_i|| from the rows' norms.
+        let support = ball.unit_supports(group);
+        let b = net.layers()[0].bias();
+        let m = group.len();
+        return (0..2 * m)
+            .map(|s| {
+                let bias = if s < m { b[group[s]] } else { -b[group[s - m]] };
+                rounding::lower(support[s] + bias, rounding::gamma(3) * (bias.abs() + support[s].abs()))
+            })
+            .collect();
+    }
     // lam = [I, -I] on z_j, pushed through W_j directly: [W_j^T, -W_j^T] with consts [b, -b]; a
     // convolution's coefficients live on the group's receptive field only.
     let layer = &net.layers()[j];
@@ -340,7 +375,7 @@ fn neuron_bounds(
     };
     let b: Vec<f64> = group.iter().map(|&i| layer.bias()[i]).collect();
     let consts: Vec<f64> = b.iter().copied().chain(b.iter().map(|v| -v)).collect();
-    backward_rows(net, set, lines, weights, j, rows, lam, consts)
+    backward_rows(net, set, ball, lines, weights, j, rows, lam, consts)
 }
 
 /// [I, -I] (m x 2m): the coefficients of both ends of m neurons' bounds.
@@ -368,6 +403,7 @@ fn layer_bounds(
     let mut basis: Vec<Interval> = Vec::with_capacity(layers.len());
     let mut lines: Vec<Lines> = Vec::with_capacity(layers.len());
     let mut weights: Vec<Vec<f64>> = Vec::new();
+    let ball = BallSupport::new(&layers[0], set);
     for j in 0..layers.len() {
         let n = layers[j].output_size();
         // A ReLU that interval arithmetic on the previous layer's bounds proves stable is
@@ -389,7 +425,7 @@ fn layer_bounds(
             _ => Interval { lower: vec![f64::NEG_INFINITY; n], upper: vec![f64::INFINITY; n] },
         };
         for group in neuron_blocks(net, j, &todo) {
-            let lb = neuron_bounds(net, set, &lines, &weights, j, &group);
+            let lb = neuron_bounds(net, set, ball.as_ref(), &lines, &weights, j, &group);
             let m = group.len();
             for (r, &i) in group.iter().enumerate() {
                 iv.lower[i] = lb[r];
@@ -431,7 +467,8 @@ pub fn spec_lower_bounds(
     let k = net.layers().len();
     let lines: Vec<Lines> = (0..k).map(|j| layer_lines(net, j, &pre.layers[j], slope)).collect();
     let weights = step_weights(net, set, &pre.layers);
-    backward(net, set, &lines, &weights, k, lam.to_owned(), vec![0.0; lam.ncols()])
+    let ball = BallSupport::new(&net.layers()[0], set);
+    backward(net, set, ball.as_ref(), &lines, &weights, k, lam.to_owned(), vec![0.0; lam.ncols()])
 }
 
 #[cfg(test)]

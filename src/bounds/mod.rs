@@ -10,12 +10,15 @@
 //!   (alpha-CROWN), which approaches LP-Full's pre-activation bounds without an LP solver.
 //! * [`rounding`]: a-priori bounds on the rounding errors of the above, subtracted from every
 //!   bound, so that the bounds hold for the real-number network (sound floating point).
+//! * [`ball`]: the l2 ball's support function through a dense first layer from its Gram matrix
+//!   (the end of every l2 backward pass without the box).
 //! * [`dual`]: the Wong-Kolter dual objective J(x, nu) evaluated from its dual variables
 //!   (004_79c7a41c77cceb0d.txt), an independent code path used to test the Fast-Lin bound.
 //!
 //! Pre-activation bounds are computed once per image ([`PreActivationBounds`]) and shared by all
 //! targets and by every verifier that consumes them.
 
+pub mod ball;
 pub mod dual;
 pub mod interval;
 pub mod linear;

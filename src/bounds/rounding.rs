@@ -128,7 +128,7 @@ pub fn abs_affine(layer: &Layer, b: &[f64], x: &[f64], g: f64) -> Vec<f64> {
 /// The error of one backward step for one column: sum_i |v_i| w_i plus gamma_{n+1} times
 /// `offsets` (sum_i |lam_i o_i|, accumulated by the relaxation), with v the relaxed coefficients.
 pub fn step_error(v: &[f64], w: &[f64], offsets: f64) -> f64 {
-    let s: f64 = v.iter().zip(w).map(|(a, b)| a.abs() * b).sum();
+    let s = crate::linalg::abs_dot(v, w);
     (s + gamma(v.len() + 1) * offsets) * (1.0 + 1e-12)
 }
 

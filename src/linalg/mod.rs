@@ -35,6 +35,81 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Partial sums kept by the reductions below: independent accumulators the compiler can keep in
+/// vector registers, instead of one chain of dependent additions. Any summation order is covered
+/// by the rounding analysis of [`crate::bounds::rounding`] (gamma_n for n terms).
+const LANES: usize = 8;
+
+fn lane_sum(s: [f64; LANES]) -> f64 {
+    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+}
+
+/// (sum a_i b_i, sum |a_i b_i|, sum a_i^2) in one pass (slices of equal length).
+pub fn dot_abs_squares(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let (mut v, mut m, mut q) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            let p = x[l] * y[l];
+            v[l] += p;
+            m[l] += p.abs();
+            q[l] += x[l] * x[l];
+        }
+    }
+    for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
+        let p = x * y;
+        v[l] += p;
+        m[l] += p.abs();
+        q[l] += x * x;
+    }
+    (lane_sum(v), lane_sum(m), lane_sum(q))
+}
+
+/// sum |a_i| w_i (slices of equal length).
+pub fn abs_dot(a: &[f64], w: &[f64]) -> f64 {
+    let n = a.len().min(w.len());
+    let (a, w) = (&a[..n], &w[..n]);
+    let mut s = [0.0; LANES];
+    let (ca, cw) = (a.chunks_exact(LANES), w.chunks_exact(LANES));
+    let (ra, rw) = (ca.remainder(), cw.remainder());
+    for (x, y) in ca.zip(cw) {
+        for l in 0..LANES {
+            s[l] += x[l].abs() * y[l];
+        }
+    }
+    for (l, (x, y)) in ra.iter().zip(rw).enumerate() {
+        s[l] += x.abs() * y;
+    }
+    lane_sum(s)
+}
+
+/// (sum a_i m_i - |a_i| r_i, sum |a_i| g_i): the minimum of a^T x over the box mid ± rad and a
+/// bound on the magnitudes summed (slices of equal length).
+pub fn box_support(a: &[f64], mid: &[f64], rad: &[f64], g: &[f64]) -> (f64, f64) {
+    let n = a.len().min(mid.len()).min(rad.len()).min(g.len());
+    let (a, mid, rad, g) = (&a[..n], &mid[..n], &rad[..n], &g[..n]);
+    let (mut v, mut m) = ([0.0; LANES], [0.0; LANES]);
+    let chunks = n / LANES;
+    for c in 0..chunks {
+        let o = c * LANES;
+        let (x, md, rd, gg) = (&a[o..o + LANES], &mid[o..o + LANES], &rad[o..o + LANES], &g[o..o + LANES]);
+        for l in 0..LANES {
+            let ax = x[l].abs();
+            v[l] += x[l] * md[l] - ax * rd[l];
+            m[l] += ax * gg[l];
+        }
+    }
+    for i in chunks * LANES..n {
+        let ax = a[i].abs();
+        v[i % LANES] += a[i] * mid[i] - ax * rad[i];
+        m[i % LANES] += ax * g[i];
+    }
+    (lane_sum(v), lane_sum(m))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +132,24 @@ mod tests {
         }
         assert_eq!(norm2(&[3.0, 4.0]), 5.0);
         assert_eq!(dot(&[1.0, 2.0], &[3.0, 4.0]), 11.0);
+    }
+
+    #[test]
+    fn lane_reductions_agree_with_loops() {
+        // Lengths around the lane count (remainders of every size); integer-valued entries, so
+        // every sum is exact and any order gives the same float.
+        for n in [0, 1, 7, 8, 9, 16, 23, 784] {
+            let a: Vec<f64> = (0..n).map(|i| ((i * 7) % 11) as f64 - 5.0).collect();
+            let b: Vec<f64> = (0..n).map(|i| ((i * 3) % 5) as f64 - 2.0).collect();
+            let c: Vec<f64> = (0..n).map(|i| (i % 4) as f64).collect();
+            let (v, m, q) = dot_abs_squares(&a, &b);
+            assert_eq!(v, (0..n).map(|i| a[i] * b[i]).sum::<f64>());
+            assert_eq!(m, (0..n).map(|i| (a[i] * b[i]).abs()).sum::<f64>());
+            assert_eq!(q, (0..n).map(|i| a[i] * a[i]).sum::<f64>());
+            assert_eq!(abs_dot(&a, &c), (0..n).map(|i| a[i].abs() * c[i]).sum::<f64>());
+            let (s, g) = box_support(&a, &b, &c, &c);
+            assert_eq!(s, (0..n).map(|i| a[i] * b[i] - a[i].abs() * c[i]).sum::<f64>());
+            assert_eq!(g, (0..n).map(|i| a[i].abs() * c[i]).sum::<f64>());
+        }
     }
 }

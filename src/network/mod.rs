@@ -28,12 +28,25 @@ enum Op {
         weight: Mat<f64>,
         /// W^T, kept because the backward passes read the weights by rows.
         weight_t: Mat<f64>,
+        /// W W^T and the rows' norms, computed on first use ([`Layer::gram`]).
+        gram: OnceLock<Arc<Gram>>,
     },
     Conv {
         conv: Arc<Conv2d>,
         /// (W, W^T), lowered on first use.
         dense: OnceLock<(Mat<f64>, Mat<f64>)>,
     },
+}
+
+/// The Gram matrix G = fl(W W^T) of a dense layer and the Euclidean norms of W's rows (each
+/// rounded up), for the l2 ball's support through the layer without forming W^T lam
+/// ([`crate::bounds::ball`]).
+#[derive(Debug)]
+pub struct Gram {
+    /// fl(W W^T) (outputs x outputs).
+    pub matrix: Mat<f64>,
+    /// r_i >= ||W_i||_2 for every row i.
+    pub row_norms: Vec<f64>,
 }
 
 /// One affine layer `z = W x + b` followed by an activation `sigma(z)`.
@@ -49,7 +62,7 @@ impl Layer {
     /// finiteness are checked when the layer is put into a [`Network`].
     pub fn new(weight: Mat<f64>, bias: Vec<f64>, activation: Activation) -> Self {
         let weight_t = weight.transpose().to_owned();
-        Self { op: Op::Dense { weight, weight_t }, bias, activation }
+        Self { op: Op::Dense { weight, weight_t, gram: OnceLock::new() }, bias, activation }
     }
 
     /// A convolution layer: `z = conv(x) + b` with one bias per output neuron (C' H' W' values; a
@@ -73,7 +86,7 @@ impl Layer {
 
     fn lowered(&self) -> (MatRef<'_, f64>, MatRef<'_, f64>) {
         match &self.op {
-            Op::Dense { weight, weight_t } => (weight.as_ref(), weight_t.as_ref()),
+            Op::Dense { weight, weight_t, .. } => (weight.as_ref(), weight_t.as_ref()),
             Op::Conv { conv, dense } => {
                 let (w, wt) = dense.get_or_init(|| {
                     let w = conv.lower();
@@ -129,6 +142,30 @@ impl Layer {
         match &self.op {
             Op::Dense { weight, .. } => linalg::mul(weight.as_ref(), x),
             Op::Conv { conv, .. } => conv.forward(x),
+        }
+    }
+
+    /// The layer's [`Gram`] data, computed once: for dense layers with fewer outputs than inputs
+    /// (where lam^T G lam costs less than W^T lam), None otherwise.
+    pub fn gram(&self) -> Option<&Gram> {
+        match &self.op {
+            Op::Dense { weight, weight_t, gram } if weight.nrows() < weight.ncols() => Some(gram.get_or_init(|| {
+                let matrix = linalg::mul(weight.as_ref(), weight_t.as_ref());
+                let n = weight.ncols();
+                let row_norms = (0..weight.nrows())
+                    .map(|i| {
+                        let row = weight_t.col(i).try_as_col_major().expect("owned").as_slice();
+                        let (_, _, squares) = linalg::dot_abs_squares(row, row);
+                        // The sum within gamma_n, underflowed squares added back, the square root
+                        // and the factor within a few more roundings.
+                        ((squares + n as f64 * f64::MIN_POSITIVE).sqrt()
+                            * (1.0 + crate::bounds::rounding::gamma(n + 4)))
+                        .next_up()
+                    })
+                    .collect();
+                Arc::new(Gram { matrix, row_norms })
+            })),
+            _ => None,
         }
     }
 
