@@ -366,11 +366,17 @@ fn neuron_bounds(
             layer.mul_t_rows(group, unit.as_ref())
         }
         None => {
-            let wt = layer.rows_t(group);
-            let mut lam = Mat::<f64>::zeros(wt.nrows(), 2 * m);
-            lam.as_mut().submatrix_mut(0, 0, wt.nrows(), m).copy_from(&wt);
-            lam.as_mut().submatrix_mut(0, m, wt.nrows(), m).copy_from(-&wt);
-            ((0..wt.nrows()).collect(), lam)
+            let wt = layer.weight_t();
+            let n = wt.nrows();
+            let mut lam = Mat::<f64>::zeros(n, 2 * m);
+            for (c, &i) in group.iter().enumerate() {
+                let src = wt.col(i);
+                lam.col_mut(c).copy_from(src);
+                for (r, v) in lam.col_mut(m + c).iter_mut().enumerate() {
+                    *v = -src[r];
+                }
+            }
+            ((0..n).collect(), lam)
         }
     };
     let b: Vec<f64> = group.iter().map(|&i| layer.bias()[i]).collect();

@@ -344,11 +344,11 @@ fn dense_t(weight_t: &Mat<f64>, rows: Option<&[usize]>, lam: MatRef<'_, f64>) ->
         return linalg::mul(weight_t.as_ref(), lam);
     }
     let mut wt_sub = Mat::<f64>::zeros(weight_t.nrows(), nonzero.len());
-    let mut sub = Mat::<f64>::zeros(nonzero.len(), lam.ncols());
     for (c, &r) in nonzero.iter().enumerate() {
         wt_sub.col_mut(c).copy_from(weight_t.col(rows.map_or(r, |rs| rs[r])));
-        sub.row_mut(c).copy_from(lam.row(r));
     }
+    // lam's nonzero rows, gathered column by column (contiguous writes).
+    let sub = Mat::<f64>::from_fn(nonzero.len(), lam.ncols(), |c, s| lam[(nonzero[c], s)]);
     linalg::mul(wt_sub.as_ref(), sub.as_ref())
 }
 
