@@ -159,12 +159,26 @@ impl Column<'_> {
     /// sum of |lam_i o_i| over the offsets used (for the rounding allowance).
     fn relax(&self, k: usize, lam: &mut [f64]) -> (f64, f64) {
         let (mut c, mut offsets) = (0.0, 0.0);
-        for (i, v) in lam.iter_mut().enumerate() {
+        // The layer's bounds and slopes as slices (no per-neuron lookups); the extra split
+        // (filtered smart branching) clips its neuron's bounds as in [`Column::neuron_bounds`].
+        let (lower, upper) = (&self.bounds.lower[k][..lam.len()], &self.bounds.upper[k][..lam.len()]);
+        let alpha = self.alpha.map(|a| &a[k][..lam.len()]);
+        let extra = self.extra.filter(|s| s.layer == k);
+        for (i, (v, (&l0, &u0))) in lam.iter_mut().zip(lower.iter().zip(upper)).enumerate() {
             let x = *v;
             if x == 0.0 {
                 continue;
             }
-            let (l, u) = self.neuron_bounds(k, i);
+            let (mut l, mut u) = (l0, u0);
+            if let Some(s) = extra
+                && s.neuron == i
+            {
+                if s.active {
+                    l = l.max(0.0);
+                } else {
+                    u = u.min(0.0);
+                }
+            }
             if l >= 0.0 {
                 continue;
             }
@@ -173,7 +187,12 @@ impl Column<'_> {
                 continue;
             }
             if x >= 0.0 {
-                *v = x * self.lower_slope(k, i, l, u);
+                let slope = match alpha {
+                    Some(a) => a[i],
+                    None if u > -l => 1.0,
+                    None => 0.0,
+                };
+                *v = x * slope;
             } else {
                 let (s, o) = rounding::relu_chord(l, u);
                 *v = x * s;
@@ -252,6 +271,38 @@ pub fn backward(
     net: &Network,
     set: &InputSet,
     top: usize,
+    lam: Mat<f64>,
+    consts: Vec<f64>,
+    cols: &[Column<'_>],
+    save: bool,
+) -> Backward {
+    backward_over(net, set, None, top, lam, consts, cols, save)
+}
+
+/// [`backward`] with an input set per column (`sets[s]` for column s, each within `outer`, whose
+/// magnitudes bound the input's in the rounding allowance): the boxes of input splitting, bounded
+/// in one batch.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_sets(
+    net: &Network,
+    outer: &InputSet,
+    sets: &[&InputSet],
+    top: usize,
+    lam: Mat<f64>,
+    consts: Vec<f64>,
+    cols: &[Column<'_>],
+    save: bool,
+) -> Backward {
+    assert_eq!(sets.len(), cols.len(), "one input set per column");
+    backward_over(net, outer, Some(sets), top, lam, consts, cols, save)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_over(
+    net: &Network,
+    set: &InputSet,
+    sets: Option<&[&InputSet]>,
+    top: usize,
     mut lam: Mat<f64>,
     mut consts: Vec<f64>,
     cols: &[Column<'_>],
@@ -279,7 +330,10 @@ pub fn backward(
     saved.reverse();
     // Sound in floating point: the support function is, and each value is lowered by the
     // a-priori bound on the backward pass's rounding ([`rounding`]).
-    let support = set.min_linear_columns(lam.as_ref());
+    let support = match sets {
+        None => set.min_linear_columns(lam.as_ref()),
+        Some(sets) => sets.iter().enumerate().map(|(s, x)| x.min_linear(lam.col_as_slice(s))).collect(),
+    };
     let g = rounding::gamma(top + 3);
     let values = (0..consts.len())
         .map(|s| rounding::lower(support[s] + consts[s], err[s] + g * (abs_consts[s] + support[s].abs())))
@@ -307,6 +361,29 @@ pub fn multipliers(net: &Network, lam: &[f64], col: &Column<'_>) -> Vec<Vec<f64>
 /// backward pass each way (CROWN's slopes over the domain's own bounds of the layers before `j`,
 /// no multipliers), all domains in one batch, intersecting the results with the bounds held.
 pub fn tighten_layer(net: &Network, set: &InputSet, domains: &mut [&mut HiddenBounds], j: usize) {
+    tighten_layer_over(net, set, None, domains, j);
+}
+
+/// [`tighten_layer`] with an input set per domain (`sets[d]` for domain d, each within `outer`):
+/// the boxes of input splitting.
+pub fn tighten_layer_sets(
+    net: &Network,
+    outer: &InputSet,
+    sets: &[&InputSet],
+    domains: &mut [&mut HiddenBounds],
+    j: usize,
+) {
+    assert_eq!(sets.len(), domains.len(), "one input set per domain");
+    tighten_layer_over(net, outer, Some(sets), domains, j);
+}
+
+fn tighten_layer_over(
+    net: &Network,
+    set: &InputSet,
+    sets: Option<&[&InputSet]>,
+    domains: &mut [&mut HiddenBounds],
+    j: usize,
+) {
     let layer = &net.layers()[j];
     // Columns: (domain, neuron, sign).
     let mut jobs: Vec<(usize, usize, f64)> = Vec::new();
@@ -333,7 +410,13 @@ pub fn tighten_layer(net: &Network, set: &InputSet, domains: &mut [&mut HiddenBo
             .iter()
             .map(|&(di, _, _)| Column { bounds: &*domains[di], alpha: None, splits: &[], beta: &[], extra: None })
             .collect();
-        backward(net, set, j, lam, consts, &cols, false).values
+        match sets {
+            None => backward(net, set, j, lam, consts, &cols, false).values,
+            Some(sets) => {
+                let per_col: Vec<&InputSet> = jobs.iter().map(|&(di, _, _)| sets[di]).collect();
+                backward_sets(net, set, &per_col, j, lam, consts, &cols, false).values
+            }
+        }
     };
     for (&(di, i, sg), v) in jobs.iter().zip(values) {
         let b = &mut *domains[di];
