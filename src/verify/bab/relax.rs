@@ -207,22 +207,6 @@ impl Column<'_> {
         }
         (c, offsets)
     }
-
-    /// The relaxed network's output of hidden layer k at pre-activation `z`, for the line chosen
-    /// by the sign of the coefficient `lam` on that output (the forward pass of the gradient).
-    fn relaxed_output(&self, k: usize, i: usize, z: f64, lam: f64) -> f64 {
-        let (l, u) = self.neuron_bounds(k, i);
-        if l >= 0.0 {
-            z
-        } else if u <= 0.0 {
-            0.0
-        } else if lam >= 0.0 {
-            self.lower_slope(k, i, l, u) * z
-        } else {
-            let (s, o) = rounding::relu_chord(l, u);
-            s * z + o
-        }
-    }
 }
 
 /// The rounding weights of hidden layers 0..top ([`rounding::step_weights`]) for a batch of
@@ -461,12 +445,22 @@ pub fn gradients(
                     beta_grad(s, j, sp.sign() * zc[sp.neuron]);
                 }
             }
-            for i in 0..zc.len() {
+            for (i, (z, &lam)) in zc.iter_mut().zip(lc).enumerate() {
                 let (l, u) = col.neuron_bounds(k, i);
-                if l < 0.0 && u > 0.0 && lc[i] >= 0.0 && col.alpha.is_some() {
-                    alpha_grad(s, k, i, lc[i] * zc[i]);
-                }
-                zc[i] = col.relaxed_output(k, i, zc[i], lc[i]);
+                *z = if l >= 0.0 {
+                    *z
+                } else if u <= 0.0 {
+                    0.0
+                } else if lam >= 0.0 {
+                    if col.alpha.is_some() {
+                        alpha_grad(s, k, i, lam * *z);
+                    }
+                    col.lower_slope(k, i, l, u) * *z
+                } else {
+                    // The relaxed network's output on the upper line.
+                    let (sl, o) = rounding::relu_chord(l, u);
+                    sl * *z + o
+                };
             }
         }
         h = z;
