@@ -19,6 +19,22 @@ use crate::error::{Error, Result};
 use crate::linalg::norm2;
 
 /// a^T b lowered by its rounding error (gamma_{n+2} |a|^T |b|).
+/// The corner of the box lo..hi minimizing a^T x (the centre's coordinate, clamped, where a_i = 0).
+fn box_corner(a: &[f64], lo: &[f64], hi: &[f64], c: &[f64]) -> Vec<f64> {
+    a.iter()
+        .enumerate()
+        .map(|(i, &ai)| {
+            if ai > 0.0 {
+                lo[i]
+            } else if ai < 0.0 {
+                hi[i]
+            } else {
+                c[i].clamp(lo[i], hi[i])
+            }
+        })
+        .collect()
+}
+
 fn sound_dot(a: &[f64], b: &[f64]) -> f64 {
     let (v, abs) = a.iter().zip(b).fold((0.0, 0.0), |(v, s), (x, y)| (v + x * y, s + (x * y).abs()));
     lower(v, gamma(a.len() + 2) * abs)
@@ -353,29 +369,14 @@ impl InputSet {
             return (0..a.ncols())
                 .map(|j| {
                     // One pass: the value a^T mid - |a|^T rad and the magnitude |a|^T (|mid| + rad).
-                    let (v, abs) = match a.col(j).try_as_col_major() {
-                        Some(col) => crate::linalg::box_support(col.as_slice(), &mid, &rad, &mag),
-                        None => {
-                            let col: Vec<f64> = a.col(j).iter().copied().collect();
-                            crate::linalg::box_support(&col, &mid, &rad, &mag)
-                        }
-                    };
+                    let mut buf = Vec::new();
+                    let (v, abs) = crate::linalg::box_support(crate::linalg::column(a, j, &mut buf), &mid, &rad, &mag);
                     lower(v, g * abs)
                 })
                 .collect();
         }
-        let mut col = vec![0.0; a.nrows()];
-        (0..a.ncols())
-            .map(|j| match a.col(j).try_as_col_major() {
-                Some(c) => self.min_linear(c.as_slice()),
-                None => {
-                    for (i, v) in col.iter_mut().enumerate() {
-                        *v = a[(i, j)];
-                    }
-                    self.min_linear(&col)
-                }
-            })
-            .collect()
+        let mut buf = Vec::new();
+        (0..a.ncols()).map(|j| self.min_linear(crate::linalg::column(a, j, &mut buf))).collect()
     }
 
     /// [`InputSet::argmin_linear`] for every column of `a` (inputs x columns), the bounding box
@@ -383,37 +384,13 @@ impl InputSet {
     pub fn argmin_linear_columns(&self, a: MatRef<'_, f64>) -> Mat<f64> {
         debug_assert_eq!(a.nrows(), self.dim());
         let mut x = Mat::<f64>::zeros(a.nrows(), a.ncols());
-        if self.norm == Norm::Linf && self.eps > 0.0 {
-            let (lo, hi) = self.bounding_box();
-            for j in 0..a.ncols() {
-                let col: Vec<f64> = match a.col(j).try_as_col_major() {
-                    Some(c) => c.as_slice().to_vec(),
-                    None => a.col(j).iter().copied().collect(),
-                };
-                let dst = x.col_as_slice_mut(j);
-                for i in 0..lo.len() {
-                    let ai = col[i];
-                    dst[i] = if ai > 0.0 {
-                        lo[i]
-                    } else if ai < 0.0 {
-                        hi[i]
-                    } else {
-                        self.center[i].clamp(lo[i], hi[i])
-                    };
-                }
-            }
-            return x;
-        }
-        let mut col = vec![0.0; a.nrows()];
+        let linf_box = (self.norm == Norm::Linf && self.eps > 0.0).then(|| self.bounding_box());
+        let mut buf = Vec::new();
         for j in 0..a.ncols() {
-            let xs = match a.col(j).try_as_col_major() {
-                Some(c) => self.argmin_linear(c.as_slice()),
-                None => {
-                    for (i, v) in col.iter_mut().enumerate() {
-                        *v = a[(i, j)];
-                    }
-                    self.argmin_linear(&col)
-                }
+            let col = crate::linalg::column(a, j, &mut buf);
+            let xs = match &linf_box {
+                Some((lo, hi)) => box_corner(col, lo, hi, &self.center),
+                None => self.argmin_linear(col),
             };
             x.col_as_slice_mut(j).copy_from_slice(&xs);
         }
@@ -428,20 +405,7 @@ impl InputSet {
     pub fn argmin_linear(&self, a: &[f64]) -> Vec<f64> {
         debug_assert_eq!(a.len(), self.dim());
         let c = &self.center;
-        let corner = |lo: &[f64], hi: &[f64]| -> Vec<f64> {
-            a.iter()
-                .enumerate()
-                .map(|(i, &ai)| {
-                    if ai > 0.0 {
-                        lo[i]
-                    } else if ai < 0.0 {
-                        hi[i]
-                    } else {
-                        c[i].clamp(lo[i], hi[i])
-                    }
-                })
-                .collect()
-        };
+        let corner = |lo: &[f64], hi: &[f64]| box_corner(a, lo, hi, c);
         match (self.norm, &self.domain) {
             _ if self.eps == 0.0 => c.clone(),
             (Norm::Linf, _) => {

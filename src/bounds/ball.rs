@@ -70,17 +70,10 @@ impl<'a> BallSupport<'a> {
         let g_lin = gamma(self.n_in + n_out + 2) * (1.0 + 1e-10);
         // The rounding of the sums of nonnegative terms that bound the errors.
         let h_up = 1.0 + gamma(n_out + 2);
-        let owned;
-        let lam = match lam.col(0).try_as_col_major() {
-            Some(_) if lam.ncols() > 0 => lam,
-            _ => {
-                owned = lam.to_owned();
-                owned.as_ref()
-            }
-        };
+        let mut buf = Vec::new();
         (0..lam.ncols())
             .map(|s| {
-                let l = lam.col(s).try_as_col_major().expect("contiguous").as_slice();
+                let l = linalg::column(lam, s, &mut buf);
                 let gl = glam.col(s).try_as_col_major().expect("owned").as_slice();
                 let q = linalg::dot(l, gl).max(0.0);
                 let h = linalg::abs_dot(l, &self.gram.row_norms) * h_up;

@@ -35,6 +35,18 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Column `j` of `a` as a slice: borrowed when it is contiguous, else copied into `buf`.
+pub fn column<'a>(a: MatRef<'a, f64>, j: usize, buf: &'a mut Vec<f64>) -> &'a [f64] {
+    match a.col(j).try_as_col_major() {
+        Some(c) => c.as_slice(),
+        None => {
+            buf.clear();
+            buf.extend(a.col(j).iter().copied());
+            buf
+        }
+    }
+}
+
 /// Partial sums kept by the reductions below: independent accumulators the compiler can keep in
 /// vector registers, instead of one chain of dependent additions. Any summation order is covered
 /// by the rounding analysis of [`crate::bounds::rounding`] (gamma_n for n terms).

@@ -128,30 +128,36 @@ pub struct Column<'a> {
     pub extra: Option<Split>,
 }
 
+/// Bounds \[l, u\] of neuron i of a layer, clipped at 0 on its side when `extra` (a split tried on
+/// that layer, filtered smart branching) is on neuron i.
+#[inline]
+fn clip(extra: Option<Split>, i: usize, l: f64, u: f64) -> (f64, f64) {
+    match extra {
+        Some(s) if s.neuron == i && s.active => (l.max(0.0), u),
+        Some(s) if s.neuron == i => (l, u.min(0.0)),
+        _ => (l, u),
+    }
+}
+
+/// The lower slope of an unstable ReLU with bounds \[l, u\]: the column's `alpha`, or CROWN's
+/// adaptive choice (1 if u > -l, else 0).
+#[inline]
+fn lower_slope(alpha: Option<f64>, l: f64, u: f64) -> f64 {
+    match alpha {
+        Some(a) => a,
+        None if u > -l => 1.0,
+        None => 0.0,
+    }
+}
+
 impl Column<'_> {
     fn neuron_bounds(&self, k: usize, i: usize) -> (f64, f64) {
-        let (mut l, mut u) = (self.bounds.lower[k][i], self.bounds.upper[k][i]);
-        if let Some(s) = self.extra
-            && s.layer == k
-            && s.neuron == i
-        {
-            if s.active {
-                l = l.max(0.0);
-            } else {
-                u = u.min(0.0);
-            }
-        }
-        (l, u)
+        clip(self.extra.filter(|s| s.layer == k), i, self.bounds.lower[k][i], self.bounds.upper[k][i])
     }
 
-    /// The lower slope of unstable neuron i of layer k with bounds \[l, u\]: the column's alpha, or
-    /// CROWN's adaptive choice (1 if u > -l, else 0).
+    /// The lower slope of unstable neuron i of layer k with bounds \[l, u\] (see [`lower_slope`]).
     fn lower_slope(&self, k: usize, i: usize, l: f64, u: f64) -> f64 {
-        match self.alpha {
-            Some(a) => a[k][i],
-            None if u > -l => 1.0,
-            None => 0.0,
-        }
+        lower_slope(self.alpha.map(|a| a[k][i]), l, u)
     }
 
     /// Relaxes hidden layer k's ReLU for the coefficient vector `lam` (on the layer's output) in
@@ -160,7 +166,7 @@ impl Column<'_> {
     fn relax(&self, k: usize, lam: &mut [f64]) -> (f64, f64) {
         let (mut c, mut offsets) = (0.0, 0.0);
         // The layer's bounds and slopes as slices (no per-neuron lookups); the extra split
-        // (filtered smart branching) clips its neuron's bounds as in [`Column::neuron_bounds`].
+        // (filtered smart branching) clips its neuron's bounds ([`clip`]).
         let (lower, upper) = (&self.bounds.lower[k][..lam.len()], &self.bounds.upper[k][..lam.len()]);
         let alpha = self.alpha.map(|a| &a[k][..lam.len()]);
         let extra = self.extra.filter(|s| s.layer == k);
@@ -169,16 +175,7 @@ impl Column<'_> {
             if x == 0.0 {
                 continue;
             }
-            let (mut l, mut u) = (l0, u0);
-            if let Some(s) = extra
-                && s.neuron == i
-            {
-                if s.active {
-                    l = l.max(0.0);
-                } else {
-                    u = u.min(0.0);
-                }
-            }
+            let (l, u) = clip(extra, i, l0, u0);
             if l >= 0.0 {
                 continue;
             }
@@ -187,12 +184,7 @@ impl Column<'_> {
                 continue;
             }
             if x >= 0.0 {
-                let slope = match alpha {
-                    Some(a) => a[i],
-                    None if u > -l => 1.0,
-                    None => 0.0,
-                };
-                *v = x * slope;
+                *v = x * lower_slope(alpha.map(|a| a[i]), l, u);
             } else {
                 let (s, o) = rounding::relu_chord(l, u);
                 *v = x * s;
