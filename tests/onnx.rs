@@ -4,13 +4,10 @@
 
 mod common;
 
+use common::graph::{f32_tensor, float_attr, int_attr, ints_attr, model, node, raw_f64_tensor, value};
 use nncert::Error;
 use nncert::io::onnx_from_bytes;
-use nncert::io::onnx_proto::{
-    AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, TensorProto, TensorShapeProto, TensorTypeProto,
-    TypeProto, ValueInfoProto,
-};
-use prost::Message;
+use nncert::io::onnx_proto::{AttributeProto, NodeProto, TensorProto};
 
 #[test]
 fn papers_onnx_models_match_their_json() {
@@ -36,69 +33,6 @@ fn papers_onnx_models_match_their_json() {
         assert!(worst < 1e-5, "{model}: logits differ by {worst}");
         assert_eq!(agree, 200, "{model}");
     }
-}
-
-fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: 1,
-        float_data: values.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn raw_f64_tensor(name: &str, dims: &[i64], values: &[f64]) -> TensorProto {
-    let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    TensorProto { name: name.into(), dims: dims.to_vec(), data_type: 11, raw_data: raw, ..Default::default() }
-}
-
-fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims.iter().map(|&d| Dimension { dim_value: Some(d), dim_param: None }).collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TensorTypeProto { elem_type: 1, shape: Some(TensorShapeProto { dim }) }),
-        }),
-    }
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        name: format!("{op}_{output}"),
-        op_type: op.into(),
-        attribute,
-        ..Default::default()
-    }
-}
-
-fn int_attr(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), i, r#type: 2, ..Default::default() }
-}
-
-fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), ints: ints.to_vec(), r#type: 7, ..Default::default() }
-}
-
-fn float_attr(name: &str, f: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), f, r#type: 1, ..Default::default() }
-}
-
-fn model(nodes: Vec<NodeProto>, init: Vec<TensorProto>, input: ValueInfoProto, output: &str) -> Vec<u8> {
-    ModelProto {
-        ir_version: 8,
-        graph: Some(GraphProto {
-            node: nodes,
-            initializer: init,
-            input: vec![input],
-            output: vec![value(output, &[1])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
 }
 
 /// x (1x2) -> Sub mean -> Div std -> Gemm(transB, alpha 2, beta 0.5) -> Relu -> Identity -> Dropout -> MatMul -> Add -> Sigmoid
@@ -371,7 +305,7 @@ fn unsupported_constructs_are_typed_errors_naming_the_node() {
         (vec![node("Softmax", &["x"], "y", vec![])], "y", 0, "Softmax"),
         (vec![node("Gemm", &["x", "w"], "y", vec![int_attr("transA", 1)])], "y", 0, "Gemm"),
         (vec![node("MatMul", &["w", "x"], "y", vec![])], "y", 0, "MatMul"),
-        (vec![node("Add", &["x", "x"], "y", vec![])], "y", 0, "Add"),
+        (vec![node("Mul", &["x", "x"], "y", vec![])], "y", 0, "Mul"),
         (vec![node("Div", &["w", "x"], "y", vec![])], "y", 0, "Div"),
         (vec![node("Relu", &["z"], "y", vec![])], "y", 0, "Relu"),
         (vec![node("Conv", &["x", "w"], "y", vec![])], "y", 0, "Conv"),
@@ -432,5 +366,44 @@ fn arbitrary_bytes_never_panic() {
             _ => bytes = (0..rng.random_range(0..64)).map(|_| rng.random()).collect(),
         }
         let _ = onnx_from_bytes(&bytes);
+    }
+}
+
+/// Small ResNets (identity and 1x1-convolution shortcuts with BatchNorm, as VNN-COMP's
+/// cifar10_resnet; one with a shortcut from the normalized input) load as chains of block
+/// operators and compute what a direct evaluation of their graph computes.
+#[test]
+fn resnets_match_a_direct_evaluation_of_their_graph() {
+    use common::graph::resnet;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let cases: [common::graph::ResNetCase; 4] = [
+        (1, [3, 8, 8], 4, &[(4, 1), (6, 2)], false),
+        (2, [2, 6, 6], 3, &[(5, 2)], true),
+        (3, [1, 5, 5], 2, &[(2, 1), (2, 1), (3, 2)], false),
+        (4, [2, 4, 4], 2, &[(2, 1)], true),
+    ];
+    let mut rng = StdRng::seed_from_u64(9);
+    for (seed, input, width, blocks, skip) in cases {
+        let g = resnet(seed, input, width, blocks, 10, 4, skip);
+        let net = onnx_from_bytes(&g.bytes()).unwrap();
+        assert_eq!(net.input_shape(), &input);
+        assert_eq!(net.num_classes(), 4);
+        for _ in 0..50 {
+            let x: Vec<f64> = (0..net.input_size()).map(|_| rng.random()).collect();
+            let want = g.eval(&x);
+            let got = net.forward(&x).unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "case {seed}: {got:?} vs {want:?}");
+            }
+        }
+        // Every layer before the dense head applies its convolutions as operators, and each
+        // block's carried values are copied exactly (pass-through rows).
+        let layers = net.layers();
+        let head = layers.len() - 2;
+        assert!(layers[..head].iter().all(|l| l.conv().is_some() || l.block_operator().is_some()), "case {seed}");
+        assert!(layers[head..].iter().all(|l| l.is_dense()), "case {seed}");
+        let carried: usize = layers.iter().map(|l| l.pass_through().len()).sum();
+        assert!(carried > 0, "case {seed}: no carried neuron");
     }
 }

@@ -28,7 +28,24 @@ pub(crate) fn first_layer(w: MatRef<'_, f64>, b: &[f64], set: &InputSet) -> Inte
 /// support function over its receptive field only ([`InputSet::restrict`]).
 pub(crate) fn first_layer_of(layer: &Layer, set: &InputSet) -> Interval {
     let Some(conv) = layer.conv() else {
-        return first_layer(layer.weight(), layer.bias(), set);
+        if layer.is_dense() {
+            return first_layer(layer.weight(), layer.bias(), set);
+        }
+        // A block operator: its rows as columns of W^T, BLOCK neurons at a time.
+        let n = layer.output_size();
+        let mut out = Interval { lower: vec![0.0; n], upper: vec![0.0; n] };
+        let all: Vec<usize> = (0..n).collect();
+        for group in all.chunks(BLOCK) {
+            let cols = layer.rows_t(group);
+            let m = group.len();
+            let both = Mat::from_fn(cols.nrows(), 2 * m, |j, s| if s < m { cols[(j, s)] } else { -cols[(j, s - m)] });
+            let v = set.min_linear_columns(both.as_ref());
+            for (r, &i) in group.iter().enumerate() {
+                out.lower[i] = rounding::lower(v[r] + layer.bias()[i], 0.0);
+                out.upper[i] = rounding::upper(-v[m + r] + layer.bias()[i], 0.0);
+            }
+        }
+        return out;
     };
     let n = layer.output_size();
     let b = layer.bias();
@@ -78,12 +95,19 @@ pub(crate) fn affine_box(w: MatRef<'_, f64>, b: &[f64], lo: &[f64], hi: &[f64]) 
     box_bounds(|x| linalg::mat_vec(w, x), |x| linalg::mat_vec(abs_w.as_ref(), x), w.ncols(), b, lo, hi)
 }
 
-/// [`affine_box`] for a network layer (a convolution applied as an operator).
+/// [`affine_box`] for a network layer (a convolution or a block operator applied as an
+/// operator). A neuron that copies one input exactly ([`Layer::pass_through`]) gets that input's
+/// box, without rounding allowance: a residual network's carried ReLU outputs stay stable.
 pub(crate) fn affine_box_layer(layer: &Layer, lo: &[f64], hi: &[f64]) -> Interval {
-    if layer.conv().is_none() {
+    if layer.is_dense() {
         return affine_box(layer.weight(), layer.bias(), lo, hi);
     }
-    box_bounds(|x| layer.mul_vec(x), |x| layer.abs_mul_vec(x), layer.input_size(), layer.bias(), lo, hi)
+    let mut iv = box_bounds(|x| layer.mul_vec(x), |x| layer.abs_mul_vec(x), layer.input_size(), layer.bias(), lo, hi);
+    for (i, j) in layer.pass_through() {
+        iv.lower[i] = iv.lower[i].max(lo[j]);
+        iv.upper[i] = iv.upper[i].min(hi[j]);
+    }
+    iv
 }
 
 /// [`affine_box`] with W x and |W| x given as functions (`n` inputs).

@@ -360,12 +360,12 @@ fn neuron_bounds(
     // convolution's coefficients live on the group's receptive field only.
     let layer = &net.layers()[j];
     let m = group.len();
-    let (rows, lam) = match layer.conv() {
-        Some(_) => {
+    let (rows, lam) = match layer.is_dense() {
+        false => {
             let unit = plus_minus_identity(m);
             layer.mul_t_rows(group, unit.as_ref())
         }
-        None => {
+        true => {
             let wt = layer.weight_t();
             let n = wt.nrows();
             let mut lam = Mat::<f64>::zeros(n, 2 * m);

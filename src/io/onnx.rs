@@ -1,18 +1,21 @@
 //! ONNX import: a feed-forward ONNX graph to a [`Network`] (docs/formats.md).
 //!
-//! The graph must be a chain: every node takes the running value (the graph input at first) plus
-//! constants (initializers or `Constant` nodes) and produces the next running value. Affine
-//! operations are composed into one pending affine map, which is emitted as a [`Layer`] at each
-//! activation (and at the end), so input normalization (`Sub`/`Div`/`Mul` by constants) folds
-//! into the first layer. Supported: `Gemm` (transA = 0, any transB/alpha/beta), `MatMul` (running
-//! value on the left), `Add`, `Sub`, `Mul`, `Div` by broadcastable constants, `Conv` (2-D,
-//! symmetric pads, any dilation, one group; kept as an operator while only per-channel scalings
-//! surround it), `BatchNormalization` (inference), `Flatten`, `Reshape` (constant shape),
-//! `AveragePool` / `GlobalAveragePool` (a convolution with a diagonal kernel), `Identity`,
-//! `Dropout`, `Constant`, and the activations `Relu`, `Sigmoid`, `Tanh`, `Softplus`. Tensors in
-//! float32, float64, int32 or int64 (typed fields or little-endian `raw_data`). Anything else is
-//! [`Error::OnnxNode`] naming the node's index, name and op type; a file that is not a valid
-//! ModelProto is [`Error::ModelFormat`].
+//! The graph is read in its (topological) node order. Every tensor computed from the graph input
+//! is kept as an affine function of the vector carried from the last emitted layer; affine
+//! operations compose into it, and each activation emits a [`Layer`] (and the graph output a last
+//! one), so input normalization (`Sub`/`Div`/`Mul` by constants) folds into the first layer. A
+//! graph with skip connections (`Add` or `Sub` of two computed tensors, as in residual networks)
+//! becomes a chain too: a tensor still needed after a ReLU layer rides through it as identity
+//! neurons ([`crate::network::blocks`]), and the layers' maps are block operators. Supported:
+//! `Gemm` (transA = 0, any transB/alpha/beta), `MatMul` (computed tensor on the left), `Add`,
+//! `Sub` (of two computed tensors, or by a broadcastable constant), `Mul`, `Div` by broadcastable
+//! constants, `Conv` (2-D, symmetric pads, any dilation, one group; kept as an operator while only
+//! per-channel scalings surround it), `BatchNormalization` (inference), `Flatten`, `Reshape`
+//! (constant shape), `AveragePool` / `GlobalAveragePool` (a convolution with a diagonal kernel),
+//! `Identity`, `Dropout`, `Constant`, and the activations `Relu`, `Sigmoid`, `Tanh`, `Softplus`
+//! (skip connections only around ReLU layers). Tensors in float32, float64, int32 or int64 (typed
+//! fields or little-endian `raw_data`). Anything else is [`Error::OnnxNode`] naming the node's
+//! index, name and op type; a file that is not a valid ModelProto is [`Error::ModelFormat`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +26,7 @@ use prost::Message;
 use super::onnx_proto::{self as pb, AttributeProto, GraphProto, NodeProto, TensorProto};
 use crate::error::{Error, Result};
 use crate::network::conv::{Conv2d, Conv2dShape, on_slice, per_channel};
-use crate::network::{Activation, Layer, Network};
+use crate::network::{Activation, Block, Blocks, Layer, Network, Piece};
 
 /// A constant tensor: row-major values and dimensions.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,7 +97,8 @@ fn tensor(t: &TensorProto) -> Result<Tensor> {
     Ok(Tensor { dims, values })
 }
 
-/// The pending affine map's linear part.
+/// A linear map from one carried segment to a value, kept in the cheapest form.
+#[derive(Clone)]
 enum Pending {
     /// The identity.
     Identity,
@@ -105,25 +109,10 @@ enum Pending {
     Conv(Box<Conv2d>),
 }
 
-/// The running value: its logical shape (without the batch dimension) and the affine map from the
-/// last emitted layer's output (or the network input) that produces it.
-struct Chain {
-    name: String,
-    shape: Vec<usize>,
-    weight: Pending,
-    bias: Vec<f64>,
-    layers: Vec<Layer>,
-}
-
-impl Chain {
-    fn size(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// The pending linear part as a dense matrix (n_out x n_in).
-    fn dense(&mut self) -> Mat<f64> {
-        let n = self.size();
-        match std::mem::replace(&mut self.weight, Pending::Identity) {
+impl Pending {
+    /// The map as a dense matrix; `n` is its input size (the segment's).
+    fn dense(self, n: usize) -> Mat<f64> {
+        match self {
             Pending::Identity => Mat::from_fn(n, n, |i, j| if i == j { 1.0 } else { 0.0 }),
             Pending::Diag(d) => Mat::from_fn(n, n, |i, j| if i == j { d[i] } else { 0.0 }),
             Pending::Dense(w) => w,
@@ -131,47 +120,32 @@ impl Chain {
         }
     }
 
-    /// Composes x -> m x + c after the pending map.
-    fn linear(&mut self, m: Mat<f64>, c: Vec<f64>) {
-        let bias = crate::linalg::mat_vec(m.as_ref(), &self.bias).iter().zip(&c).map(|(a, b)| a + b).collect();
-        self.weight = Pending::Dense(match std::mem::replace(&mut self.weight, Pending::Identity) {
-            Pending::Identity => m,
+    /// x -> m (self x).
+    fn then_linear(self, m: &Mat<f64>, n: usize) -> Pending {
+        Pending::Dense(match self {
+            Pending::Identity => m.clone(),
             Pending::Diag(d) => Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] * d[j]),
-            other => {
-                self.weight = other;
-                let w = self.dense();
-                crate::linalg::mul(m.as_ref(), w.as_ref())
-            }
-        });
-        self.bias = bias;
+            other => crate::linalg::mul(m.as_ref(), other.dense(n).as_ref()),
+        })
     }
 
-    /// Composes x -> conv(x) + c after the pending map: the convolution stays an operator when
-    /// the pending map is the identity or a scaling constant on each input channel.
-    fn conv(&mut self, conv: Conv2d, c: Vec<f64>) {
-        let bias: Vec<f64> = on_slice(&self.bias, |m| conv.forward(m)).iter().zip(&c).map(|(a, b)| a + b).collect();
+    /// x -> conv(self x): the convolution stays an operator after the identity or a scaling
+    /// constant on each of its input channels.
+    fn then_conv(self, conv: &Conv2d, n: usize) -> Pending {
         let [_, h, w] = conv.shape().input;
-        let prev = std::mem::replace(&mut self.weight, Pending::Identity);
-        let channel = match &prev {
-            Pending::Diag(d) => per_channel(d, h * w),
-            _ => None,
-        };
-        self.weight = match (prev, channel) {
-            (Pending::Identity, _) => Pending::Conv(Box::new(conv)),
-            (Pending::Diag(_), Some(channel)) => Pending::Conv(Box::new(conv.scale_inputs(&channel))),
-            (other, _) => {
-                self.weight = other;
-                let w = self.dense();
-                Pending::Dense(crate::linalg::mul(conv.lower().as_ref(), w.as_ref()))
+        match self {
+            Pending::Identity => Pending::Conv(Box::new(conv.clone())),
+            Pending::Diag(d) if per_channel(&d, h * w).is_some() => {
+                let channel = per_channel(&d, h * w).expect("checked");
+                Pending::Conv(Box::new(conv.scale_inputs(&channel)))
             }
-        };
-        self.bias = bias;
+            other => Pending::Dense(crate::linalg::mul(conv.lower().as_ref(), other.dense(n).as_ref())),
+        }
     }
 
-    /// Composes x -> s ⊙ x + c (elementwise).
-    fn scale_shift(&mut self, s: &[f64], c: &[f64]) {
-        let n = self.size();
-        self.weight = match std::mem::replace(&mut self.weight, Pending::Identity) {
+    /// x -> s ⊙ (self x).
+    fn then_scale(self, s: &[f64]) -> Pending {
+        match self {
             Pending::Identity => Pending::Diag(s.to_vec()),
             Pending::Diag(d) => Pending::Diag(d.iter().zip(s).map(|(a, b)| a * b).collect()),
             Pending::Conv(conv) => {
@@ -189,27 +163,195 @@ impl Chain {
                 scale_rows(&mut w, s);
                 Pending::Dense(w)
             }
-        };
-        for i in 0..n {
-            self.bias[i] = self.bias[i] * s[i] + c[i];
         }
     }
 
-    fn emit(&mut self, act: Activation) {
-        let n = self.size();
-        let bias = std::mem::replace(&mut self.bias, vec![0.0; n]);
-        let layer = match std::mem::replace(&mut self.weight, Pending::Identity) {
-            Pending::Conv(conv) => Layer::conv2d(*conv, bias, act),
-            other => {
-                self.weight = other;
-                Layer::new(self.dense(), bias, act)
-            }
+    /// x -> self x + other x.
+    fn plus(self, other: Pending, n: usize) -> Pending {
+        let diag = |p: &Pending| match p {
+            Pending::Identity => Some(vec![1.0; n]),
+            Pending::Diag(d) => Some(d.clone()),
+            _ => None,
         };
-        self.layers.push(layer);
+        if let (Some(a), Some(b)) = (diag(&self), diag(&other)) {
+            return Pending::Diag(a.iter().zip(&b).map(|(x, y)| x + y).collect());
+        }
+        if let (Pending::Conv(a), Pending::Conv(b)) = (&self, &other)
+            && a.shape() == b.shape()
+        {
+            let kernel = a.kernel().iter().zip(b.kernel()).map(|(x, y)| x + y).collect();
+            if let Ok(c) = Conv2d::new(a.shape().clone(), kernel, 0) {
+                return Pending::Conv(Box::new(c));
+            }
+        }
+        let (a, b) = (self.dense(n), other.dense(n));
+        Pending::Dense(Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] + b[(i, j)]))
     }
 
-    fn pending(&self) -> bool {
-        !matches!(self.weight, Pending::Identity)
+    /// The map as a piece of a block operator.
+    fn piece(self, n: usize) -> Piece {
+        match self {
+            Pending::Identity => Piece::Diag(vec![1.0; n]),
+            Pending::Diag(d) => Piece::Diag(d),
+            Pending::Dense(w) => Piece::Dense(w),
+            Pending::Conv(c) => Piece::Conv(c),
+        }
+    }
+}
+
+/// One segment of the vector carried from the last emitted layer (or the network input).
+#[derive(Clone, Copy)]
+struct Segment {
+    size: usize,
+    /// A ReLU's output: carried through the next ReLU as itself.
+    nonneg: bool,
+}
+
+/// A tensor of the graph as an affine function of the carried segments: `sum of map(segment)
+/// + bias`, at most one term per segment.
+#[derive(Clone)]
+struct Value {
+    shape: Vec<usize>,
+    terms: Vec<(usize, Pending)>,
+    bias: Vec<f64>,
+}
+
+impl Value {
+    fn size(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Composes x -> m x + c.
+    fn linear(&mut self, m: Mat<f64>, c: Vec<f64>, segs: &[Segment]) {
+        let bias = crate::linalg::mat_vec(m.as_ref(), &self.bias).iter().zip(&c).map(|(a, b)| a + b).collect();
+        for (seg, map) in &mut self.terms {
+            *map = std::mem::replace(map, Pending::Identity).then_linear(&m, segs[*seg].size);
+        }
+        self.bias = bias;
+    }
+
+    /// Composes x -> conv(x) + c.
+    fn conv(&mut self, conv: Conv2d, c: Vec<f64>, segs: &[Segment]) {
+        let bias: Vec<f64> = on_slice(&self.bias, |m| conv.forward(m)).iter().zip(&c).map(|(a, b)| a + b).collect();
+        for (seg, map) in &mut self.terms {
+            *map = std::mem::replace(map, Pending::Identity).then_conv(&conv, segs[*seg].size);
+        }
+        self.bias = bias;
+    }
+
+    /// Composes x -> s ⊙ x + c (elementwise).
+    fn scale_shift(&mut self, s: &[f64], c: &[f64]) {
+        for (_, map) in &mut self.terms {
+            *map = std::mem::replace(map, Pending::Identity).then_scale(s);
+        }
+        for (i, b) in self.bias.iter_mut().enumerate() {
+            *b = *b * s[i] + c[i];
+        }
+    }
+
+    /// self + other (the same shape).
+    fn plus(mut self, other: Value, segs: &[Segment]) -> Value {
+        for (seg, map) in other.terms {
+            match self.terms.iter().position(|(s, _)| *s == seg) {
+                Some(k) => {
+                    let mine = std::mem::replace(&mut self.terms[k].1, Pending::Identity);
+                    self.terms[k].1 = mine.plus(map, segs[seg].size);
+                }
+                None => self.terms.push((seg, map)),
+            }
+        }
+        self.bias.iter_mut().zip(&other.bias).for_each(|(a, b)| *a += b);
+        self
+    }
+}
+
+/// The graph being lowered: the carried segments, the live tensors as affine functions of them,
+/// and the layers emitted so far.
+struct Lowering {
+    segments: Vec<Segment>,
+    values: HashMap<String, Value>,
+    layers: Vec<Layer>,
+}
+
+impl Lowering {
+    /// Emits the layer `act(value)`, carrying along every segment a live tensor (`self.values`)
+    /// still reads (a ReLU output as itself, anything else as the pair relu(x), relu(-x)), and
+    /// returns the activation's output as a new value.
+    fn emit(&mut self, value: Value, act: Activation) -> std::result::Result<Value, String> {
+        let mut needed: Vec<usize> = self.values.values().flat_map(|v| v.terms.iter().map(|(s, _)| *s)).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        if !needed.is_empty() && act != Activation::Relu {
+            return Err(format!(
+                "a tensor computed before this {act:?} activation is used after it (a skip connection): \
+                 only ReLU layers can carry values along"
+            ));
+        }
+        let n = value.size();
+        let layer = self.layers.len();
+        let plain = needed.is_empty() && self.segments.len() == 1 && value.terms.len() == 1;
+        let new_layer = if plain {
+            let (seg, map) = value.terms.into_iter().next().expect("one term");
+            match map {
+                Pending::Conv(conv) => Layer::conv2d(*conv, value.bias, act),
+                other => Layer::new(other.dense(self.segments[seg].size), value.bias, act),
+            }
+        } else {
+            let offsets: Vec<usize> = self
+                .segments
+                .iter()
+                .scan(0, |o, s| {
+                    let here = *o;
+                    *o += s.size;
+                    Some(here)
+                })
+                .collect();
+            let input_size: usize = self.segments.iter().map(|s| s.size).sum();
+            let mut blocks: Vec<Block> = value
+                .terms
+                .into_iter()
+                .map(|(seg, map)| Block { output: 0, input: offsets[seg], piece: map.piece(self.segments[seg].size) })
+                .collect();
+            // New segments: the activation's output, then the carried ones.
+            let mut segments = vec![Segment { size: n, nonneg: act == Activation::Relu }];
+            let mut out = n;
+            let mut remap: HashMap<usize, (usize, Option<usize>)> = HashMap::new();
+            for &s in &needed {
+                let size = self.segments[s].size;
+                let pos = segments.len();
+                blocks.push(Block { output: out, input: offsets[s], piece: Piece::Diag(vec![1.0; size]) });
+                segments.push(Segment { size, nonneg: true });
+                out += size;
+                let neg = (!self.segments[s].nonneg).then(|| {
+                    blocks.push(Block { output: out, input: offsets[s], piece: Piece::Diag(vec![-1.0; size]) });
+                    segments.push(Segment { size, nonneg: true });
+                    out += size;
+                    pos + 1
+                });
+                remap.insert(s, (pos, neg));
+            }
+            let mut bias = value.bias;
+            bias.resize(out, 0.0);
+            let op = Blocks::new(input_size, out, blocks, layer).map_err(|e| e.to_string())?;
+            for v in self.values.values_mut() {
+                let terms = std::mem::take(&mut v.terms);
+                for (s, map) in terms {
+                    let (pos, neg) = remap[&s];
+                    if let Some(neg) = neg {
+                        // x = relu(x) - relu(-x).
+                        v.terms.push((neg, map.clone().then_scale(&vec![-1.0; v.size()])));
+                    }
+                    v.terms.push((pos, map));
+                }
+            }
+            self.segments = segments;
+            Layer::blocks(op, bias, act)
+        };
+        if plain {
+            self.segments = vec![Segment { size: n, nonneg: act == Activation::Relu }];
+        }
+        self.layers.push(new_layer);
+        Ok(Value { shape: value.shape, terms: vec![(0, Pending::Identity)], bias: vec![0.0; n] })
     }
 }
 
@@ -222,7 +364,7 @@ fn scale_rows(w: &mut Mat<f64>, s: &[f64]) {
 }
 
 /// Broadcasts a constant (numpy rules, right-aligned, an optional leading batch dimension of 1) to
-/// the running value's shape.
+/// the computed tensor's shape.
 fn broadcast(c: &Tensor, shape: &[usize]) -> Option<Vec<f64>> {
     let mut dims = c.dims.clone();
     while dims.len() > shape.len() {
@@ -292,8 +434,19 @@ fn convert(graph: &GraphProto) -> Result<Network> {
     if n0 == 0 {
         return Err(Error::Empty("the graph input has no elements".into()));
     }
-    let mut chain =
-        Chain { name: input.name.clone(), shape, weight: Pending::Identity, bias: vec![0.0; n0], layers: Vec::new() };
+    // The last node reading each tensor (a graph output: never dropped).
+    let mut last_use: HashMap<&str, usize> = HashMap::new();
+    for (index, node) in graph.node.iter().enumerate() {
+        for name in &node.input {
+            last_use.insert(name, index);
+        }
+    }
+    for out in &graph.output {
+        last_use.insert(&out.name, usize::MAX);
+    }
+    let mut low =
+        Lowering { segments: vec![Segment { size: n0, nonneg: false }], values: HashMap::new(), layers: Vec::new() };
+    low.values.insert(input.name.clone(), Value { shape, terms: vec![(0, Pending::Identity)], bias: vec![0.0; n0] });
     for (index, node) in graph.node.iter().enumerate() {
         let fail =
             |detail: String| Error::OnnxNode { index, name: node.name.clone(), op_type: node.op_type.clone(), detail };
@@ -318,32 +471,61 @@ fn convert(graph: &GraphProto) -> Result<Network> {
             consts.insert(out.clone(), value);
             continue;
         }
-        // Inputs: the running value and constants (empty names are omitted optional inputs).
-        let mut running = None;
+        // Inputs: tensors computed from the graph input (taken out of the live set at their last
+        // use) and constants (empty names are omitted optional inputs).
+        let mut vars: Vec<(usize, Value)> = Vec::new();
         let mut args: Vec<Option<&Tensor>> = Vec::new();
         for (k, name) in node.input.iter().enumerate() {
             if name.is_empty() {
                 args.push(None);
-            } else if *name == chain.name {
-                if running.is_some() {
-                    return Err(fail("uses the running value twice".into()));
-                }
-                running = Some(k);
-                args.push(None);
             } else if let Some(t) = consts.get(name) {
                 args.push(Some(t));
+            } else if low.values.contains_key(name) {
+                let again = node.input[k + 1..].contains(name);
+                let v = if last_use.get(name.as_str()) == Some(&index) && !again {
+                    low.values.remove(name).expect("present")
+                } else {
+                    low.values[name].clone()
+                };
+                vars.push((k, v));
+                args.push(None);
             } else {
-                return Err(fail(format!(
-                    "input '{name}' is neither a constant nor the running value '{}' (only chains are supported)",
-                    chain.name
-                )));
+                return Err(fail(format!("input '{name}' is neither a constant nor computed by an earlier node")));
             }
         }
-        let Some(pos) = running else {
-            return Err(fail(format!("does not consume the running value '{}'", chain.name)));
+        let Some((pos, _)) = vars.first() else {
+            return Err(fail("does not read any tensor computed from the graph input".into()));
         };
+        let pos = *pos;
         let out = node.output.first().ok_or_else(|| fail("no output".into()))?.clone();
-        let n = chain.size();
+        // Two tensor operands: only their sum or difference is affine.
+        if vars.len() > 1 {
+            let two = vars.len() == 2 && matches!(node.op_type.as_str(), "Add" | "Sub");
+            if !two {
+                return Err(fail(format!(
+                    "{} tensors computed from the input as operands (only Add and Sub of two are affine)",
+                    vars.len()
+                )));
+            }
+            let (_, b) = vars.pop().expect("two");
+            let (_, mut a) = vars.pop().expect("two");
+            if a.shape != b.shape && a.size() != b.size() {
+                return Err(fail(format!("operands of shapes {:?} and {:?}", a.shape, b.shape)));
+            }
+            let mut b = b;
+            if node.op_type == "Sub" {
+                let m = b.size();
+                b.scale_shift(&vec![-1.0; m], &vec![0.0; m]);
+            }
+            a = a.plus(b, &low.segments);
+            if last_use.contains_key(out.as_str()) {
+                low.values.insert(out, a);
+            }
+            continue;
+        }
+        let mut v = vars.pop().expect("one").1;
+
+        let n = v.size();
         let constant = |k: usize| args.get(k).copied().flatten();
         let other = || (0..args.len()).find(|&k| k != pos).and_then(constant);
         match node.op_type.as_str() {
@@ -354,7 +536,7 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                     "Tanh" => Activation::Tanh,
                     _ => Activation::Softplus,
                 };
-                chain.emit(act);
+                v = low.emit(v, act).map_err(fail)?;
             }
             "Identity" | "Dropout" => {}
             "Flatten" => {
@@ -362,7 +544,7 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                 if axis != 0 && axis != 1 {
                     return Err(fail(format!("axis {axis} (only 0 or 1, after the batch dimension)")));
                 }
-                chain.shape = vec![n];
+                v.shape = vec![n];
             }
             "Reshape" => {
                 let target = constant(1).ok_or_else(|| fail("the shape must be a constant".into()))?;
@@ -379,11 +561,11 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                 if holes > 1 || t.contains(&0) || new.iter().product::<usize>() != n {
                     return Err(fail(format!("target shape {:?} does not fit {n} values", target.values)));
                 }
-                chain.shape = new;
+                v.shape = new;
             }
             "Gemm" | "MatMul" => {
                 if pos != 0 {
-                    return Err(fail("the running value must be the first operand".into()));
+                    return Err(fail("the computed tensor must be the first operand".into()));
                 }
                 if node.op_type == "Gemm" && attr(node, "transA").is_some_and(|a| a.i != 0) {
                     return Err(fail("transA = 1 is not supported".into()));
@@ -398,7 +580,7 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                 let (rows, cols) = (b.dims[0], b.dims[1]);
                 let (out_n, in_n) = if trans_b { (rows, cols) } else { (cols, rows) };
                 if in_n != n {
-                    return Err(fail(format!("weight takes {in_n} inputs, the running value has {n}")));
+                    return Err(fail(format!("weight takes {in_n} inputs, the computed tensor has {n}")));
                 }
                 let m = Mat::from_fn(out_n, in_n, |o, i| {
                     alpha * if trans_b { b.values[o * cols + i] } else { b.values[i * cols + o] }
@@ -411,28 +593,28 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                         .collect(),
                     None => vec![0.0; out_n],
                 };
-                chain.linear(m, c);
-                chain.shape = vec![out_n];
+                v.linear(m, c, &low.segments);
+                v.shape = vec![out_n];
             }
             "Add" | "Sub" | "Mul" | "Div" => {
                 let c = other().ok_or_else(|| fail("the other operand must be a constant".into()))?;
-                let v = broadcast(c, &chain.shape).ok_or_else(|| {
-                    fail(format!("constant of shape {:?} does not broadcast to {:?}", c.dims, chain.shape))
+                let cv = broadcast(c, &v.shape).ok_or_else(|| {
+                    fail(format!("constant of shape {:?} does not broadcast to {:?}", c.dims, v.shape))
                 })?;
                 let ones = vec![1.0; n];
                 let zeros = vec![0.0; n];
                 match (node.op_type.as_str(), pos) {
-                    ("Add", _) => chain.scale_shift(&ones, &v),
-                    ("Sub", 0) => chain.scale_shift(&ones, &v.iter().map(|x| -x).collect::<Vec<_>>()),
-                    ("Sub", _) => chain.scale_shift(&vec![-1.0; n], &v),
-                    ("Mul", _) => chain.scale_shift(&v, &zeros),
+                    ("Add", _) => v.scale_shift(&ones, &cv),
+                    ("Sub", 0) => v.scale_shift(&ones, &cv.iter().map(|x| -x).collect::<Vec<_>>()),
+                    ("Sub", _) => v.scale_shift(&vec![-1.0; n], &cv),
+                    ("Mul", _) => v.scale_shift(&cv, &zeros),
                     ("Div", 0) => {
-                        if v.contains(&0.0) {
+                        if cv.contains(&0.0) {
                             return Err(fail("division by zero".into()));
                         }
-                        chain.scale_shift(&v.iter().map(|x| 1.0 / x).collect::<Vec<_>>(), &zeros)
+                        v.scale_shift(&cv.iter().map(|x| 1.0 / x).collect::<Vec<_>>(), &zeros)
                     }
-                    _ => return Err(fail("a constant divided by the running value is not affine".into())),
+                    _ => return Err(fail("a constant divided by a computed tensor is not affine".into())),
                 }
             }
             "BatchNormalization" => {
@@ -440,18 +622,18 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                 let p: Vec<&Tensor> = (1..5)
                     .map(|k| constant(k).ok_or_else(|| fail("scale, bias, mean and variance must be constants".into())))
                     .collect::<Result<_>>()?;
-                let channels = *chain.shape.first().ok_or_else(|| fail("no channel dimension".into()))?;
+                let channels = *v.shape.first().ok_or_else(|| fail("no channel dimension".into()))?;
                 if p.iter().any(|t| t.values.len() != channels) {
                     return Err(fail(format!("parameters do not have {channels} channels")));
                 }
                 let per = n / channels;
                 let s: Vec<f64> = (0..n).map(|i| p[0].values[i / per] / (p[3].values[i / per] + eps).sqrt()).collect();
                 let c: Vec<f64> = (0..n).map(|i| p[1].values[i / per] - p[2].values[i / per] * s[i]).collect();
-                chain.scale_shift(&s, &c);
+                v.scale_shift(&s, &c);
             }
             "AveragePool" | "GlobalAveragePool" => {
-                let [c, h, w] = chain.shape[..] else {
-                    return Err(fail(format!("input of shape {:?} (C, H, W expected)", chain.shape)));
+                let [c, h, w] = v.shape[..] else {
+                    return Err(fail(format!("input of shape {:?} (C, H, W expected)", v.shape)));
                 };
                 let global = node.op_type == "GlobalAveragePool";
                 let ints = |name: &str, default: Vec<i64>| attr(node, name).map_or(default, |a| a.ints.clone());
@@ -486,7 +668,7 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                     [strides[0] as usize, strides[1] as usize],
                     [pads[0] as usize, pads[1] as usize],
                 );
-                let layer = chain.layers.len();
+                let layer = low.layers.len();
                 let shape = geometry.output(layer).map_err(|e| fail(e.to_string()))?;
                 // A convolution with a diagonal kernel of ones, then the division by the number of
                 // taps averaged (all of them, or only those inside the image).
@@ -512,18 +694,18 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                     on_slice(&image, |m| probe.forward(m))
                 };
                 let n_out = c * shape[1] * shape[2];
-                chain.conv(conv, vec![0.0; n_out]);
+                v.conv(conv, vec![0.0; n_out], &low.segments);
                 let per = shape[1] * shape[2];
                 let scale: Vec<f64> = (0..n_out).map(|j| 1.0 / counts[j % per]).collect();
-                chain.shape = shape.to_vec();
-                chain.scale_shift(&scale, &vec![0.0; n_out]);
+                v.shape = shape.to_vec();
+                v.scale_shift(&scale, &vec![0.0; n_out]);
             }
             "Conv" => {
                 if pos != 0 {
-                    return Err(fail("the running value must be the first operand".into()));
+                    return Err(fail("the computed tensor must be the first operand".into()));
                 }
-                let [c, h, w] = chain.shape[..] else {
-                    return Err(fail(format!("input of shape {:?} (C, H, W expected)", chain.shape)));
+                let [c, h, w] = v.shape[..] else {
+                    return Err(fail(format!("input of shape {:?} (C, H, W expected)", v.shape)));
                 };
                 let k = constant(1).ok_or_else(|| fail("the kernel must be a constant".into()))?;
                 if k.dims.len() != 4 {
@@ -563,30 +745,36 @@ fn convert(graph: &GraphProto) -> Result<Network> {
                     padding: [pads[0] as usize, pads[1] as usize],
                     dilation: [dilations[0] as usize, dilations[1] as usize],
                 };
-                let layer = chain.layers.len();
+                let layer = low.layers.len();
                 let shape = geometry.output(layer).map_err(|e| fail(e.to_string()))?;
                 if bias.len() != kernel[0] {
                     return Err(fail(format!("bias has {} values, expected {}", bias.len(), kernel[0])));
                 }
                 let conv = Conv2d::new(geometry, k.values.clone(), layer).map_err(|e| fail(e.to_string()))?;
                 let per = shape[1] * shape[2];
-                chain.conv(conv, (0..kernel[0] * per).map(|j| bias[j / per]).collect());
-                chain.shape = shape.to_vec();
+                v.conv(conv, (0..kernel[0] * per).map(|j| bias[j / per]).collect(), &low.segments);
+                v.shape = shape.to_vec();
             }
             other => return Err(fail(format!("operator '{other}' is not supported"))),
         }
-        chain.name = out;
+        if last_use.contains_key(out.as_str()) {
+            low.values.insert(out, v);
+        }
     }
-    if let Some(out) = graph.output.first()
-        && out.name != chain.name
-    {
-        return Err(format_err(format!(
-            "the graph output '{}' is not the end of the chain ('{}')",
-            out.name, chain.name
-        )));
+    let out = graph.output.first().ok_or_else(|| format_err("the graph has no output"))?;
+    let mut v = low
+        .values
+        .remove(&out.name)
+        .ok_or_else(|| format_err(format!("the graph output '{}' is not computed from the graph input", out.name)))?;
+    // Other outputs would keep their segments alive: only the first is the network's.
+    low.values.clear();
+    let done = low.segments.len() == 1
+        && matches!(v.terms[..], [(0, Pending::Identity)])
+        && v.bias.iter().all(|&b| b == 0.0)
+        && !low.layers.is_empty();
+    if !done {
+        v = low.emit(v, Activation::Identity).map_err(format_err)?;
     }
-    if chain.pending() || chain.layers.is_empty() {
-        chain.emit(Activation::Identity);
-    }
-    Network::new(input_shape, chain.layers)
+    drop(v);
+    Network::new(input_shape, low.layers)
 }

@@ -8,6 +8,7 @@
 //! papers' `x_{k+1} = ReLU(W_k x_k)`).
 
 mod activation;
+pub mod blocks;
 pub mod conv;
 
 pub use activation::{Activation, CurvatureConstants, sigmoid, softplus};
@@ -18,6 +19,7 @@ use faer::{Mat, MatRef};
 
 use crate::error::{Error, Result};
 use crate::linalg;
+pub use blocks::{Block, Blocks, Piece};
 pub use conv::{Conv2d, Conv2dShape};
 
 /// How a layer applies W: a stored dense matrix, or a convolution whose dense matrix is built
@@ -33,6 +35,12 @@ enum Op {
     },
     Conv {
         conv: Arc<Conv2d>,
+        /// (W, W^T), lowered on first use.
+        dense: OnceLock<(Mat<f64>, Mat<f64>)>,
+    },
+    /// Pieces on segments of the input and output (residual networks, [`blocks`]).
+    Blocks {
+        blocks: Arc<Blocks>,
         /// (W, W^T), lowered on first use.
         dense: OnceLock<(Mat<f64>, Mat<f64>)>,
     },
@@ -72,6 +80,17 @@ impl Layer {
         Self { op: Op::Conv { conv: Arc::new(conv), dense: OnceLock::new() }, bias, activation }
     }
 
+    /// A layer whose map is a block operator (a residual network's layer as a chain, see
+    /// [`blocks`]), applied piece by piece in the bound core.
+    pub fn blocks(blocks: Blocks, bias: Vec<f64>, activation: Activation) -> Self {
+        Self { op: Op::Blocks { blocks: Arc::new(blocks), dense: OnceLock::new() }, bias, activation }
+    }
+
+    /// The same map with another activation.
+    pub fn with_activation(&self, activation: Activation) -> Self {
+        Self { activation, ..self.clone() }
+    }
+
     /// A layer from the rows of its weight matrix; an error when the rows differ in length.
     pub fn from_rows(rows: &[Vec<f64>], bias: Vec<f64>, activation: Activation) -> Result<Self> {
         let ncols = rows.first().map_or(0, Vec::len);
@@ -95,10 +114,18 @@ impl Layer {
                 });
                 (w.as_ref(), wt.as_ref())
             }
+            Op::Blocks { blocks, dense } => {
+                let (w, wt) = dense.get_or_init(|| {
+                    let w = blocks.lower();
+                    let wt = w.transpose().to_owned();
+                    (w, wt)
+                });
+                (w.as_ref(), wt.as_ref())
+            }
         }
     }
 
-    /// W (outputs x inputs). For a convolution this is its dense lowering, built on the first call
+    /// W (outputs x inputs). For a convolution or a block operator this is its dense lowering, built on the first call
     /// and kept (the LP and SDP builders use it; the bound core applies the operator instead).
     pub fn weight(&self) -> MatRef<'_, f64> {
         self.lowered().0
@@ -111,7 +138,29 @@ impl Layer {
     pub fn conv(&self) -> Option<&Conv2d> {
         match &self.op {
             Op::Conv { conv, .. } => Some(conv),
-            Op::Dense { .. } => None,
+            _ => None,
+        }
+    }
+    /// The block operator, when the layer is one.
+    pub fn block_operator(&self) -> Option<&Blocks> {
+        match &self.op {
+            Op::Blocks { blocks, .. } => Some(blocks),
+            _ => None,
+        }
+    }
+    /// Whether W is a stored dense matrix (not an operator lowered on demand).
+    pub fn is_dense(&self) -> bool {
+        matches!(self.op, Op::Dense { .. })
+    }
+    /// The neurons whose pre-activation is one input copied exactly (`z_i = x_j`, a zero bias):
+    /// `(i, j)` pairs, sorted by i. Their bounds are the input's (a residual network's carried
+    /// values, see [`blocks`]); empty for dense and convolution layers.
+    pub fn pass_through(&self) -> Vec<(usize, usize)> {
+        match &self.op {
+            Op::Blocks { blocks, .. } => {
+                blocks.pass_through().iter().copied().filter(|&(i, _)| self.bias[i] == 0.0).collect()
+            }
+            _ => Vec::new(),
         }
     }
     /// b.
@@ -127,6 +176,7 @@ impl Layer {
         match &self.op {
             Op::Dense { weight, .. } => weight.ncols(),
             Op::Conv { conv, .. } => conv.input_size(),
+            Op::Blocks { blocks, .. } => blocks.input_size(),
         }
     }
     /// Number of outputs (neurons).
@@ -134,6 +184,7 @@ impl Layer {
         match &self.op {
             Op::Dense { weight, .. } => weight.nrows(),
             Op::Conv { conv, .. } => conv.output_size(),
+            Op::Blocks { blocks, .. } => blocks.output_size(),
         }
     }
 
@@ -142,6 +193,7 @@ impl Layer {
         match &self.op {
             Op::Dense { weight, .. } => linalg::mul(weight.as_ref(), x),
             Op::Conv { conv, .. } => conv.forward(x),
+            Op::Blocks { blocks, .. } => blocks.forward(x),
         }
     }
 
@@ -174,6 +226,7 @@ impl Layer {
         match &self.op {
             Op::Dense { weight, .. } => linalg::mat_vec(weight.as_ref(), x),
             Op::Conv { conv, .. } => conv::on_slice(x, |m| conv.forward(m)),
+            Op::Blocks { blocks, .. } => conv::on_slice(x, |m| blocks.forward(m)),
         }
     }
 
@@ -193,6 +246,7 @@ impl Layer {
                 out
             }
             Op::Conv { conv, .. } => conv::on_slice(x, |m| conv.forward_abs(m)),
+            Op::Blocks { blocks, .. } => conv::on_slice(x, |m| blocks.forward_abs(m)),
         }
     }
 
@@ -203,6 +257,7 @@ impl Layer {
         match &self.op {
             Op::Dense { weight_t, .. } => dense_t(weight_t, None, lam),
             Op::Conv { conv, .. } => conv.transpose(lam),
+            Op::Blocks { blocks, .. } => blocks.transpose(lam),
         }
     }
 
@@ -222,6 +277,15 @@ impl Layer {
                     conv.transpose_rows(rows, lam)
                 }
             }
+            Op::Blocks { blocks, .. } => {
+                let all = (0..blocks.input_size()).collect();
+                if rows.len() == blocks.output_size() {
+                    (all, blocks.transpose(lam))
+                } else {
+                    // The listed rows of W as columns, times lam: |rows| columns of W^T.
+                    (all, linalg::mul(blocks.rows_transposed(rows).as_ref(), lam))
+                }
+            }
         }
     }
 
@@ -230,6 +294,7 @@ impl Layer {
         match &self.op {
             Op::Dense { weight_t, .. } => linalg::mat_vec(weight_t.as_ref(), v),
             Op::Conv { conv, .. } => conv::on_slice(v, |m| conv.transpose(m)),
+            Op::Blocks { blocks, .. } => conv::on_slice(v, |m| blocks.transpose(m)),
         }
     }
 
@@ -244,6 +309,7 @@ impl Layer {
                 out
             }
             Op::Conv { conv, .. } => conv.rows_transposed(rows),
+            Op::Blocks { blocks, .. } => blocks.rows_transposed(rows),
         }
     }
 
@@ -292,6 +358,11 @@ impl Layer {
                     return Err(Error::NonFinite { layer, what: "kernel", index, value });
                 }
             }
+            Op::Blocks { blocks, .. } => {
+                if let Some((index, value)) = blocks.values().enumerate().find(|(_, v)| !v.is_finite()) {
+                    return Err(Error::NonFinite { layer, what: "block weight", index, value });
+                }
+            }
         }
         if let Some((index, &value)) = self.bias.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::NonFinite { layer, what: "bias", index, value });
@@ -314,6 +385,10 @@ impl Layer {
             Op::Conv { conv, .. } => {
                 conv.shape().hash(h);
                 conv.kernel().iter().for_each(|v| v.to_bits().hash(h));
+            }
+            Op::Blocks { blocks, .. } => {
+                blocks.hash_geometry(h);
+                blocks.values().for_each(|v| v.to_bits().hash(h));
             }
         }
         self.bias.iter().for_each(|b| b.to_bits().hash(h));

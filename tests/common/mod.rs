@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: random networks and the optional reference data.
 #![allow(dead_code)]
 
+pub mod graph;
+
 use std::path::PathBuf;
 
 use faer::Mat;

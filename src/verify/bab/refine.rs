@@ -132,7 +132,7 @@ fn pass(
         // The network cut after layer j, whose outputs are layer j's pre-activations.
         let layer = &net.layers()[j];
         let mut layers: Vec<Layer> = net.layers()[..j].to_vec();
-        layers.push(Layer::new(layer.weight().to_owned(), layer.bias().to_vec(), Activation::Identity));
+        layers.push(layer.with_activation(Activation::Identity));
         let sub = Network::new(net.input_shape().to_vec(), layers)?;
         let sub_pre = PreActivationBounds { layers: pre.layers[..=j].to_vec() };
         let results: Vec<Result<Searched>> = order

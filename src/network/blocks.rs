@@ -1,0 +1,352 @@
+//! Block operators: the affine maps of residual networks as layers of a chain.
+//!
+//! A residual block `y = relu(conv2(relu(conv1(x))) + shortcut(x))` is not a chain of layers,
+//! but it is one once `x` rides along: the layer `[conv1; I] x` followed by ReLU gives
+//! `[h; relu(x)] = [h; x]` when `x >= 0` (it is itself a ReLU's output), and the next layer
+//! `[conv2, shortcut] [h; x]` is the block's sum. So a network graph with skip connections
+//! becomes a chain whose layers' maps are block operators: each output segment the sum of pieces
+//! (dense, convolution or diagonal) applied to input segments ([`Blocks`]). Every verifier works
+//! on it unchanged. The carried neurons are exact: their pre-activation equals a ReLU output
+//! (an identity row, [`Blocks::pass_through`]), so every bound method finds them stable and
+//! relaxes them by their exact linear piece. (A value that can be negative, such as the network
+//! input, rides as the pair relu(x), relu(-x), recombined as their difference: exact as a
+//! function, relaxed where x's sign is unknown.)
+//!
+//! The operator is applied piece by piece (forward, its transpose, the magnitudes), never as a
+//! dense matrix in the bound core; [`Blocks::lower`] builds the matrix for the LP and SDP builders.
+
+use faer::{Mat, MatRef};
+
+use super::conv::Conv2d;
+use crate::error::{Error, Result};
+use crate::linalg;
+
+/// A linear map from one input segment to one output segment.
+#[derive(Clone, Debug)]
+pub enum Piece {
+    /// A dense matrix (outputs x inputs).
+    Dense(Mat<f64>),
+    /// A 2-D convolution, applied as an operator.
+    Conv(Box<Conv2d>),
+    /// x -> d ⊙ x (the identity when d is all ones).
+    Diag(Vec<f64>),
+}
+
+impl Piece {
+    /// Number of inputs.
+    pub fn input_size(&self) -> usize {
+        match self {
+            Piece::Dense(w) => w.ncols(),
+            Piece::Conv(c) => c.input_size(),
+            Piece::Diag(d) => d.len(),
+        }
+    }
+    /// Number of outputs.
+    pub fn output_size(&self) -> usize {
+        match self {
+            Piece::Dense(w) => w.nrows(),
+            Piece::Conv(c) => c.output_size(),
+            Piece::Diag(d) => d.len(),
+        }
+    }
+    fn values(&self) -> Box<dyn Iterator<Item = f64> + '_> {
+        match self {
+            Piece::Dense(w) => Box::new((0..w.ncols()).flat_map(move |j| (0..w.nrows()).map(move |i| w[(i, j)]))),
+            Piece::Conv(c) => Box::new(c.kernel().iter().copied()),
+            Piece::Diag(d) => Box::new(d.iter().copied()),
+        }
+    }
+}
+
+/// One piece placed in the operator: it reads inputs `input..input + piece.input_size()` and
+/// adds into outputs `output..output + piece.output_size()`.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// First output row.
+    pub output: usize,
+    /// First input column.
+    pub input: usize,
+    /// The map.
+    pub piece: Piece,
+}
+
+/// A linear operator (outputs x inputs) made of pieces on segments of its input and output; an
+/// output row reached by no piece is zero.
+#[derive(Clone, Debug)]
+pub struct Blocks {
+    input_size: usize,
+    output_size: usize,
+    blocks: Vec<Block>,
+    /// The dense pieces' transposes (None for the others), for the backward passes.
+    transposed: Vec<Option<Mat<f64>>>,
+    /// (output row, input) for the rows whose only entry is a 1 (see [`Blocks::pass_through`]).
+    pass: Vec<(usize, usize)>,
+}
+
+impl Blocks {
+    /// An operator from its pieces; an error when a piece reaches outside the given sizes or
+    /// holds a non-finite value (named with `layer`).
+    pub fn new(input_size: usize, output_size: usize, blocks: Vec<Block>, layer: usize) -> Result<Self> {
+        for (k, b) in blocks.iter().enumerate() {
+            let (ni, no) = (b.piece.input_size(), b.piece.output_size());
+            if b.input + ni > input_size || b.output + no > output_size {
+                return Err(Error::Shape {
+                    layer,
+                    detail: format!(
+                        "block {k} maps inputs {}..{} to outputs {}..{}, the operator is {output_size}x{input_size}",
+                        b.input,
+                        b.input + ni,
+                        b.output,
+                        b.output + no
+                    ),
+                });
+            }
+            if let Some((index, value)) = b.piece.values().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::NonFinite { layer, what: "block weight", index, value });
+            }
+        }
+        let transposed = blocks
+            .iter()
+            .map(|b| match &b.piece {
+                Piece::Dense(w) => Some(w.transpose().to_owned()),
+                _ => None,
+            })
+            .collect();
+        // Rows reached by exactly one piece, a diagonal one with entry 1 there.
+        let mut reach = vec![0u32; output_size];
+        for b in &blocks {
+            reach[b.output..b.output + b.piece.output_size()].iter_mut().for_each(|r| *r += 1);
+        }
+        let mut pass = Vec::new();
+        for b in &blocks {
+            if let Piece::Diag(d) = &b.piece {
+                for (r, &v) in d.iter().enumerate() {
+                    if v == 1.0 && reach[b.output + r] == 1 {
+                        pass.push((b.output + r, b.input + r));
+                    }
+                }
+            }
+        }
+        pass.sort_unstable();
+        Ok(Self { input_size, output_size, blocks, transposed, pass })
+    }
+
+    /// Number of inputs.
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+    /// Number of outputs.
+    pub fn output_size(&self) -> usize {
+        self.output_size
+    }
+    /// The pieces.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The output rows that copy one input exactly, as `(row, input)`, sorted by row: row i of
+    /// the operator is the unit vector of that input, so the pre-activation `z_i = x_input + b_i`
+    /// is computed without rounding when `b_i = 0`, and its bounds are the input's.
+    pub fn pass_through(&self) -> &[(usize, usize)] {
+        &self.pass
+    }
+
+    /// W X for every column of `x` (inputs x columns).
+    pub fn forward(&self, x: MatRef<'_, f64>) -> Mat<f64> {
+        self.apply(x, false)
+    }
+
+    /// |W| X (the pieces' magnitudes).
+    pub fn forward_abs(&self, x: MatRef<'_, f64>) -> Mat<f64> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: MatRef<'_, f64>, abs: bool) -> Mat<f64> {
+        let mut out = Mat::<f64>::zeros(self.output_size, x.ncols());
+        for b in &self.blocks {
+            let (ni, no) = (b.piece.input_size(), b.piece.output_size());
+            let xs = x.subrows(b.input, ni);
+            let part = match &b.piece {
+                Piece::Dense(w) if abs => {
+                    let a = Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)].abs());
+                    linalg::mul(a.as_ref(), xs)
+                }
+                Piece::Dense(w) => linalg::mul(w.as_ref(), xs),
+                Piece::Conv(c) if abs => c.forward_abs(xs),
+                Piece::Conv(c) => c.forward(xs),
+                Piece::Diag(d) => Mat::from_fn(no, x.ncols(), |r, s| if abs { d[r].abs() } else { d[r] } * xs[(r, s)]),
+            };
+            add_rows(&mut out, b.output, part.as_ref());
+        }
+        out
+    }
+
+    /// W^T lam for every column of `lam` (outputs x columns).
+    pub fn transpose(&self, lam: MatRef<'_, f64>) -> Mat<f64> {
+        let mut out = Mat::<f64>::zeros(self.input_size, lam.ncols());
+        for (b, wt) in self.blocks.iter().zip(&self.transposed) {
+            let (ni, no) = (b.piece.input_size(), b.piece.output_size());
+            let ls = lam.subrows(b.output, no);
+            let part = match (&b.piece, wt) {
+                (Piece::Dense(_), Some(wt)) => linalg::mul(wt.as_ref(), ls),
+                (Piece::Dense(w), None) => linalg::mul(w.transpose(), ls),
+                (Piece::Conv(c), _) => c.transpose(ls),
+                (Piece::Diag(d), _) => Mat::from_fn(ni, lam.ncols(), |r, s| d[r] * ls[(r, s)]),
+            };
+            add_rows(&mut out, b.input, part.as_ref());
+        }
+        out
+    }
+
+    /// Columns `rows` of W^T (row i of W as a column, for each listed output i).
+    pub fn rows_transposed(&self, rows: &[usize]) -> Mat<f64> {
+        let mut out = Mat::<f64>::zeros(self.input_size, rows.len());
+        for (b, wt) in self.blocks.iter().zip(&self.transposed) {
+            let no = b.piece.output_size();
+            let local: Vec<(usize, usize)> = rows
+                .iter()
+                .enumerate()
+                .filter(|&(_, &i)| i >= b.output && i < b.output + no)
+                .map(|(s, &i)| (s, i - b.output))
+                .collect();
+            if local.is_empty() {
+                continue;
+            }
+            match (&b.piece, wt) {
+                (Piece::Dense(w), wt) => {
+                    for &(s, r) in &local {
+                        for j in 0..w.ncols() {
+                            out[(b.input + j, s)] += wt.as_ref().map_or(w[(r, j)], |t| t[(j, r)]);
+                        }
+                    }
+                }
+                (Piece::Conv(c), _) => {
+                    let idx: Vec<usize> = local.iter().map(|&(_, r)| r).collect();
+                    let cols = c.rows_transposed(&idx);
+                    for (k, &(s, _)) in local.iter().enumerate() {
+                        for j in 0..cols.nrows() {
+                            out[(b.input + j, s)] += cols[(j, k)];
+                        }
+                    }
+                }
+                (Piece::Diag(d), _) => {
+                    for &(s, r) in &local {
+                        out[(b.input + r, s)] += d[r];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The dense matrix (outputs x inputs).
+    pub fn lower(&self) -> Mat<f64> {
+        let all: Vec<usize> = (0..self.output_size).collect();
+        self.rows_transposed(&all).transpose().to_owned()
+    }
+
+    /// Every stored value, piece by piece (for hashing and validation).
+    pub(crate) fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.blocks.iter().flat_map(|b| b.piece.values())
+    }
+
+    /// Hashes the geometry (for [`super::Network::fingerprint`]).
+    pub(crate) fn hash_geometry(&self, h: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        (self.input_size, self.output_size).hash(h);
+        for b in &self.blocks {
+            (b.output, b.input, b.piece.input_size(), b.piece.output_size()).hash(h);
+            match &b.piece {
+                Piece::Dense(_) => 0u8.hash(h),
+                Piece::Conv(c) => {
+                    1u8.hash(h);
+                    c.shape().hash(h);
+                }
+                Piece::Diag(_) => 2u8.hash(h),
+            }
+        }
+    }
+}
+
+/// out[start.., :] += part.
+fn add_rows(out: &mut Mat<f64>, start: usize, part: MatRef<'_, f64>) {
+    for s in 0..part.ncols() {
+        let dst =
+            &mut out.col_mut(s).try_as_col_major_mut().expect("owned").as_slice_mut()[start..start + part.nrows()];
+        dst.iter_mut().zip(part.col(s).iter()).for_each(|(o, v)| *o += v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::conv::Conv2dShape;
+
+    fn rng(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        }
+    }
+
+    /// [conv, I] from [c, x] plus a dense shortcut: every operation against the dense matrix.
+    #[test]
+    fn blocks_agree_with_their_dense_matrix() {
+        let mut r = rng(7);
+        let shape = Conv2dShape::new([2, 5, 5], [3, 2, 3, 3], [1, 1], [1, 1]);
+        let conv = Conv2d::new(shape, (0..54).map(|_| r()).collect(), 0).unwrap();
+        let (ci, co) = (conv.input_size(), conv.output_size()); // 50, 75
+        let dense = Mat::from_fn(co, 10, |_, _| r());
+        let blocks = vec![
+            Block { output: 0, input: 0, piece: Piece::Conv(Box::new(conv)) },
+            Block { output: 0, input: ci, piece: Piece::Dense(dense) },
+            Block { output: co, input: ci, piece: Piece::Diag(vec![1.0; 10]) },
+            Block { output: co + 10, input: 3, piece: Piece::Diag((0..4).map(|_| r()).collect()) },
+        ];
+        let op = Blocks::new(ci + 10, co + 14, blocks, 0).unwrap();
+        let m = op.lower();
+        // Lowered by hand: the conv's columns, the dense block and the diagonals.
+        assert_eq!((m.nrows(), m.ncols()), (co + 14, ci + 10));
+        for k in 0..10 {
+            assert_eq!(m[(co + k, ci + k)], 1.0);
+        }
+        assert_eq!(op.pass_through(), (0..10).map(|k| (co + k, ci + k)).collect::<Vec<_>>().as_slice());
+        let x = Mat::from_fn(ci + 10, 3, |_, _| r());
+        let lam = Mat::from_fn(co + 14, 4, |_, _| r());
+        let close = |a: MatRef<'_, f64>, b: MatRef<'_, f64>| {
+            assert_eq!((a.nrows(), a.ncols()), (b.nrows(), b.ncols()));
+            for j in 0..a.ncols() {
+                for i in 0..a.nrows() {
+                    assert!((a[(i, j)] - b[(i, j)]).abs() <= 1e-12, "({i},{j}) {} vs {}", a[(i, j)], b[(i, j)]);
+                }
+            }
+        };
+        close(op.forward(x.as_ref()).as_ref(), linalg::mul(m.as_ref(), x.as_ref()).as_ref());
+        let abs = Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)].abs());
+        // |W| x differs where the conv and the dense block overlap: |a + b| <= |a| + |b|.
+        let xa = Mat::from_fn(ci + 10, 3, |i, j| x[(i, j)].abs());
+        let fa = op.forward_abs(xa.as_ref());
+        let da = linalg::mul(abs.as_ref(), xa.as_ref());
+        for j in 0..3 {
+            for i in 0..m.nrows() {
+                assert!(fa[(i, j)] >= da[(i, j)] - 1e-12);
+            }
+        }
+        close(op.transpose(lam.as_ref()).as_ref(), linalg::mul(m.transpose(), lam.as_ref()).as_ref());
+        let rows = [0usize, 7, co - 1, co + 3, co + 12];
+        let cols = op.rows_transposed(&rows);
+        let want = Mat::from_fn(ci + 10, rows.len(), |j, s| m[(rows[s], j)]);
+        close(cols.as_ref(), want.as_ref());
+    }
+
+    #[test]
+    fn blocks_outside_the_operator_or_non_finite_are_errors() {
+        let b = vec![Block { output: 2, input: 0, piece: Piece::Diag(vec![1.0; 3]) }];
+        assert!(matches!(Blocks::new(3, 4, b, 1), Err(Error::Shape { layer: 1, .. })));
+        let b = vec![Block { output: 0, input: 0, piece: Piece::Diag(vec![1.0, f64::NAN]) }];
+        assert!(matches!(Blocks::new(2, 2, b, 0), Err(Error::NonFinite { index: 1, .. })));
+    }
+}
