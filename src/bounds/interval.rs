@@ -31,26 +31,20 @@ pub(crate) fn first_layer_of(layer: &Layer, set: &InputSet) -> Interval {
         if layer.is_dense() {
             return first_layer(layer.weight(), layer.bias(), set);
         }
-        // A block operator: its rows as columns of W^T, BLOCK neurons at a time.
-        let n = layer.output_size();
-        let mut out = Interval { lower: vec![0.0; n], upper: vec![0.0; n] };
-        let all: Vec<usize> = (0..n).collect();
-        for group in all.chunks(BLOCK) {
-            let cols = layer.rows_t(group);
-            let m = group.len();
-            let both = Mat::from_fn(cols.nrows(), 2 * m, |j, s| if s < m { cols[(j, s)] } else { -cols[(j, s - m)] });
-            let v = set.min_linear_columns(both.as_ref());
-            for (r, &i) in group.iter().enumerate() {
-                out.lower[i] = rounding::lower(v[r] + layer.bias()[i], 0.0);
-                out.upper[i] = rounding::upper(-v[m + r] + layer.bias()[i], 0.0);
-            }
-        }
-        return out;
+        // A block operator: grouped by its convolution pieces' positions.
+        let blocks = layer.block_operator().expect("dense, convolution or block operator");
+        return grouped_first_layer(layer, set, blocks.neuron_groups(GROUP_COLUMNS, BLOCK));
     };
+    grouped_first_layer(layer, set, conv.neuron_groups(GROUP_COLUMNS.div_ceil(conv.output_shape()[0])))
+}
+
+/// [`first_layer`] for an operator layer, group by group, each group's support function over the
+/// inputs its rows reach only.
+fn grouped_first_layer(layer: &Layer, set: &InputSet, groups: Vec<Vec<usize>>) -> Interval {
     let n = layer.output_size();
     let b = layer.bias();
     let mut out = Interval { lower: vec![0.0; n], upper: vec![0.0; n] };
-    for group in conv.neuron_groups(GROUP_COLUMNS.div_ceil(conv.output_shape()[0])) {
+    for group in groups {
         let m = group.len();
         let unit = super::linear::plus_minus_identity(m);
         let (rows, lam) = layer.mul_t_rows(&group, unit.as_ref());

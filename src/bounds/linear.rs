@@ -316,11 +316,14 @@ pub fn unstable_layer_bounds(net: &Network, set: &InputSet, slope: Slope) -> Pre
 
 /// The neurons `todo` of layer `j` in blocks that share their coefficients' support: a dense
 /// layer's in blocks of [`super::interval::BLOCK`], a convolution's by position (every channel at
-/// one or a few positions: one receptive field).
+/// one or a few positions: one receptive field), a block operator's by its convolution pieces'
+/// positions.
 fn neuron_blocks(net: &Network, j: usize, todo: &[bool]) -> Vec<Vec<usize>> {
-    let groups: Vec<Vec<usize>> = match net.layers()[j].conv() {
-        Some(conv) => conv.neuron_groups(super::interval::GROUP_COLUMNS.div_ceil(conv.output_shape()[0])),
-        None => vec![(0..todo.len()).collect()],
+    let layer = &net.layers()[j];
+    let groups: Vec<Vec<usize>> = match (layer.conv(), layer.block_operator()) {
+        (Some(conv), _) => conv.neuron_groups(super::interval::GROUP_COLUMNS.div_ceil(conv.output_shape()[0])),
+        (None, Some(blocks)) => blocks.neuron_groups(super::interval::GROUP_COLUMNS, super::interval::BLOCK),
+        _ => vec![(0..todo.len()).collect()],
     };
     let mut out = Vec::new();
     for g in groups {

@@ -198,6 +198,76 @@ impl Blocks {
         out
     }
 
+    /// W^T lam for coefficients `lam` stored on the outputs `rows` only (sorted; the others zero),
+    /// returned on the inputs they reach (sorted, as `(inputs, values)`): a convolution piece's
+    /// receptive fields, a diagonal piece's own inputs, a dense piece's every input.
+    pub fn transpose_rows(&self, rows: &[usize], lam: MatRef<'_, f64>) -> (Vec<usize>, Mat<f64>) {
+        let cols = lam.ncols();
+        let mut parts: Vec<(Vec<usize>, Mat<f64>)> = Vec::new();
+        for (b, wt) in self.blocks.iter().zip(&self.transposed) {
+            let (ni, no) = (b.piece.input_size(), b.piece.output_size());
+            let (at, local): (Vec<usize>, Vec<usize>) = rows
+                .iter()
+                .enumerate()
+                .filter(|&(_, &i)| i >= b.output && i < b.output + no)
+                .map(|(k, &i)| (k, i - b.output))
+                .unzip();
+            if local.is_empty() {
+                continue;
+            }
+            let sub = Mat::from_fn(local.len(), cols, |k, s| lam[(at[k], s)]);
+            let (inputs, values) = match (&b.piece, wt) {
+                (Piece::Dense(w), wt) => {
+                    let wt_sub = Mat::from_fn(ni, local.len(), |j, k| {
+                        wt.as_ref().map_or(w[(local[k], j)], |t| t[(j, local[k])])
+                    });
+                    ((0..ni).collect(), linalg::mul(wt_sub.as_ref(), sub.as_ref()))
+                }
+                (Piece::Conv(c), _) => c.transpose_rows(&local, sub.as_ref()),
+                (Piece::Diag(d), _) => {
+                    let values = Mat::from_fn(local.len(), cols, |k, s| d[local[k]] * sub[(k, s)]);
+                    (local, values)
+                }
+            };
+            parts.push((inputs.into_iter().map(|j| j + b.input).collect(), values));
+        }
+        let mut all: Vec<usize> = parts.iter().flat_map(|(inputs, _)| inputs.iter().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut out = Mat::<f64>::zeros(all.len(), cols);
+        for (inputs, values) in parts {
+            let at: Vec<usize> = inputs.iter().map(|j| all.binary_search(j).expect("in the union")).collect();
+            for s in 0..cols {
+                for (k, &r) in at.iter().enumerate() {
+                    out[(r, s)] += values[(k, s)];
+                }
+            }
+        }
+        (all, out)
+    }
+
+    /// The outputs grouped so that a group's rows share most of their inputs: the rows of each
+    /// convolution piece by position (`per_group` outputs per group at least, every channel at a
+    /// few positions), the others in consecutive runs of `run`. Every output is in one group.
+    pub fn neuron_groups(&self, per_group: usize, run: usize) -> Vec<Vec<usize>> {
+        let mut assigned = vec![false; self.output_size];
+        let mut groups = Vec::new();
+        for b in &self.blocks {
+            if let Piece::Conv(c) = &b.piece {
+                for g in c.neuron_groups(per_group.div_ceil(c.output_shape()[0])) {
+                    let g: Vec<usize> = g.into_iter().map(|i| i + b.output).filter(|&i| !assigned[i]).collect();
+                    g.iter().for_each(|&i| assigned[i] = true);
+                    if !g.is_empty() {
+                        groups.push(g);
+                    }
+                }
+            }
+        }
+        let rest: Vec<usize> = (0..self.output_size).filter(|&i| !assigned[i]).collect();
+        groups.extend(rest.chunks(run.max(1)).map(<[usize]>::to_vec));
+        groups
+    }
+
     /// Columns `rows` of W^T (row i of W as a column, for each listed output i).
     pub fn rows_transposed(&self, rows: &[usize]) -> Mat<f64> {
         let mut out = Mat::<f64>::zeros(self.input_size, rows.len());
@@ -337,6 +407,27 @@ mod tests {
         }
         close(op.transpose(lam.as_ref()).as_ref(), linalg::mul(m.transpose(), lam.as_ref()).as_ref());
         let rows = [0usize, 7, co - 1, co + 3, co + 12];
+        // W^T lam on the listed rows, on the inputs they reach.
+        let sub = Mat::from_fn(rows.len(), 2, |k, s| lam[(rows[k], s)]);
+        let (inputs, values) = op.transpose_rows(&rows, sub.as_ref());
+        let mut full = Mat::<f64>::zeros(co + 14, 2);
+        for (k, &i) in rows.iter().enumerate() {
+            for s in 0..2 {
+                full[(i, s)] = sub[(k, s)];
+            }
+        }
+        let want = linalg::mul(m.transpose(), full.as_ref());
+        for j in 0..ci + 10 {
+            for s in 0..2 {
+                let got = inputs.binary_search(&j).map_or(0.0, |r| values[(r, s)]);
+                assert!((got - want[(j, s)]).abs() <= 1e-12, "transpose_rows ({j},{s})");
+            }
+        }
+        assert!(inputs.len() < ci + 10, "a convolution's rows reach only their receptive fields");
+        let groups = op.neuron_groups(6, 4);
+        let mut seen: Vec<usize> = groups.concat();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..co + 14).collect::<Vec<_>>());
         let cols = op.rows_transposed(&rows);
         let want = Mat::from_fn(ci + 10, rows.len(), |j, s| m[(rows[s], j)]);
         close(cols.as_ref(), want.as_ref());

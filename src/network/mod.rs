@@ -263,7 +263,8 @@ impl Layer {
 
     /// W^T lam for coefficients `lam` stored on the output neurons `rows` only (the others zero),
     /// as `(inputs, values)`: the values on the listed inputs, the others zero. A dense layer
-    /// reaches every input; a convolution only the receptive fields of `rows`.
+    /// reaches every input; a convolution only the receptive fields of `rows`; a block operator
+    /// the union of its pieces' ([`Blocks::transpose_rows`]).
     pub fn mul_t_rows(&self, rows: &[usize], lam: MatRef<'_, f64>) -> (Vec<usize>, Mat<f64>) {
         match &self.op {
             Op::Dense { weight_t, .. } => {
@@ -278,12 +279,10 @@ impl Layer {
                 }
             }
             Op::Blocks { blocks, .. } => {
-                let all = (0..blocks.input_size()).collect();
                 if rows.len() == blocks.output_size() {
-                    (all, blocks.transpose(lam))
+                    ((0..blocks.input_size()).collect(), blocks.transpose(lam))
                 } else {
-                    // The listed rows of W as columns, times lam: |rows| columns of W^T.
-                    (all, linalg::mul(blocks.rows_transposed(rows).as_ref(), lam))
+                    blocks.transpose_rows(rows, lam)
                 }
             }
         }

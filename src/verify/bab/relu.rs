@@ -139,6 +139,7 @@ pub(super) fn search(
     let mut settled = f64::INFINITY;
     let mut stuck = false;
     let mut round = 0usize;
+    let mut per_child: Option<f64> = None;
     loop {
         let worst = open.iter().map(Domain::score).fold(f64::INFINITY, f64::min);
         if let Some(outcome) = tracker.stop(open.len(), worst, settled, stuck, settings.max_domains) {
@@ -153,9 +154,13 @@ pub(super) fn search(
                 continue;
             }
         }
-        // The worst domains first: sort descending and take from the end.
+        // The worst domains first: sort descending and take from the end. Near the deadline, no
+        // more than the time left can bound (from the last rounds' seconds per child), so that
+        // a large network's round does not overrun the time limit.
         open.sort_by(|a, b| b.score().total_cmp(&a.score()));
-        let take = settings.batch.min(open.len());
+        let left = tracker.deadline.saturating_duration_since(std::time::Instant::now()).as_secs_f64();
+        let fits = per_child.map_or(usize::MAX, |t: f64| (left / (2.0 * t)).floor() as usize);
+        let take = settings.batch.min(open.len()).min(fits.max(1));
         let batch: Vec<Domain> = open.split_off(open.len() - take);
         // Counterexample search from the worst domains' minimizers, now and then.
         if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) {
@@ -188,6 +193,7 @@ pub(super) fn search(
             children.push(a);
             children.push(b);
         }
+        let round_start = std::time::Instant::now();
         let chunk = children.len().div_ceil(rayon::current_num_threads().max(1)).max(1);
         let found: Vec<Option<Vec<f64>>> = children
             .par_chunks_mut(chunk)
@@ -209,6 +215,12 @@ pub(super) fn search(
             })
             .collect();
         tracker.stats.domains += children.len();
+        if !children.is_empty() {
+            // Seconds per child, a round with fewer children than threads counted as a full one.
+            let threads = rayon::current_num_threads().max(1);
+            let t = round_start.elapsed().as_secs_f64() / children.len().max(threads) as f64;
+            per_child = Some(per_child.map_or(t, |old| 0.5 * (old + t)));
+        }
         if let Some(x) = found.into_iter().flatten().next() {
             return Ok(Outcome::Falsified { input: x });
         }
