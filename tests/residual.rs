@@ -235,3 +235,33 @@ fn bab_agrees_with_exact_phi_on_residual_networks() {
     eprintln!("{compared} compared: {verified} verified, {falsified} falsified");
     assert!(compared >= 100 && verified >= 20 && falsified >= 10, "{compared} / {verified} / {falsified}");
 }
+
+/// VNN-COMP 2021's cifar10_resnet benchmark (PyTorch exports of ResNet-2B and -4B with their
+/// properties; `github:stanleybak/vnncomp2021`, benchmarks/cifar10_resnet, not shipped): the
+/// folder named by `NNCERT_CIFAR10_RESNET` (skipped when unset). Every property's box centre (an
+/// image the PyTorch model classifies correctly, clipped to [0, 1] before normalization) must
+/// satisfy the property: the imported network predicts the property's label there.
+#[test]
+#[ignore = "needs the cifar10_resnet benchmark folder (NNCERT_CIFAR10_RESNET)"]
+fn vnncomp_resnets_predict_their_labels_at_the_box_centres() {
+    let Some(dir) = std::env::var_os("NNCERT_CIFAR10_RESNET").map(std::path::PathBuf::from) else {
+        eprintln!("NNCERT_CIFAR10_RESNET is not set: skipped");
+        return;
+    };
+    let csv = std::fs::read_to_string(dir.join("cifar10_resnet_instances.csv")).unwrap();
+    let mut nets = std::collections::HashMap::new();
+    let mut checked = 0;
+    for line in csv.lines().filter(|l| !l.trim().is_empty()) {
+        let parts: Vec<&str> = line.split(',').collect();
+        let net =
+            nets.entry(parts[0].to_string()).or_insert_with(|| nncert::io::load_network(dir.join(parts[0])).unwrap());
+        let property = nncert::io::load_vnnlib(dir.join(parts[1])).unwrap();
+        for region in &property.regions {
+            let x: Vec<f64> = region.input_lo.iter().zip(&region.input_hi).map(|(l, h)| 0.5 * (l + h)).collect();
+            let y = net.forward(&x).unwrap();
+            assert!(!region.violated_by(&y), "{line}: the centre violates the property: {y:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 72);
+}

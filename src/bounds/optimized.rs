@@ -363,7 +363,7 @@ fn ascend(
         .collect();
     let mut m1: Vec<Mat<f64>> = alpha.iter().map(|a| Mat::zeros(a.nrows(), cols)).collect();
     let mut m2: Vec<Mat<f64>> = m1.clone();
-    let (beta1, beta2) = (0.9, 0.999);
+    let (beta1, beta2): (f64, f64) = (0.9, 0.999);
     let mut best = vec![f64::NEG_INFINITY; cols];
     let mut saved: Vec<Mat<f64>> = alpha.iter().map(|a| Mat::zeros(a.nrows(), cols)).collect();
     // The slopes of each column's best bound (when `keep`).
@@ -379,18 +379,18 @@ fn ascend(
             saved[k].copy_from(&lam);
             for s in 0..cols {
                 let (mut c, mut offsets) = (0.0, 0.0);
-                for (i, n) in relaxed[k].iter().enumerate() {
-                    let x = lam[(i, s)];
-                    lam[(i, s)] = match *n {
-                        Neuron::Active => x,
+                let slopes = alpha[k].col_as_slice(s);
+                for ((x, n), &a) in lam.col_as_slice_mut(s).iter_mut().zip(&relaxed[k]).zip(slopes) {
+                    *x = match *n {
+                        Neuron::Active => *x,
                         Neuron::Inactive => 0.0,
                         Neuron::Unstable { slope, offset } => {
-                            if x >= 0.0 {
-                                x * alpha[k][(i, s)]
+                            if *x >= 0.0 {
+                                *x * a
                             } else {
-                                c += x * offset;
-                                offsets += (x * offset).abs();
-                                x * slope
+                                c += *x * offset;
+                                offsets += (*x * offset).abs();
+                                *x * slope
                             }
                         }
                     };
@@ -430,39 +430,29 @@ fn ascend(
             break;
         }
         // The gradient: the relaxed network's forward pass from the support function's minimizers.
-        let mut col = vec![0.0; lam.nrows()];
-        let mut x = Mat::<f64>::zeros(lam.nrows(), cols);
-        for s in 0..cols {
-            for (i, v) in col.iter_mut().enumerate() {
-                *v = lam[(i, s)];
-            }
-            let xs = set.argmin_linear(&col);
-            for (i, v) in xs.into_iter().enumerate() {
-                x[(i, s)] = v;
-            }
-        }
+        let mut x = set.argmin_linear_columns(lam.as_ref());
         let t = (step + 1) as i32;
+        let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         for k in 0..depth {
             let mut z = layers[k].mul(x.as_ref());
+            let bias = layers[k].bias();
             for s in 0..cols {
+                let (zs, ls) = (z.col_as_slice_mut(s), saved[k].col_as_slice(s));
+                let (al, mm, vv) = (alpha[k].col_as_slice_mut(s), m1[k].col_as_slice_mut(s), m2[k].col_as_slice_mut(s));
                 for (i, n) in relaxed[k].iter().enumerate() {
-                    let zi = z[(i, s)] + layers[k].bias()[i];
-                    let l = saved[k][(i, s)];
-                    z[(i, s)] = match *n {
+                    let zi = zs[i] + bias[i];
+                    zs[i] = match *n {
                         Neuron::Active => zi,
                         Neuron::Inactive => 0.0,
                         Neuron::Unstable { slope, offset } => {
-                            if l >= 0.0 {
+                            if ls[i] >= 0.0 {
                                 // Adam ascent on this slope: d bound / d alpha = lam * z.
-                                let g = l * zi;
-                                let a = &mut alpha[k][(i, s)];
-                                let (mm, vv) = (&mut m1[k][(i, s)], &mut m2[k][(i, s)]);
-                                *mm = beta1 * *mm + (1.0 - beta1) * g;
-                                *vv = beta2 * *vv + (1.0 - beta2) * g * g;
-                                let mhat = *mm / (1.0 - beta1.powi(t));
-                                let vhat = *vv / (1.0 - beta2.powi(t));
-                                let out = *a * zi;
-                                *a = (*a + settings.learning_rate * mhat / (vhat.sqrt() + 1e-12)).clamp(0.0, 1.0);
+                                let g = ls[i] * zi;
+                                mm[i] = beta1 * mm[i] + (1.0 - beta1) * g;
+                                vv[i] = beta2 * vv[i] + (1.0 - beta2) * g * g;
+                                let (mhat, vhat) = (mm[i] / c1, vv[i] / c2);
+                                let out = al[i] * zi;
+                                al[i] = (al[i] + settings.learning_rate * mhat / (vhat.sqrt() + 1e-12)).clamp(0.0, 1.0);
                                 out
                             } else {
                                 slope * zi + offset
