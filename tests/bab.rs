@@ -421,7 +421,10 @@ fn refined_bounds_contain_the_exact_range_and_tighten_alpha_crown() {
         let x: Vec<f64> = (0..n_in).map(|_| rng.random::<f64>()).collect();
         let (norm, eps) = if seed % 3 == 0 { (Norm::L2, 0.4) } else { (Norm::Linf, 0.15) };
         let set = InputSet::new(x, eps, norm, Some(Domain::uniform(n_in, 0.0, 1.0).unwrap())).unwrap();
-        let alpha = optimized_bounds(&net, &set, &SlopeSettings::default()).unwrap();
+        // alpha-CROWN as branch and bound's root computes it (its convergence tolerance).
+        let root =
+            SlopeSettings { iterations: bab.root_iterations, tolerance: bab.root_tolerance, ..Default::default() };
+        let alpha = optimized_bounds(&net, &set, &root).unwrap();
         let (refined, stats) = bab.refined_bounds(&net, &set).unwrap();
         assert_eq!(stats.unstable_before, alpha.layers[1..depth].iter().map(unstable).sum::<usize>());
         assert_eq!(stats.unstable_after, refined.layers[1..depth].iter().map(unstable).sum::<usize>());

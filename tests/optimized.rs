@@ -197,3 +197,36 @@ fn alpha_crown_margins_lie_between_crown_and_the_exact_phi_and_reach_lp_full() {
     assert!(AlphaCrown::default().lower_bounds(net, set, 3, &[0]).is_err());
     assert!(AlphaCrown::default().lower_bounds(net, set, 0, &[7]).is_err());
 }
+
+/// The convergence tolerance stops the ascent early: its bounds never loosen CROWN's, and on the
+/// first optimized layer (whose relaxation is the same in both runs) they lie between CROWN's and
+/// those of every step, within a small fraction of the latter.
+#[test]
+fn a_convergence_tolerance_stops_between_crown_and_every_step() {
+    let full = SlopeSettings::default();
+    let early = SlopeSettings { tolerance: 1e-3, ..full };
+    let (mut differ, mut worst) = (0, 0.0f64);
+    for (ci, (net, set)) in cases().iter().enumerate() {
+        let crown = bounds::crown_and_ibp(net, set).unwrap();
+        let a = optimized_bounds(net, set, &full).unwrap();
+        let b = optimized_bounds(net, set, &early).unwrap();
+        for k in 0..net.layers().len() - 1 {
+            for j in 0..crown.layers[k].len() {
+                let (e, c) = (&b.layers[k], &crown.layers[k]);
+                assert!(e.lower[j] >= c.lower[j] && e.upper[j] <= c.upper[j], "case {ci} layer {k}: looser than CROWN");
+                if k == 1 {
+                    let f = &a.layers[k];
+                    assert!(e.lower[j] <= f.lower[j] + 1e-12 && e.upper[j] >= f.upper[j] - 1e-12, "case {ci}");
+                    differ += usize::from(e.lower[j] < f.lower[j] || e.upper[j] > f.upper[j]);
+                    let width = f.upper[j] - f.lower[j];
+                    worst = worst.max((e.upper[j] - e.lower[j] - width) / (1.0 + width));
+                }
+            }
+        }
+    }
+    eprintln!("{differ} first-layer bounds stopped early; widest relative loss {worst:.2e}");
+    assert!(worst < 0.05, "the early stop lost {worst} of a width");
+    let bad = SlopeSettings { tolerance: -1.0, ..full };
+    let (net, set) = &cases()[0];
+    assert!(matches!(optimized_bounds(net, set, &bad), Err(Error::InvalidArgument(_))));
+}

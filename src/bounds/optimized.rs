@@ -41,11 +41,18 @@ pub struct SlopeSettings {
     pub iterations: usize,
     /// Adam's step size on the slopes (which live in \[0, 1\]).
     pub learning_rate: f64,
+    /// Convergence test (0: off, every step runs): a batch of bounds stops once none of them rose
+    /// by more than `tolerance * (1 + |bound|)` over the last [`WINDOW`] steps.
+    #[serde(default)]
+    pub tolerance: f64,
 }
+
+/// Steps over which [`SlopeSettings::tolerance`] measures progress.
+pub const WINDOW: usize = 10;
 
 impl Default for SlopeSettings {
     fn default() -> Self {
-        Self { iterations: 100, learning_rate: 0.1 }
+        Self { iterations: 100, learning_rate: 0.1, tolerance: 0.0 }
     }
 }
 
@@ -198,11 +205,17 @@ pub fn optimized_spec_bounds(
     Ok(ascend(net, set, &relaxed, depth, &spec.to_owned(), settings, false).0)
 }
 
-/// An error unless the hidden layers are ReLU and the step size is finite and >= 0.
+/// An error unless the hidden layers are ReLU and the step size and tolerance are finite and >= 0.
 fn check_supported(net: &Network, settings: &SlopeSettings) -> Result<()> {
     let layers = net.layers();
     if layers[..layers.len() - 1].iter().any(|l| l.activation() != Activation::Relu) {
         return Err(Error::Unsupported("optimized slopes need ReLU hidden layers".into()));
+    }
+    if !(settings.tolerance.is_finite() && settings.tolerance >= 0.0) {
+        return Err(Error::InvalidArgument(format!(
+            "slope tolerance must be finite and >= 0, got {}",
+            settings.tolerance
+        )));
     }
     if !settings.learning_rate.is_finite() || settings.learning_rate < 0.0 {
         return Err(Error::InvalidArgument(format!(
@@ -365,6 +378,8 @@ fn ascend(
     let mut m2: Vec<Mat<f64>> = m1.clone();
     let (beta1, beta2): (f64, f64) = (0.9, 0.999);
     let mut best = vec![f64::NEG_INFINITY; cols];
+    // `best` WINDOW steps ago (SlopeSettings::tolerance).
+    let mut mark = vec![f64::NEG_INFINITY; cols];
     let mut saved: Vec<Mat<f64>> = alpha.iter().map(|a| Mat::zeros(a.nrows(), cols)).collect();
     // The slopes of each column's best bound (when `keep`).
     let mut best_slopes: Vec<Slopes> = if keep { vec![Vec::new(); cols] } else { Vec::new() };
@@ -428,6 +443,13 @@ fn ascend(
         }
         if step == settings.iterations {
             break;
+        }
+        if settings.tolerance > 0.0 && step % WINDOW == 0 {
+            let risen = best.iter().zip(&mark).any(|(b, m)| b - m > settings.tolerance * (1.0 + b.abs()));
+            if step > 0 && !risen {
+                break;
+            }
+            mark.copy_from_slice(&best);
         }
         // The gradient: the relaxed network's forward pass from the support function's minimizers.
         let mut x = set.argmin_linear_columns(lam.as_ref());

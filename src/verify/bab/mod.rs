@@ -91,6 +91,10 @@ pub struct Bab {
     pub iterations: usize,
     /// Slope steps for the root's intermediate bounds and its constraints (default 100).
     pub root_iterations: usize,
+    /// Convergence tolerance of the root's intermediate-bound ascent (default 1e-3): a batch of
+    /// neuron bounds stops before `root_iterations` once none rose by more than this, relative,
+    /// over the last 10 steps ([`crate::bounds::optimized::SlopeSettings::tolerance`]).
+    pub root_tolerance: f64,
     /// Candidates tried per branching decision (filtered smart branching; default 8).
     pub fsb_candidates: usize,
     /// Hidden layers after a split whose intermediate bounds a child recomputes (default: all).
@@ -137,6 +141,7 @@ impl Default for Bab {
             input_split_max_dim: 10,
             iterations: 20,
             root_iterations: 100,
+            root_tolerance: 1e-3,
             fsb_candidates: 8,
             refresh_layers: usize::MAX,
             attack_steps: 100,

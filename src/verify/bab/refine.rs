@@ -111,7 +111,11 @@ fn pass(
 ) -> Result<(bool, bool)> {
     let hidden = net.layers().len() - 1;
     let sub_settings = Bab { progress: false, refine: 0.0, sdp_share: 0.0, ..settings.clone() };
-    let slopes = SlopeSettings { iterations: settings.root_iterations, ..Default::default() };
+    let slopes = SlopeSettings {
+        iterations: settings.root_iterations,
+        tolerance: settings.root_tolerance,
+        ..Default::default()
+    };
     let (mut changed, mut stopped) = (false, false);
     for j in 1..hidden {
         if Instant::now() >= deadline {
