@@ -57,6 +57,10 @@ struct Args {
     /// Domains per neuron of that refinement (bab).
     #[arg(long, default_value_t = Bab::default().refine_domains)]
     refine_domains: usize,
+    /// Share of the timeout the search first runs on alpha-CROWN's root bounds alone, before that
+    /// refinement (bab, ReLU splitting; 0: refine first; see `Bab::quick`).
+    #[arg(long, default_value_t = Bab::default().quick)]
+    quick: f64,
     /// Share of the timeout BM-Full may spend bounding domains the beta-CROWN search leaves open
     /// (bab, ReLU splitting; 0: off; see `Bab::sdp_share`).
     #[arg(long, default_value_t = Bab::default().sdp_share)]
@@ -117,6 +121,7 @@ fn run(args: &Args) -> nncert::Result<()> {
                 refresh_layers: args.refresh_layers.unwrap_or(usize::MAX),
                 refine: args.refine,
                 refine_domains: args.refine_domains,
+                quick: args.quick,
                 sdp_share: args.sdp_share,
                 sdp_after: args.sdp_after,
                 ..Bab::default()

@@ -533,3 +533,79 @@ fn a_split_multiplier_started_by_matching_beta_keeps_the_parents_bound() {
     assert!(checked >= 40, "too few splits checked: {checked}");
     assert!(lower_without >= 5, "beta = 0 was never worse: {lower_without} of {checked}");
 }
+
+/// A robustness property as VNN-LIB states it: the box `x ± eps` and one disjunct `y_label <=
+/// y_t` per other class.
+fn robustness_property(x: &[f64], eps: f64, label: usize, outputs: usize) -> Property {
+    let disjuncts = (0..outputs)
+        .filter(|&t| t != label)
+        .map(|t| {
+            let mut coeffs = vec![0.0; outputs];
+            coeffs[label] = 1.0;
+            coeffs[t] = -1.0;
+            vec![OutputConstraint { coeffs, constant: 0.0, strict: false }]
+        })
+        .collect();
+    let region = Region {
+        input_lo: x.iter().map(|v| v - eps).collect(),
+        input_hi: x.iter().map(|v| v + eps).collect(),
+        disjuncts,
+    };
+    Property { outputs, regions: vec![region] }
+}
+
+/// `Bab::quick`: a property the search answers on alpha-CROWN's root bounds is answered without
+/// the refinement of those bounds (no refinement search ran), where the refine-first schedule
+/// (`quick` 0) refines first; both schedules give the same answers, each checked (a
+/// counterexample by a forward pass, `unsat` against sampling).
+#[test]
+fn a_quick_search_answers_before_the_refinement() {
+    let mut rng = StdRng::seed_from_u64(31);
+    let (mut skipped, mut answered) = (0, 0);
+    for seed in 0..24u64 {
+        let net = common::random_network(4100 + seed, &[12, 24, 24, 24, 4], Activation::Relu);
+        let x: Vec<f64> = (0..12).map(|_| rng.random::<f64>()).collect();
+        let label = net.predict(&x).unwrap();
+        let prop = robustness_property(&x, 0.04 + 0.08 * rng.random::<f64>(), label, 4);
+        let mut results = Vec::new();
+        let mut searches = Vec::new();
+        for quick in [0.0, 0.5] {
+            let bab = Bab { branching: Branching::Relu, timeout: 20.0, refine: 0.3, quick, ..Bab::default() };
+            let r = check_property_bab(&net, &prop, None, &bab).unwrap();
+            match &r.result {
+                PropertyResult::Sat { input, output } => assert!(prop.violated_by(input, output), "seed {seed}"),
+                PropertyResult::Unsat => {
+                    assert!(
+                        !sampled_violation(&net, &prop.regions[0], &mut rng),
+                        "seed {seed}: unsat, but a sample violates"
+                    )
+                }
+                other => panic!("seed {seed} quick {quick}: {other:?} ({:?})", r.stats),
+            }
+            results.push(matches!(r.result, PropertyResult::Sat { .. }));
+            searches.push(r.stats.refine.searches);
+        }
+        assert_eq!(results[0], results[1], "seed {seed}: the schedules disagree");
+        answered += 1;
+        if searches[0] > 0 && searches[1] == 0 {
+            skipped += 1;
+        }
+    }
+    assert!(skipped >= 3, "the quick search answered only {skipped} of {answered} refined properties first");
+}
+
+/// `Bab::quick` and `Bab::root_tolerance` outside their ranges are refused.
+#[test]
+fn quick_and_root_tolerance_are_validated() {
+    let net = common::random_network(5, &[3, 6, 6, 6, 2], Activation::Relu);
+    let prop = robustness_property(&[0.5; 3], 0.1, 0, 2);
+    for bab in [
+        Bab { quick: 1.5, ..Bab::default() },
+        Bab { quick: -0.1, ..Bab::default() },
+        Bab { root_tolerance: f64::NAN, ..Bab::default() },
+        Bab { root_tolerance: -1.0, ..Bab::default() },
+    ] {
+        let e = check_property_bab(&net, &prop, None, &bab).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    }
+}

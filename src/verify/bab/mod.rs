@@ -114,6 +114,11 @@ pub struct Bab {
     pub refine: f64,
     /// Domains each of those searches may bound (default 256).
     pub refine_domains: usize,
+    /// With a refinement to come, the share of [`Bab::timeout`] a VNN-LIB property's search
+    /// first runs on alpha-CROWN's root bounds alone (default 0.1): what it answers there costs no
+    /// refinement; the disjuncts it leaves open are searched again over the refined bounds
+    /// ([`check_property_bab`]; `certify`'s per-target searches refine first).
+    pub quick: f64,
     /// The share of [`Bab::timeout`] that ReLU splitting may spend bounding domains with BM-Full,
     /// the SDP relaxation on a domain's split-tightened bounds ([`sdp`]; default 0: off). Once the
     /// search has bounded [`Bab::sdp_after`] domains without an answer, BM-Full bounds the root,
@@ -149,6 +154,7 @@ impl Default for Bab {
             progress: false,
             refine: 0.3,
             refine_domains: 256,
+            quick: 0.1,
             sdp_share: 0.0,
             sdp_after: default_sdp_after(),
         }
@@ -394,11 +400,14 @@ impl Bab {
                 self.timeout, self.batch, self.max_domains
             )));
         }
-        if !(0.0..=1.0).contains(&self.refine) || !(0.0..=1.0).contains(&self.sdp_share) {
+        if [self.refine, self.sdp_share, self.quick].iter().any(|v| !(0.0..=1.0).contains(v)) {
             return Err(Error::InvalidArgument(format!(
-                "refine and sdp_share are shares of the time limit, in [0, 1] (got {} and {})",
-                self.refine, self.sdp_share
+                "refine, sdp_share and quick are shares of the time limit, in [0, 1] (got {}, {} and {})",
+                self.refine, self.sdp_share, self.quick
             )));
+        }
+        if !(self.root_tolerance.is_finite() && self.root_tolerance >= 0.0) {
+            return Err(Error::InvalidArgument(format!("root_tolerance must be >= 0, got {}", self.root_tolerance)));
         }
         Ok(())
     }
@@ -453,8 +462,27 @@ impl Bab {
         open: impl Fn(&bounds::PreActivationBounds) -> bool,
     ) -> Result<bounds::PreActivationBounds> {
         let mut pre = relu::root_bounds(net, set, self)?;
-        if self.refine > 0.0 && net.layers().len() > 2 && open(&pre) {
-            let r = refine::refine(net, set, self, &mut pre, self.refine * self.timeout, tracker)?;
+        if self.refines(net) && open(&pre) {
+            self.refine_root(net, set, &mut pre, tracker)?;
+        }
+        Ok(pre)
+    }
+
+    /// Whether ReLU splitting on `net` refines its root bounds ([`Bab::refine`]).
+    fn refines(&self, net: &Network) -> bool {
+        self.refine > 0.0 && net.layers().len() > 2
+    }
+
+    /// [`refine`] on `pre`, its statistics added to the tracker's.
+    fn refine_root(
+        &self,
+        net: &Network,
+        set: &InputSet,
+        pre: &mut bounds::PreActivationBounds,
+        tracker: &mut Tracker,
+    ) -> Result<()> {
+        {
+            let r = refine::refine(net, set, self, pre, self.refine * self.timeout, tracker)?;
             let t = &mut tracker.stats.refine;
             t.unstable_before += r.unstable_before;
             t.unstable_after += r.unstable_after;
@@ -469,7 +497,7 @@ impl Bab {
                 );
             }
         }
-        Ok(pre)
+        Ok(())
     }
 
     /// The branching this network and set get: [`Branching::Auto`] resolved, and an error when
@@ -650,10 +678,8 @@ pub fn check_property_bab(
         if let Some(x) = super::property::attack(net, &others, &lo, &hi, settings.attack_steps)? {
             return Ok(found(net, x, tracker));
         }
-        let root = match branching {
-            Branching::Relu => Some(settings.root_bounds(net, &set, &mut tracker, |pre| {
-                region.disjuncts.iter().any(|d| crown_score(net, &set, pre, d) <= 0.0)
-            })?),
+        let mut root = match branching {
+            Branching::Relu => Some(relu::root_bounds(net, &set, settings)?),
             _ => None,
         };
         // Cheapest first (the root's CROWN bound, largest first), so that a hard disjunct that
@@ -663,18 +689,41 @@ pub fn check_property_bab(
             let key: Vec<f64> = region.disjuncts.iter().map(|d| crown_score(net, &set, pre, d)).collect();
             order.sort_by(|&a, &b| key[b].total_cmp(&key[a]));
         }
-        for k in order {
-            let p = Problem { net, set: &set, constraints: &region.disjuncts[k] };
-            match settings.solve(&p, root.as_ref(), &mut tracker)? {
-                Outcome::Verified { .. } => {}
-                Outcome::Falsified { input } => return Ok(found(net, input, tracker)),
-                Outcome::Unknown { reason: r, .. } => {
-                    reason = Some(r);
-                    if r == StopReason::Timeout {
-                        break;
+        // With a refinement to come, a quick search on alpha-CROWN's bounds first (Bab::quick),
+        // then the refinement and the search again on what is left.
+        let mut refine_next = root.is_some() && settings.refines(net);
+        loop {
+            let full = tracker.deadline;
+            if refine_next {
+                let quick = Duration::from_secs_f64(settings.quick * settings.timeout);
+                tracker.deadline = full.min(Instant::now().checked_add(quick).unwrap_or(full));
+            }
+            let mut left = Vec::new();
+            reason = None;
+            for (pos, &k) in order.iter().enumerate() {
+                let p = Problem { net, set: &set, constraints: &region.disjuncts[k] };
+                match settings.solve(&p, root.as_ref(), &mut tracker)? {
+                    Outcome::Verified { .. } => {}
+                    Outcome::Falsified { input } => return Ok(found(net, input, tracker)),
+                    Outcome::Unknown { reason: r, .. } => {
+                        reason = Some(r);
+                        if r == StopReason::Timeout {
+                            left.extend_from_slice(&order[pos..]);
+                            break;
+                        }
+                        left.push(k);
                     }
                 }
             }
+            tracker.deadline = full;
+            if left.is_empty() || !refine_next || tracker.timed_out() {
+                break;
+            }
+            refine_next = false;
+            if let Some(pre) = root.as_mut() {
+                settings.refine_root(net, &set, pre, &mut tracker)?;
+            }
+            order = left;
         }
         if reason == Some(StopReason::Timeout) {
             break;
