@@ -117,7 +117,7 @@ pub struct Bab {
     /// With a refinement to come, the share of [`Bab::timeout`] a VNN-LIB property's search
     /// first runs on alpha-CROWN's root bounds alone (default 0.1): what it answers there costs no
     /// refinement; the disjuncts it leaves open are searched again over the refined bounds
-    /// ([`check_property_bab`]; `certify`'s per-target searches refine first).
+    /// ([`check_property_bab`]; 0: refine first, as `certify`'s per-target searches do).
     pub quick: f64,
     /// The share of [`Bab::timeout`] that ReLU splitting may spend bounding domains with BM-Full,
     /// the SDP relaxation on a domain's split-tightened bounds ([`sdp`]; default 0: off). Once the
@@ -692,6 +692,15 @@ pub fn check_property_bab(
         // With a refinement to come, a quick search on alpha-CROWN's bounds first (Bab::quick),
         // then the refinement and the search again on what is left.
         let mut refine_next = root.is_some() && settings.refines(net);
+        if refine_next && settings.quick == 0.0 {
+            // Refine first, when some disjunct is open at the root.
+            refine_next = false;
+            if let Some(pre) = root.as_mut()
+                && region.disjuncts.iter().any(|d| crown_score(net, &set, pre, d) <= 0.0)
+            {
+                settings.refine_root(net, &set, pre, &mut tracker)?;
+            }
+        }
         loop {
             let full = tracker.deadline;
             if refine_next {
