@@ -85,6 +85,13 @@ struct Args {
     /// Only rewrite the report from the cache; compute nothing.
     #[arg(long)]
     report_only: bool,
+    /// Import `certify --lines` files into the cache first (comma-separated): each is one row run
+    /// by `certify --only-correct --domain 0,1` with one of the tables' methods and the verifier's
+    /// defaults, sdp / bm / bm-full with `--bm-time-limit` equal to --time-limit and
+    /// `--bm-iterations` to --bm-iterations (recorded as the entries' budget); its images replace
+    /// the cached ones of that row and method. Long rows can so run (and resume) in `certify`.
+    #[arg(long)]
+    import_lines: Option<String>,
     /// Cache folder.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/cache"))]
     cache: PathBuf,
@@ -282,6 +289,76 @@ impl Cache {
         writeln!(f, "{}", serde_json::to_string(e)?)?;
         Ok(())
     }
+}
+
+/// Imports one `certify --lines` file into the cache (see `Args::import_lines`): the header
+/// names the model, method, norm and radius; every image line becomes an entry, replacing the
+/// cached entry of the same image.
+fn import_lines(path: &Path, args: &Args) -> Res<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: serde_json::Value = serde_json::from_str(lines.next().ok_or(format!("{}: empty", path.display()))?)?;
+    let run = &header["run"];
+    let field = |k: &str| run[k].as_str().ok_or(format!("{}: the header has no run.{k}", path.display()));
+    let model = Path::new(field("model")?)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or(format!("{}: no model file name", path.display()))?
+        .to_string();
+    let method = field("method")?.to_string();
+    if !ALL_METHODS.contains(&method.as_str()) {
+        return Err(format!(
+            "{}: method {method} is not one of the tables' ({})",
+            path.display(),
+            ALL_METHODS.join(", ")
+        )
+        .into());
+    }
+    let norm: Norm = field("norm")?.parse()?;
+    let eps = run["eps"].as_f64().ok_or(format!("{}: the header has no run.eps", path.display()))?;
+    if run["domain"] != serde_json::json!([0.0, 1.0]) {
+        return Err(format!("{}: the tables use the [0, 1] box, this run {}", path.display(), run["domain"]).into());
+    }
+    let bm = matches!(method.as_str(), "bm" | "bm-full");
+    let mut cache = Cache::open(&args.cache, &model, norm, eps, &method, false)?;
+    let mut imported = 0;
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let verdict: Verdict = serde_json::from_value(v["verdict"].clone())?;
+        if verdict == Verdict::Misclassified {
+            continue;
+        }
+        let bounds = |k: &str| -> Vec<Option<f64>> {
+            v[k].as_array().map(|a| a.iter().map(|x| round(x.as_f64())).collect()).unwrap_or_default()
+        };
+        let int = |k: &str| v[k].as_u64().map(|x| x as usize).ok_or(format!("{}: a line without {k}", path.display()));
+        let e = Entry {
+            image: int("index")?,
+            label: int("label")?,
+            verdict,
+            lower: bounds("lower_bounds"),
+            upper: bounds("upper_bounds"),
+            seconds: (v["seconds"].as_f64().unwrap_or(0.0) * 1e4).round() / 1e4,
+            time_limit: matches!(method.as_str(), "sdp" | "bm" | "bm-full").then_some(args.time_limit),
+            iterations: bm.then_some(args.bm_iterations),
+            input_scaling: bm.then(|| Bm::default().input_scaling_for(norm)).transpose()?,
+            restarts: bm.then(|| Bm::default().restarts),
+            near_miss_iterations: bm.then(|| Bm::default().near_miss_iterations),
+            bounds: (method == "bm-full").then(|| "optimized".to_string()),
+        };
+        cache.entries.insert(e.image, e);
+        imported += 1;
+    }
+    let mut entries: Vec<&Entry> = cache.entries.values().collect();
+    entries.sort_by_key(|e| e.image);
+    let mut out = String::new();
+    for e in entries {
+        out.push_str(&serde_json::to_string(e)?);
+        out.push('\n');
+    }
+    std::fs::write(&cache.path, out).map_err(|e| format!("cannot write {}: {e}", cache.path.display()))?;
+    eprintln!("imported {imported} images of {} into {}", path.display(), cache.path.display());
+    Ok(())
 }
 
 /// Rounds a bound for the cache to 7 significant digits (the verdict is stored exactly beside it;
@@ -538,6 +615,9 @@ fn run(args: Args) -> Res<()> {
     let wanted_models: Option<Vec<String>> =
         args.models.as_ref().map(|s| s.split(',').map(|m| m.trim().to_string()).collect());
     std::fs::create_dir_all(&args.cache).map_err(|e| format!("cannot create {}: {e}", args.cache.display()))?;
+    for file in args.import_lines.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|f| !f.is_empty()) {
+        import_lines(Path::new(file), &args)?;
+    }
     let (paper, protocol) = read_paper(&args.data)?;
     let (images, _) = nncert::io::read_idx_images(args.data.join("mnist/t10k-first1100-images-idx3-ubyte"))?;
     let labels = nncert::io::read_idx_labels(args.data.join("mnist/t10k-first1100-labels-idx1-ubyte"))?;
