@@ -44,6 +44,12 @@ struct Args {
     /// Adam steps on the slopes and split multipliers per domain (bab).
     #[arg(long, default_value_t = Bab::default().iterations)]
     iterations: usize,
+    /// Slope steps of the root's alpha-CROWN bounds (bab, ReLU splitting).
+    #[arg(long, default_value_t = Bab::default().root_iterations)]
+    root_iterations: usize,
+    /// Convergence tolerance of the root's ascent (bab; 0: every step; see `Bab::root_tolerance`).
+    #[arg(long, default_value_t = Bab::default().root_tolerance)]
+    root_tolerance: f64,
     /// Hidden layers after a split whose bounds a child recomputes (bab; default all).
     #[arg(long)]
     refresh_layers: Option<usize>,
@@ -117,6 +123,8 @@ fn run(args: &Args) -> nncert::Result<()> {
                 attack_steps: args.attack_steps,
                 progress: args.progress,
                 iterations: args.iterations,
+                root_iterations: args.root_iterations,
+                root_tolerance: args.root_tolerance,
                 batch: args.batch,
                 refresh_layers: args.refresh_layers.unwrap_or(usize::MAX),
                 refine: args.refine,

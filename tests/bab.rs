@@ -609,3 +609,24 @@ fn quick_and_root_tolerance_are_validated() {
         assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     }
 }
+
+/// The time limit holds for the root's alpha-CROWN and the attack too: with budgets far beyond
+/// it (a million slope and attack steps) a property's search still ends near the limit, with a
+/// timeout (never an answer it did not prove).
+#[test]
+fn the_time_limit_bounds_the_root_and_the_attack() {
+    let net = common::random_network(17, &[30, 60, 60, 60, 4], Activation::Relu);
+    let x = vec![0.5; 30];
+    let label = net.predict(&x).unwrap();
+    let prop = robustness_property(&x, 0.3, label, 4);
+    let bab = Bab { timeout: 1.0, root_iterations: 1_000_000, attack_steps: 1_000_000, ..Bab::default() };
+    let start = std::time::Instant::now();
+    let r = check_property_bab(&net, &prop, None, &bab).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    assert!(seconds < 5.0, "a 1 s limit took {seconds} s");
+    match &r.result {
+        PropertyResult::Sat { input, output } => assert!(prop.violated_by(input, output)),
+        PropertyResult::Timeout | PropertyResult::Unknown => {}
+        PropertyResult::Unsat => panic!("unsat at eps 0.3 on a random network is not expected: {:?}", r.stats),
+    }
+}

@@ -230,3 +230,18 @@ fn a_convergence_tolerance_stops_between_crown_and_every_step() {
     let (net, set) = &cases()[0];
     assert!(matches!(optimized_bounds(net, set, &bad), Err(Error::InvalidArgument(_))));
 }
+
+/// A deadline that has passed leaves CROWN's bounds (every layer), and one far ahead changes
+/// nothing: the ascent stops on the clock, never with a looser or unsound bound.
+#[test]
+fn a_passed_deadline_keeps_crowns_bounds() {
+    let now = std::time::Instant::now();
+    for (net, set) in cases() {
+        let crown = bounds::crown_and_ibp(&net, &set).unwrap();
+        let passed = optimized_bounds(&net, &set, &SlopeSettings { deadline: Some(now), ..SlopeSettings::default() });
+        assert_eq!(passed.unwrap(), crown);
+        let ahead = now + std::time::Duration::from_secs(3600);
+        let far = optimized_bounds(&net, &set, &SlopeSettings { deadline: Some(ahead), ..SlopeSettings::default() });
+        assert_eq!(far.unwrap(), optimized_bounds(&net, &set, &SlopeSettings::default()).unwrap());
+    }
+}

@@ -28,11 +28,15 @@ pub struct PgdSettings {
     pub step_fraction: f64,
     /// Seed of the random starts (default 0), so runs are reproducible.
     pub seed: u64,
+    /// A wall-clock limit (None: none): once it has passed, the attack stops after the current
+    /// step and reports the best points found so far (checked as always).
+    #[serde(skip)]
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Default for PgdSettings {
     fn default() -> Self {
-        Self { steps: 100, restarts: 3, step_fraction: 0.25, seed: 0 }
+        Self { steps: 100, restarts: 3, step_fraction: 0.25, seed: 0, deadline: None }
     }
 }
 
@@ -110,7 +114,7 @@ pub fn pgd(
                 best[j] = (values[j], x.col(j).iter().copied().collect());
             }
         }
-        if step == settings.steps || eps == 0.0 {
+        if step == settings.steps || eps == 0.0 || settings.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             break;
         }
         let t = step as f64 / settings.steps as f64;

@@ -45,6 +45,17 @@ pub struct SlopeSettings {
     /// by more than `tolerance * (1 + |bound|)` over the last [`WINDOW`] steps.
     #[serde(default)]
     pub tolerance: f64,
+    /// A wall-clock limit (None: none): once it has passed, the ascent stops at its best bound so
+    /// far and the layers not reached keep CROWN's bounds (every slope gives a sound bound).
+    #[serde(skip)]
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl SlopeSettings {
+    /// Whether [`SlopeSettings::deadline`] has passed.
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| std::time::Instant::now() >= d)
+    }
 }
 
 /// Steps over which [`SlopeSettings::tolerance`] measures progress.
@@ -52,7 +63,7 @@ pub const WINDOW: usize = 10;
 
 impl Default for SlopeSettings {
     fn default() -> Self {
-        Self { iterations: 100, learning_rate: 0.1, tolerance: 0.0 }
+        Self { iterations: 100, learning_rate: 0.1, tolerance: 0.0, deadline: None }
     }
 }
 
@@ -115,6 +126,9 @@ fn bounds_with_slopes(
     let hidden = layers.len().saturating_sub(1);
     let mut traced: Vec<Vec<NeuronSlopes>> = (0..hidden).map(|k| vec![(None, None); layers[k].output_size()]).collect();
     for j in 1..hidden {
+        if settings.expired() {
+            break;
+        }
         let (iv, slopes) = tighten_layer_traced(net, set, &pre, j, settings, keep);
         pre.layers[j].intersect(&iv);
         if keep {
@@ -292,10 +306,14 @@ fn tighten_layer_traced(
     let values: Vec<(f64, Option<Slopes>)> = jobs
         .par_chunks(32)
         .flat_map_iter(|part| {
+            if settings.expired() {
+                // Out of time: these columns keep the bounds they have.
+                return vec![(f64::NEG_INFINITY, None); part.len()].into_iter();
+            }
             let spec = Mat::<f64>::from_fn(n_out, part.len(), |i, s| if part[s].0 == i { part[s].1 } else { 0.0 });
             let (v, mut slopes) = ascend(net, set, &relaxed, depth, &spec, settings, keep);
             slopes.resize(v.len(), Vec::new());
-            v.into_iter().zip(slopes).map(|(v, s)| (v, keep.then_some(s)))
+            v.into_iter().zip(slopes).map(|(v, s)| (v, keep.then_some(s))).collect::<Vec<_>>().into_iter()
         })
         .collect();
     for (&(i, sign), (v, slopes)) in jobs.iter().zip(values) {
@@ -441,7 +459,7 @@ fn ascend(
                 }
             }
         }
-        if step == settings.iterations {
+        if step == settings.iterations || settings.expired() {
             break;
         }
         if settings.tolerance > 0.0 && step % WINDOW == 0 {

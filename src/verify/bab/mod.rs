@@ -447,7 +447,7 @@ impl Bab {
             ));
         }
         let tracker = Tracker::new(self.timeout, self.progress);
-        let mut pre = relu::root_bounds(net, set, self)?;
+        let mut pre = relu::root_bounds(net, set, self, tracker.deadline)?;
         let stats = refine::refine(net, set, self, &mut pre, self.refine * self.timeout, &tracker)?;
         Ok((pre, stats))
     }
@@ -461,7 +461,7 @@ impl Bab {
         tracker: &mut Tracker,
         open: impl Fn(&bounds::PreActivationBounds) -> bool,
     ) -> Result<bounds::PreActivationBounds> {
-        let mut pre = relu::root_bounds(net, set, self)?;
+        let mut pre = relu::root_bounds(net, set, self, tracker.deadline)?;
         if self.refines(net) && open(&pre) {
             self.refine_root(net, set, &mut pre, tracker)?;
         }
@@ -669,7 +669,7 @@ pub fn check_property_bab(
         let branching = settings.branching_for(net, &set)?;
         let (lo, hi) = set.bounding_box();
         // The attack first: a confirmed counterexample settles the property.
-        if let Some(x) = margin_attack(net, &set, &region.disjuncts, settings)? {
+        if let Some(x) = margin_attack(net, &set, &region.disjuncts, settings, &tracker)? {
             return Ok(found(net, x, tracker));
         }
         // Sign-gradient descent on the disjuncts the batched PGD did not attack.
@@ -679,7 +679,7 @@ pub fn check_property_bab(
             return Ok(found(net, x, tracker));
         }
         let mut root = match branching {
-            Branching::Relu => Some(relu::root_bounds(net, &set, settings)?),
+            Branching::Relu => Some(relu::root_bounds(net, &set, settings, tracker.deadline)?),
             _ => None,
         };
         // Cheapest first (the root's CROWN bound, largest first), so that a hard disjunct that
@@ -755,10 +755,15 @@ fn margin_attack(
     set: &InputSet,
     disjuncts: &[Vec<OutputConstraint>],
     settings: &Bab,
+    tracker: &Tracker,
 ) -> Result<Option<Vec<f64>>> {
     if settings.attack_steps == 0 {
         return Ok(None);
     }
+    // At most ATTACK_SHARE of the time limit (on a large network 2 x 5 starts of 100 steps take
+    // longer than CROWN: ResNet-4B ~15-30 s).
+    let budget = Duration::from_secs_f64(ATTACK_SHARE * settings.timeout);
+    let deadline = Some(tracker.deadline.min(Instant::now().checked_add(budget).unwrap_or(tracker.deadline)));
     let pairs: Vec<(usize, usize)> = disjuncts.iter().filter_map(|d| margin_pair(d)).collect();
     let mut labels: Vec<usize> = pairs.iter().map(|p| p.0).collect();
     labels.sort_unstable();
@@ -767,8 +772,14 @@ fn margin_attack(
     // reaches corners a small one does not (measured on VNN-COMP's mnist_fc: margin -0.92 with a
     // first step of eps where 50 starts with eps / 4 end at +0.03).
     let runs = [
-        crate::attack::PgdSettings { steps: settings.attack_steps, restarts: 5, step_fraction: 1.0, seed: 1 },
-        crate::attack::PgdSettings { steps: settings.attack_steps, restarts: 5, step_fraction: 0.25, seed: 2 },
+        crate::attack::PgdSettings { steps: settings.attack_steps, restarts: 5, step_fraction: 1.0, seed: 1, deadline },
+        crate::attack::PgdSettings {
+            steps: settings.attack_steps,
+            restarts: 5,
+            step_fraction: 0.25,
+            seed: 2,
+            deadline,
+        },
     ];
     for (label, pgd) in labels.iter().flat_map(|l| runs.iter().map(move |r| (*l, r))) {
         let targets: Vec<usize> = pairs.iter().filter(|p| p.0 == label).map(|p| p.1).collect();
@@ -783,6 +794,9 @@ fn margin_attack(
     }
     Ok(None)
 }
+
+/// The share of [`Bab::timeout`] that [`margin_attack`] may take.
+const ATTACK_SHARE: f64 = 0.1;
 
 /// The classes (label, target) when the conjunction is the single constraint
 /// y\[label\] - y\[target\] <= 0 (a robustness margin), which [`margin_attack`] attacks.

@@ -114,6 +114,7 @@ fn pass(
     let slopes = SlopeSettings {
         iterations: settings.root_iterations,
         tolerance: settings.root_tolerance,
+        deadline: Some(deadline),
         ..Default::default()
     };
     let (mut changed, mut stopped) = (false, false);

@@ -681,10 +681,16 @@ fn solve_leaf(p: &Problem<'_>, d: &Domain) -> Result<Leaf> {
 
 /// The root's intermediate bounds: alpha-CROWN's (CROWN ∩ IBP, then every hidden layer from the
 /// second on with optimized slopes), shared by every constraint on the same input set.
-pub(super) fn root_bounds(net: &Network, set: &InputSet, settings: &Bab) -> Result<PreActivationBounds> {
+pub(super) fn root_bounds(
+    net: &Network,
+    set: &InputSet,
+    settings: &Bab,
+    deadline: std::time::Instant,
+) -> Result<PreActivationBounds> {
     let slopes = SlopeSettings {
         iterations: settings.root_iterations,
         tolerance: settings.root_tolerance,
+        deadline: Some(deadline),
         ..Default::default()
     };
     optimized::optimized_bounds(net, set, &slopes)
