@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bab, Outcome, Problem, StopReason, Tracker};
 use crate::bounds::PreActivationBounds;
-use crate::bounds::optimized::{self, SlopeSettings};
+use crate::bounds::optimized;
 use crate::error::Result;
 use crate::io::vnnlib::OutputConstraint;
 use crate::network::{Activation, Layer, Network};
@@ -111,12 +111,7 @@ fn pass(
 ) -> Result<(bool, bool)> {
     let hidden = net.layers().len() - 1;
     let sub_settings = Bab { progress: false, refine: 0.0, sdp_share: 0.0, ..settings.clone() };
-    let slopes = SlopeSettings {
-        iterations: settings.root_iterations,
-        tolerance: settings.root_tolerance,
-        deadline: Some(deadline),
-        ..Default::default()
-    };
+    let slopes = super::relu::root_slopes(settings, deadline);
     let (mut changed, mut stopped) = (false, false);
     for j in 1..hidden {
         if Instant::now() >= deadline {

@@ -687,11 +687,16 @@ pub(super) fn root_bounds(
     settings: &Bab,
     deadline: std::time::Instant,
 ) -> Result<PreActivationBounds> {
-    let slopes = SlopeSettings {
+    optimized::optimized_bounds(net, set, &root_slopes(settings, deadline))
+}
+
+/// The slope ascent of the root's bounds and of their refinement: [`Bab::root_iterations`] steps,
+/// [`Bab::root_tolerance`], stopped at `deadline`.
+pub(super) fn root_slopes(settings: &Bab, deadline: std::time::Instant) -> SlopeSettings {
+    SlopeSettings {
         iterations: settings.root_iterations,
         tolerance: settings.root_tolerance,
         deadline: Some(deadline),
         ..Default::default()
-    };
-    optimized::optimized_bounds(net, set, &slopes)
+    }
 }
