@@ -52,12 +52,43 @@ pub fn column<'a>(a: MatRef<'a, f64>, j: usize, buf: &'a mut Vec<f64>) -> &'a [f
 /// by the rounding analysis of [`crate::bounds::rounding`] (gamma_n for n terms).
 const LANES: usize = 8;
 
+/// Runs a reduction compiled for the widest vector instructions this CPU has (AVX2 and FMA on
+/// most x86-64 machines; the baseline SSE2 otherwise), chosen at run time by pulp, faer's own SIMD
+/// layer: `wide!(Name(arg: type, ...) -> output => body)` defines a struct whose `with_simd` (inlined,
+/// as every `_lanes` function it calls) pulp compiles once per instruction set. The arithmetic is
+/// the same either way (Rust never fuses a multiply and an add on its own), so the result is bit
+/// for bit the baseline's; only the register width changes. (A closure passed to pulp is not
+/// enough: its call shim is inlined or not at the optimizer's whim.)
+macro_rules! wide {
+    ($name:ident($($arg:ident: $ty:ty),*) -> $out:ty => $body:expr) => {{
+        struct $name<'a> {
+            $($arg: $ty,)*
+            _life: std::marker::PhantomData<&'a ()>,
+        }
+        impl pulp::WithSimd for $name<'_> {
+            type Output = $out;
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _simd: S) -> $out {
+                let $name { $($arg,)* .. } = self;
+                $body
+            }
+        }
+        pulp::Arch::new().dispatch($name { $($arg,)* _life: std::marker::PhantomData })
+    }};
+}
+
+#[inline(always)]
 fn lane_sum(s: [f64; LANES]) -> f64 {
     ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
 }
 
 /// (sum a_i b_i, sum |a_i b_i|, sum a_i^2) in one pass (slices of equal length).
 pub fn dot_abs_squares(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    wide!(DotAbsSquares(a: &'a [f64], b: &'a [f64]) -> (f64, f64, f64) => dot_abs_squares_lanes(a, b))
+}
+
+#[inline(always)]
+fn dot_abs_squares_lanes(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let (mut v, mut m, mut q) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
@@ -80,8 +111,32 @@ pub fn dot_abs_squares(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
     (lane_sum(v), lane_sum(m), lane_sum(q))
 }
 
+/// |W| x for a column-major W (rows x x.len()), column by column.
+pub fn abs_mat_vec(w: MatRef<'_, f64>, x: &[f64]) -> Vec<f64> {
+    wide!(AbsMatVec(w: MatRef<'a, f64>, x: &'a [f64]) -> Vec<f64> => abs_mat_vec_lanes(w, x))
+}
+
+#[inline(always)]
+fn abs_mat_vec_lanes(w: MatRef<'_, f64>, x: &[f64]) -> Vec<f64> {
+    let mut out = vec![0.0; w.nrows()];
+    let mut buf = Vec::new();
+    for (j, &xj) in x.iter().enumerate() {
+        if xj == 0.0 {
+            continue;
+        }
+        let col = column(w, j, &mut buf);
+        out.iter_mut().zip(col).for_each(|(o, v)| *o += v.abs() * xj);
+    }
+    out
+}
+
 /// sum |a_i| w_i (slices of equal length).
 pub fn abs_dot(a: &[f64], w: &[f64]) -> f64 {
+    wide!(AbsDot(a: &'a [f64], w: &'a [f64]) -> f64 => abs_dot_lanes(a, w))
+}
+
+#[inline(always)]
+fn abs_dot_lanes(a: &[f64], w: &[f64]) -> f64 {
     let n = a.len().min(w.len());
     let (a, w) = (&a[..n], &w[..n]);
     let mut s = [0.0; LANES];
@@ -101,6 +156,11 @@ pub fn abs_dot(a: &[f64], w: &[f64]) -> f64 {
 /// (sum a_i m_i - |a_i| r_i, sum |a_i| g_i): the minimum of a^T x over the box mid ± rad and a
 /// bound on the magnitudes summed (slices of equal length).
 pub fn box_support(a: &[f64], mid: &[f64], rad: &[f64], g: &[f64]) -> (f64, f64) {
+    wide!(BoxSupport(a: &'a [f64], mid: &'a [f64], rad: &'a [f64], g: &'a [f64]) -> (f64, f64) => box_support_lanes(a, mid, rad, g))
+}
+
+#[inline(always)]
+fn box_support_lanes(a: &[f64], mid: &[f64], rad: &[f64], g: &[f64]) -> (f64, f64) {
     let n = a.len().min(mid.len()).min(rad.len()).min(g.len());
     let (a, mid, rad, g) = (&a[..n], &mid[..n], &rad[..n], &g[..n]);
     let (mut v, mut m) = ([0.0; LANES], [0.0; LANES]);

@@ -233,18 +233,7 @@ impl Layer {
     /// |W| x (entrywise magnitudes of W).
     pub fn abs_mul_vec(&self, x: &[f64]) -> Vec<f64> {
         match &self.op {
-            Op::Dense { weight, .. } => {
-                let mut out = vec![0.0; weight.nrows()];
-                // Column by column (the weights are column-major).
-                for (j, &xj) in x.iter().enumerate() {
-                    if xj == 0.0 {
-                        continue;
-                    }
-                    let col = weight.col(j).try_as_col_major().expect("owned").as_slice();
-                    out.iter_mut().zip(col).for_each(|(o, v)| *o += v.abs() * xj);
-                }
-                out
-            }
+            Op::Dense { weight, .. } => crate::linalg::abs_mat_vec(weight.as_ref(), x),
             Op::Conv { conv, .. } => conv::on_slice(x, |m| conv.forward_abs(m)),
             Op::Blocks { blocks, .. } => conv::on_slice(x, |m| blocks.forward_abs(m)),
         }

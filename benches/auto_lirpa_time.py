@@ -1,0 +1,94 @@
+"""Times auto_LiRPA's CROWN on the settings of `benches/crown.rs`, for the ratios in docs/experiments.md.
+
+Usage: python3 auto_lirpa_time.py DATA_DIR [THREADS]
+DATA_DIR is ../shared/data (models/*.json, mnist/*-idx*-ubyte). Needs torch and auto_LiRPA.
+
+Prints one line per setting: milliseconds per image (median of 3 runs) for
+- adv-mnist-mlp-2x100, l_inf 0.1 with the [0, 1] box and l2 1.0 without it: the first 100 test images
+  one at a time, and all 100 in one batch;
+- adv-mnist-cnn-small, l_inf 0.1 with the box: the first 100 test images one at a time.
+Every image's 9 margins (label minus each other class), float64, method "CROWN", default options,
+torch on THREADS threads (default 1). Misclassified images are bounded too (the time is the same).
+"""
+import json, struct, sys, time
+import numpy as np
+import torch
+from auto_LiRPA import BoundedModule, BoundedTensor
+from auto_LiRPA.perturbations import PerturbationLpNorm
+
+torch.set_default_dtype(torch.float64)
+data = sys.argv[1]
+torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+
+
+def load(path):
+    spec = json.load(open(path))
+    mods = []
+    for l in spec["layers"]:
+        if l["type"] == "flatten":
+            mods.append(torch.nn.Flatten())
+            continue
+        w = torch.tensor(l["weight"], dtype=torch.float64)
+        if l["type"] == "conv2d":
+            m = torch.nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=tuple(l["stride"]), padding=tuple(l["padding"]))
+        else:
+            m = torch.nn.Linear(w.shape[1], w.shape[0])
+        m.weight.data = w
+        m.bias.data = torch.tensor(l["bias"], dtype=torch.float64)
+        mods.append(m)
+        if l.get("activation", "none") == "relu":
+            mods.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*mods).double(), spec.get("input_shape", [784])
+
+
+def idx(path):
+    raw = open(path, "rb").read()
+    dims = struct.unpack(">I", raw[:4])[0] & 0xFF
+    shape = struct.unpack(">" + "I" * dims, raw[4:4 + 4 * dims])
+    return np.frombuffer(raw[4 + 4 * dims:], dtype=np.uint8).reshape(shape)
+
+
+images = idx(f"{data}/mnist/t10k-first1100-images-idx3-ubyte").reshape(-1, 784).astype(np.float64)[:100] / 255.0
+labels = idx(f"{data}/mnist/t10k-first1100-labels-idx1-ubyte")[:100].astype(np.int64)
+
+
+def spec_matrix(y):
+    c = torch.zeros(len(y), 9, 10)
+    for b, label in enumerate(y):
+        others = [t for t in range(10) if t != label]
+        for k, t in enumerate(others):
+            c[b, k, label], c[b, k, t] = 1.0, -1.0
+    return c
+
+
+def bound(bounded, x, y, norm, eps, box):
+    p = float("inf") if norm == "linf" else 2.0
+    flat = x.reshape(x.shape[0], -1)
+    if box:
+        lo = torch.clamp(x - eps, 0.0, 1.0) if p == float("inf") else torch.zeros_like(x)
+        hi = torch.clamp(x + eps, 0.0, 1.0) if p == float("inf") else torch.ones_like(x)
+        ptb = PerturbationLpNorm(norm=p, eps=eps, x_L=lo, x_U=hi)
+    else:
+        ptb = PerturbationLpNorm(norm=p, eps=eps)
+    lb, _ = bounded.compute_bounds(x=(BoundedTensor(x, ptb),), C=spec_matrix(y), method="CROWN", bound_upper=False)
+    assert flat.shape[0] == lb.shape[0]
+    return lb
+
+
+def run(name, model, shape, norm, eps, box, batch):
+    net, _ = load(f"{data}/models/{model}.json")
+    xs = torch.tensor(images).reshape(-1, *shape)
+    bounded = BoundedModule(net, xs[:batch], device="cpu")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for s in range(0, 100, batch):
+            bound(bounded, xs[s:s + batch], labels[s:s + batch], norm, eps, box)
+        times.append((time.perf_counter() - start) / 100 * 1000)
+    print(f"{name}: {sorted(times)[1]:.3f} ms per image (batch {batch}; runs {', '.join(f'{t:.3f}' for t in times)})", flush=True)
+
+
+for batch in (1, 100):
+    run("adv-mnist-mlp-2x100 linf-0.1-box", "adv-mnist-mlp-2x100", [784], "linf", 0.1, True, batch)
+    run("adv-mnist-mlp-2x100 l2-1.0", "adv-mnist-mlp-2x100", [784], "l2", 1.0, False, batch)
+run("adv-mnist-cnn-small linf-0.1-box", "adv-mnist-cnn-small", [1, 28, 28], "linf", 0.1, True, 1)
