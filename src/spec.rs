@@ -112,12 +112,30 @@ impl Domain {
 }
 
 /// The input set X = {x : ||x - center|| <= eps} ∩ domain.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InputSet {
     center: Vec<f64>,
     eps: f64,
     norm: Norm,
     domain: Option<Domain>,
+    /// The l_inf support function's set-up, computed on first use ([`InputSet::min_linear_columns`]).
+    #[serde(skip)]
+    box_parts: std::sync::OnceLock<BoxParts>,
+}
+
+/// The bounding box as centre, radius and a bound on |x| (|mid| + rad), per coordinate.
+#[derive(Clone, Debug)]
+struct BoxParts {
+    mid: Vec<f64>,
+    rad: Vec<f64>,
+    mag: Vec<f64>,
+}
+
+impl PartialEq for InputSet {
+    /// The same set (the cached set-up is not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.center == other.center && self.eps == other.eps && self.norm == other.norm && self.domain == other.domain
+    }
 }
 
 impl InputSet {
@@ -142,7 +160,7 @@ impl InputSet {
                 }
             }
         }
-        Ok(Self { center, eps, norm, domain })
+        Ok(Self { center, eps, norm, domain, box_parts: std::sync::OnceLock::new() })
     }
 
     /// The set's projection on the coordinates `coords`: the same ball and box over those
@@ -159,6 +177,7 @@ impl InputSet {
                 lo: coords.iter().map(|&i| d.lo[i]).collect(),
                 hi: coords.iter().map(|&i| d.hi[i]).collect(),
             }),
+            box_parts: std::sync::OnceLock::new(),
         }
     }
 
@@ -359,18 +378,21 @@ impl InputSet {
         debug_assert_eq!(a.nrows(), self.dim());
         if self.norm == Norm::Linf && self.eps > 0.0 {
             // a^T mid - |a|^T rad over the bounding box, as two matrix-vector products.
-            let (lo, hi) = self.bounding_box();
-            let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
-            let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
-            // |mid| + rad bounds |x| on the box; the rounding of mid and rad themselves (u each)
-            // and of the 2n terms is within gamma_{2n+4} |a|^T (|mid| + rad).
-            let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
+            let BoxParts { mid, rad, mag } = self.box_parts.get_or_init(|| {
+                let (lo, hi) = self.bounding_box();
+                let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
+                let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
+                // |mid| + rad bounds |x| on the box; the rounding of mid and rad themselves (u
+                // each) and of the 2n terms is within gamma_{2n+4} |a|^T (|mid| + rad).
+                let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
+                BoxParts { mid, rad, mag }
+            });
             let g = gamma(2 * a.nrows() + 4);
             return (0..a.ncols())
                 .map(|j| {
                     // One pass: the value a^T mid - |a|^T rad and the magnitude |a|^T (|mid| + rad).
                     let mut buf = Vec::new();
-                    let (v, abs) = crate::linalg::box_support(crate::linalg::column(a, j, &mut buf), &mid, &rad, &mag);
+                    let (v, abs) = crate::linalg::box_support(crate::linalg::column(a, j, &mut buf), mid, rad, mag);
                     lower(v, g * abs)
                 })
                 .collect();

@@ -403,7 +403,9 @@ fn dense_t(weight_t: &Mat<f64>, rows: Option<&[usize]>, lam: MatRef<'_, f64>) ->
         }
     }
     let nonzero: Vec<usize> = (0..lam.nrows()).filter(|&r| used[r]).collect();
-    if rows.is_none() && nonzero.len() == lam.nrows() {
+    // With most rows in use, multiplying through the zero rows costs less than gathering W^T's
+    // columns and lam's rows.
+    if rows.is_none() && 4 * nonzero.len() >= 3 * lam.nrows() {
         return linalg::mul(weight_t.as_ref(), lam);
     }
     let mut wt_sub = Mat::<f64>::zeros(weight_t.nrows(), nonzero.len());
