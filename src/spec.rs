@@ -596,6 +596,35 @@ mod tests {
     }
 
     #[test]
+    fn the_batched_support_is_the_single_one_and_keeps_its_set_up() {
+        // min_linear_columns (its set-up computed on the first call and kept) against min_linear
+        // column by column: each a valid lower bound within a few ulps of the other, on every call,
+        // and a clone or a deserialized copy (no set-up yet) equal to the set and giving the same.
+        let mut rng = StdRng::seed_from_u64(5);
+        let a = Mat::from_fn(5, 7, |_, _| rand::Rng::random::<f64>(&mut rng) * 2.0 - 1.0);
+        for norm in [Norm::Linf, Norm::L2] {
+            for with_box in [false, true] {
+                let x = set(norm, 0.2, with_box);
+                let single: Vec<f64> =
+                    (0..7).map(|j| x.min_linear(&a.col(j).iter().copied().collect::<Vec<_>>())).collect();
+                let first = x.min_linear_columns(a.as_ref());
+                let copy: InputSet = serde_json::from_str(&serde_json::to_string(&x).unwrap()).unwrap();
+                assert_eq!(copy, x);
+                for again in [
+                    x.min_linear_columns(a.as_ref()),
+                    x.clone().min_linear_columns(a.as_ref()),
+                    copy.min_linear_columns(a.as_ref()),
+                ] {
+                    assert_eq!(again, first, "{norm:?} box {with_box}");
+                }
+                for (b, s) in first.iter().zip(&single) {
+                    assert!((b - s).abs() <= 1e-14, "{norm:?} box {with_box}: {b} vs {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_batched_minimizers_are_the_single_ones() {
         // Columns with zeros (the centre's coordinate, clamped), signs of both kinds, a zero column.
         let a = Mat::from_fn(5, 4, |i, j| if (i + j) % 3 == 0 { 0.0 } else { (i as f64 - 2.0) * (j as f64 + 0.5) });

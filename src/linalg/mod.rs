@@ -224,4 +224,18 @@ mod tests {
             assert_eq!(g, (0..n).map(|i| a[i].abs() * c[i]).sum::<f64>());
         }
     }
+
+    #[test]
+    fn abs_mat_vec_agrees_with_a_loop() {
+        // Integer-valued, so every order of the sums gives the same float; a zero entry of x skips
+        // its column.
+        for (rows, cols) in [(1, 1), (3, 5), (9, 17), (100, 784)] {
+            let w = Mat::from_fn(rows, cols, |i, j| ((i * 5 + j * 3) % 13) as f64 - 6.0);
+            let x: Vec<f64> = (0..cols).map(|j| ((j * 7) % 5) as f64 - 1.0).collect();
+            let got = abs_mat_vec(w.as_ref(), &x);
+            for (i, g) in got.iter().enumerate() {
+                assert_eq!(*g, (0..cols).map(|j| w[(i, j)].abs() * x[j]).sum::<f64>(), "{rows}x{cols} row {i}");
+            }
+        }
+    }
 }
