@@ -164,21 +164,9 @@ fn relax(lam: &mut Mat<f64>, consts: &mut [f64], lines: &Lines, rows: &[usize]) 
     let (us, uo) = (gather(&lines.upper_slope), gather(&lines.upper_offset));
     (0..lam.ncols())
         .map(|s| {
-            let (mut c, mut abs) = (0.0, 0.0);
             let col =
                 lam.col_mut(s).try_as_col_major_mut().expect("owned matrices have contiguous columns").as_slice_mut();
-            for ((v, (ls, lo)), (us, uo)) in col.iter_mut().zip(ls.iter().zip(&lo)).zip(us.iter().zip(&uo)) {
-                let x = *v;
-                let t = if x >= 0.0 {
-                    *v = x * ls;
-                    x * lo
-                } else {
-                    *v = x * us;
-                    x * uo
-                };
-                c += t;
-                abs += t.abs();
-            }
+            let (c, abs) = crate::linalg::relax_column(col, [&ls, &lo, &us, &uo]);
             consts[s] += c;
             abs
         })

@@ -130,6 +130,30 @@ fn abs_mat_vec_lanes(w: MatRef<'_, f64>, x: &[f64]) -> Vec<f64> {
     out
 }
 
+/// Each v_i replaced by v_i ls_i where v_i >= 0, by v_i us_i where not (a backward step through
+/// the lower or upper lines), returning (sum t_i, sum |t_i|) of the offsets t_i = v_i lo_i or
+/// v_i uo_i taken with them; `lines` = \[ls, lo, us, uo\], each as long as `v`.
+pub fn relax_column(v: &mut [f64], lines: [&[f64]; 4]) -> (f64, f64) {
+    wide!(RelaxColumn(v: &'a mut [f64], lines: [&'a [f64]; 4]) -> (f64, f64) => relax_column_lanes(v, lines))
+}
+
+#[inline(always)]
+fn relax_column_lanes(v: &mut [f64], [ls, lo, us, uo]: [&[f64]; 4]) -> (f64, f64) {
+    let n = v.len().min(ls.len()).min(lo.len()).min(us.len()).min(uo.len());
+    let (v, ls, lo, us, uo) = (&mut v[..n], &ls[..n], &lo[..n], &us[..n], &uo[..n]);
+    let (mut c, mut m) = ([0.0; LANES], [0.0; LANES]);
+    for i in 0..n {
+        let x = v[i];
+        let up = x < 0.0;
+        let (slope, offset) = if up { (us[i], uo[i]) } else { (ls[i], lo[i]) };
+        v[i] = x * slope;
+        let t = x * offset;
+        c[i % LANES] += t;
+        m[i % LANES] += t.abs();
+    }
+    (lane_sum(c), lane_sum(m))
+}
+
 /// sum |a_i| w_i (slices of equal length).
 pub fn abs_dot(a: &[f64], w: &[f64]) -> f64 {
     wide!(AbsDot(a: &'a [f64], w: &'a [f64]) -> f64 => abs_dot_lanes(a, w))
@@ -222,6 +246,27 @@ mod tests {
             let (s, g) = box_support(&a, &b, &c, &c);
             assert_eq!(s, (0..n).map(|i| a[i] * b[i] - a[i].abs() * c[i]).sum::<f64>());
             assert_eq!(g, (0..n).map(|i| a[i].abs() * c[i]).sum::<f64>());
+        }
+    }
+
+    #[test]
+    fn relax_column_agrees_with_a_loop() {
+        // Integer-valued lines and coefficients (exact sums in any order); zero and negative
+        // coefficients take the lower and the upper line respectively.
+        for n in [0, 1, 7, 8, 9, 100, 785] {
+            let v0: Vec<f64> = (0..n).map(|i| ((i * 7) % 9) as f64 - 4.0).collect();
+            let line = |k: usize| -> Vec<f64> { (0..n).map(|i| ((i * k) % 5) as f64 - 2.0).collect() };
+            let (ls, lo, us, uo) = (line(1), line(2), line(3), line(4));
+            let mut v = v0.clone();
+            let (c, m) = relax_column(&mut v, [&ls, &lo, &us, &uo]);
+            let (mut ce, mut me) = (0.0, 0.0);
+            for i in 0..n {
+                let (s, o) = if v0[i] >= 0.0 { (ls[i], lo[i]) } else { (us[i], uo[i]) };
+                assert_eq!(v[i], v0[i] * s, "n {n} i {i}");
+                ce += v0[i] * o;
+                me += (v0[i] * o).abs();
+            }
+            assert_eq!((c, m), (ce, me), "n {n}");
         }
     }
 
