@@ -144,8 +144,7 @@ fn relax_column_lanes(v: &mut [f64], [ls, lo, us, uo]: [&[f64]; 4]) -> (f64, f64
     let (mut c, mut m) = ([0.0; LANES], [0.0; LANES]);
     for i in 0..n {
         let x = v[i];
-        let up = x < 0.0;
-        let (slope, offset) = if up { (us[i], uo[i]) } else { (ls[i], lo[i]) };
+        let (slope, offset) = if x >= 0.0 { (ls[i], lo[i]) } else { (us[i], uo[i]) };
         v[i] = x * slope;
         let t = x * offset;
         c[i % LANES] += t;
