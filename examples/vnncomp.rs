@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release --example vnncomp -- --benchmark ../shared/data/vnncomp2022-mnist_fc --out results.csv
 //! cargo run --release --example vnncomp -- --benchmark DIR --filter 256x2 --timeout-scale 0.5
+//! cargo run --release --example vnncomp -- --benchmark DIR --set quick=0 --set fsb_candidates=16
 //! ```
 //!
 //! Prints a line per instance (answer, seconds, the reference answer, WRONG when the two
@@ -39,6 +40,29 @@ struct Args {
     /// Progress lines during each search.
     #[arg(long)]
     progress: bool,
+    /// A branch-and-bound setting other than its default, as NAME=VALUE with NAME a field of
+    /// `nncert::verify::bab::Bab` (e.g. `--set fsb_candidates=16 --set refine=0.5`); repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+/// `Bab::default()` with the `--set` overrides, through its serde form (so that every field is
+/// settable and a misspelt name is an error).
+fn settings(overrides: &[String]) -> nncert::Result<Bab> {
+    let bad = |m: String| nncert::Error::InvalidArgument(m);
+    let mut value = serde_json::to_value(Bab::default()).map_err(|e| bad(e.to_string()))?;
+    let fields = value.as_object_mut().ok_or_else(|| bad("settings are not an object".into()))?;
+    for o in overrides {
+        let (name, v) = o.split_once('=').ok_or_else(|| bad(format!("--set {o}: expected NAME=VALUE")))?;
+        if !fields.contains_key(name) {
+            let names: Vec<&String> = fields.keys().collect();
+            return Err(bad(format!("--set {o}: no setting '{name}' (settings: {names:?})")));
+        }
+        // A number, a boolean or a quoted string as JSON; a bare word as a string.
+        let parsed = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        fields.insert(name.to_string(), parsed);
+    }
+    serde_json::from_value(value).map_err(|e| bad(format!("--set: {e}")))
 }
 
 fn main() {
@@ -58,6 +82,7 @@ fn read(path: &PathBuf) -> nncert::Result<String> {
 }
 
 fn run(args: &Args) -> nncert::Result<bool> {
+    let base = settings(&args.set)?;
     let instances = read(&args.benchmark.join("instances.csv"))?;
     let mut reference: HashMap<(String, String), String> = HashMap::new();
     if let Ok(text) = read(&args.benchmark.join("reference_results.csv")) {
@@ -100,7 +125,7 @@ fn run(args: &Args) -> nncert::Result<bool> {
         }
         let net = &nets[onnx];
         let prop = nncert::io::load_vnnlib(args.benchmark.join(vnnlib))?;
-        let settings = Bab { timeout: timeout * args.timeout_scale, progress: args.progress, ..Bab::default() };
+        let settings = Bab { timeout: timeout * args.timeout_scale, progress: args.progress, ..base.clone() };
         let report = check_property_bab(net, &prop, None, &settings)?;
         let seconds = start.elapsed().as_secs_f64();
         let answer = match &report.result {

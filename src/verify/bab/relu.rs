@@ -12,7 +12,9 @@
 //! 3. the relaxation's minimizers are tried as counterexamples (a forward pass decides);
 //! 4. open children get their branching decision: the candidates with the best BaBSR intercept
 //!    score (Bunel et al. 2020) are tried by one extra backward pass each side (filtered smart
-//!    branching, De Palma et al. 2021) and the split whose worse child bound is highest wins.
+//!    branching, De Palma et al. 2021) and the split whose worse child bound is highest wins,
+//!    that estimate floored at the parent's bound (which the child inherits) and ties going to
+//!    the better child (see `choose_branches`).
 //!
 //! A domain with no unstable neuron left is exact: its linear program (the network is affine on
 //! it) is solved by clarabel ([`TriangleProgram`]); the LP's dual bound decides it, or its primal
@@ -538,7 +540,18 @@ fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: us
 /// Picks each domain's branching neuron (None when no neuron is unstable): the `fsb_candidates`
 /// unstable neurons with the best BaBSR intercept score for the constraint closest to refuting
 /// the domain, each tried on both sides by one backward pass with the domain's slopes and
-/// multipliers; the neuron whose worse side is best wins.
+/// multipliers; the neuron whose worse side is best wins, ties going to the better side.
+///
+/// The worse side's estimate is the larger of its trial pass and the domain's own bound v: a
+/// child keeps its parent's bound when its own ascent does worse ([`optimize`]), so v is what it
+/// will have at least. The trial pass alone is pessimistic exactly for the neurons that matter: it
+/// has no multiplier for the new split, so the active side's identity piece (or the inactive
+/// side's zero) holds on the whole interval \[l, u\] instead of on its half, and a neuron with a
+/// large coefficient and a wide interval comes out far below v on one side (on 256x4 prop_7_0.05
+/// of VNN-COMP's mnist_fc, -3.4 against v = -0.25 while its other side rose to -0.05). Compared
+/// without the floor, every candidate of such a domain was below v and the least harmful won:
+/// neurons with coefficients near 0, whose children kept v, and the search stalled at one bound
+/// for minutes; with it those ties go to the candidate whose better side gains most.
 fn choose_branches(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], settings: &Bab) {
     let net = p.net;
     let hidden = net.layers().len() - 1;
@@ -608,13 +621,15 @@ fn choose_branches(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], setting
         let consts: Vec<f64> = jobs.iter().map(|&(di, _)| spec.consts[chosen[di]]).collect();
         trial = relax::backward(net, p.set, hidden, top, consts, &cols, false).values;
     }
-    let mut best: Vec<(f64, Option<Split>)> =
-        candidates.iter().map(|c| (f64::NEG_INFINITY, c.first().copied())).collect();
+    let mut best: Vec<((f64, f64), Option<Split>)> =
+        candidates.iter().map(|c| ((f64::NEG_INFINITY, f64::NEG_INFINITY), c.first().copied())).collect();
     for (pair, values) in jobs.chunks(2).zip(trial.chunks(2)) {
         let (di, s) = pair[0];
-        let worse = values[0].min(values[1]);
-        if worse > best[di].0 {
-            best[di] = (worse, Some(s));
+        // (worse side, better side), the worse floored at the domain's bound.
+        let v = domains[di].values[chosen[di]];
+        let key = (values[0].max(v).min(values[1].max(v)), values[0].max(values[1]));
+        if key > best[di].0 {
+            best[di] = (key, Some(s));
         }
     }
     for (di, (d, (_, s))) in domains.iter_mut().zip(best).enumerate() {
