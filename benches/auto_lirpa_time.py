@@ -10,42 +10,18 @@ Prints one line per setting: milliseconds per image (median of 5 runs after a wa
 Every image's 9 margins (label minus each other class), float64, method "CROWN", default options,
 torch on THREADS threads (default 1). Misclassified images are bounded too (the time is the same).
 """
-import json, struct, sys, time
+import os, sys, time
 import numpy as np
 import torch
 from auto_LiRPA import BoundedModule, BoundedTensor
 from auto_LiRPA.perturbations import PerturbationLpNorm
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data"))
+from nncert_torch import idx, load
+
 torch.set_default_dtype(torch.float64)
 data = sys.argv[1]
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
-
-
-def load(path):
-    spec = json.load(open(path))
-    mods = []
-    for l in spec["layers"]:
-        if l["type"] == "flatten":
-            mods.append(torch.nn.Flatten())
-            continue
-        w = torch.tensor(l["weight"], dtype=torch.float64)
-        if l["type"] == "conv2d":
-            m = torch.nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=tuple(l["stride"]), padding=tuple(l["padding"]))
-        else:
-            m = torch.nn.Linear(w.shape[1], w.shape[0])
-        m.weight.data = w
-        m.bias.data = torch.tensor(l["bias"], dtype=torch.float64)
-        mods.append(m)
-        if l.get("activation", "none") == "relu":
-            mods.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*mods).double(), spec.get("input_shape", [784])
-
-
-def idx(path):
-    raw = open(path, "rb").read()
-    dims = struct.unpack(">I", raw[:4])[0] & 0xFF
-    shape = struct.unpack(">" + "I" * dims, raw[4:4 + 4 * dims])
-    return np.frombuffer(raw[4 + 4 * dims:], dtype=np.uint8).reshape(shape)
 
 
 images = idx(f"{data}/mnist/t10k-first1100-images-idx3-ubyte").reshape(-1, 784).astype(np.float64)[:100] / 255.0

@@ -3,36 +3,19 @@
 Usage: python3 lirpa_crown.py MODEL.json IMAGES-IDX LABELS-IDX NORM EPS BOX COUNT > out.json
 NORM: l2 or linf; BOX: "0,1" or "none". Writes {"images": [{"index", "label", "lower": [per class, null for the label]}]}.
 """
-import json, struct, sys
+import json, os, sys
 import numpy as np
 import torch
 from auto_LiRPA import BoundedModule, BoundedTensor
 from auto_LiRPA.perturbations import PerturbationLpNorm
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nncert_torch import idx, load
+
 torch.set_default_dtype(torch.float64)
 model_path, images_path, labels_path, norm, eps, box, count = sys.argv[1:8]
 eps, count = float(eps), int(count)
-spec = json.load(open(model_path))
-layers = []
-for i, l in enumerate(spec["layers"]):
-    w = torch.tensor(l["weight"], dtype=torch.float64)
-    lin = torch.nn.Linear(w.shape[1], w.shape[0])
-    lin.weight.data = w
-    lin.bias.data = torch.tensor(l["bias"], dtype=torch.float64)
-    layers.append(lin)
-    act = l.get("activation", "none")
-    if act == "relu":
-        layers.append(torch.nn.ReLU())
-    elif act not in ("none", "identity", "linear"):
-        raise SystemExit(f"unsupported activation {act}")
-net = torch.nn.Sequential(*layers).double()
-
-def idx(path):
-    data = open(path, "rb").read()
-    magic = struct.unpack(">I", data[:4])[0]
-    dims = magic & 0xFF
-    shape = struct.unpack(">" + "I" * dims, data[4:4 + 4 * dims])
-    return np.frombuffer(data[4 + 4 * dims:], dtype=np.uint8).reshape(shape)
+net, _ = load(model_path)
 
 images = idx(images_path).reshape(-1, 784).astype(np.float64) / 255.0
 labels = idx(labels_path)
