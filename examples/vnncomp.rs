@@ -42,6 +42,7 @@ struct Args {
     progress: bool,
     /// A branch-and-bound setting other than its default, as NAME=VALUE with NAME a field of
     /// `nncert::verify::bab::Bab` (e.g. `--set fsb_candidates=16 --set refine=0.5`); repeatable.
+    /// `timeout` and `progress` come from each instance's line and `--progress` instead.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
 }
