@@ -10,7 +10,8 @@ import torch
 def load(path):
     """The JSON model at `path` (dense, conv2d and flatten layers; ReLU or no activation) as a
     float64 torch.nn.Sequential, with the model's input shape ([784] when it names none)."""
-    spec = json.load(open(path))
+    with open(path) as f:
+        spec = json.load(f)
     mods = []
     for l in spec["layers"]:
         if l["type"] == "flatten":
@@ -34,7 +35,8 @@ def load(path):
 
 def idx(path):
     """The array in the IDX file at `path` (MNIST's images or labels), as uint8."""
-    raw = open(path, "rb").read()
+    with open(path, "rb") as f:
+        raw = f.read()
     dims = struct.unpack(">I", raw[:4])[0] & 0xFF
     shape = struct.unpack(">" + "I" * dims, raw[4:4 + 4 * dims])
     return np.frombuffer(raw[4 + 4 * dims:], dtype=np.uint8).reshape(shape)
