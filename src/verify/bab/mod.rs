@@ -171,6 +171,9 @@ pub enum StopReason {
     DomainLimit,
     /// A domain that cannot be split further stayed open (a tie within the solver's accuracy).
     Stuck,
+    /// A bound-tightening search (the root refinement's, [`refine`]) whose bound came within
+    /// [`refine::GAP`] of the least value found at a point of X: more domains cannot raise it much.
+    Converged,
 }
 
 /// The answer for one conjunction.
@@ -234,6 +237,11 @@ pub(crate) struct Tracker {
     progress: bool,
     /// The most domains to bound (a refinement's search; usize::MAX otherwise).
     budget: usize,
+    /// A refinement's bound-tightening search (None: an ordinary one): the least value of the
+    /// constraint seen at a point of X so far. There such a point is not an answer but shows how
+    /// far the bound can still rise; the search goes on until its bound is within [`refine::GAP`]
+    /// of it (or the budget ends).
+    pub(crate) incumbent: Option<f64>,
     pub(crate) stats: SearchStats,
     /// Every settled domain as a certificate's leaf, when recording a tree.
     pub(crate) leaves: Option<Vec<crate::certificate::Leaf>>,
@@ -249,15 +257,26 @@ impl Tracker {
             last: start,
             progress,
             budget: usize::MAX,
+            incumbent: None,
             stats: SearchStats::default(),
             leaves: None,
         }
     }
 
-    /// A silent tracker with a `deadline` that stops after `budget` bounded domains.
-    fn until(deadline: Instant, budget: usize) -> Self {
+    /// A silent tracker for a bound-tightening search ([`Tracker::incumbent`]) with a `deadline`
+    /// that stops after `budget` bounded domains.
+    fn bounding(deadline: Instant, budget: usize) -> Self {
         let start = Instant::now();
-        Self { start, deadline, last: start, progress: false, budget, stats: SearchStats::default(), leaves: None }
+        Self {
+            start,
+            deadline,
+            last: start,
+            progress: false,
+            budget,
+            incumbent: Some(f64::INFINITY),
+            stats: SearchStats::default(),
+            leaves: None,
+        }
     }
 
     /// Records a settled domain as a leaf (when recording).
@@ -286,6 +305,8 @@ impl Tracker {
             })
         } else if self.timed_out() {
             Some(Outcome::Unknown { bound, reason: StopReason::Timeout })
+        } else if self.incumbent.is_some_and(|v| refine::converged(bound, v)) {
+            Some(Outcome::Unknown { bound, reason: StopReason::Converged })
         } else if open > max_domains || self.stats.domains >= self.budget {
             Some(Outcome::Unknown { bound, reason: StopReason::DomainLimit })
         } else {
@@ -336,6 +357,12 @@ impl Problem<'_> {
     /// constraint: one non-strict constraint bounded > 0, or a strict one bounded >= 0.
     pub(crate) fn refutes(&self, values: &[f64]) -> bool {
         values.iter().zip(self.constraints).any(|(v, c)| if c.strict { *v >= 0.0 } else { *v > 0.0 })
+    }
+
+    /// max_j (c_j^T y + d_j): the conjunction holds at outputs `y` when this is <= 0 (up to strict
+    /// constraints), and lower bounds on its minimum over X are what a search proves.
+    pub(crate) fn value(&self, y: &[f64]) -> f64 {
+        self.constraints.iter().map(|c| crate::linalg::dot(&c.coeffs, y) + c.constant).fold(f64::NEG_INFINITY, f64::max)
     }
 
     /// Whether outputs `y` satisfy every constraint.

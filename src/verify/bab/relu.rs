@@ -123,9 +123,12 @@ pub(super) fn search(
         splits: Vec::new(),
         sdp_tried: false,
     };
-    if let Some(x) = optimize(p, &spec, std::slice::from_mut(&mut root), settings.root_iterations) {
+    // In a bound-tightening search (a refinement's) the least value seen at a point of X.
+    let mut incumbent = tracker.incumbent;
+    if let Some(x) = optimize(p, &spec, std::slice::from_mut(&mut root), settings.root_iterations, incumbent.as_mut()) {
         return Ok(Outcome::Falsified { input: x });
     }
+    tracker.incumbent = incumbent;
     tracker.stats.domains += 1;
     if p.refutes(&root.values) {
         tracker.settle(|| leaf(p, &spec, &root));
@@ -165,7 +168,7 @@ pub(super) fn search(
         let take = settings.batch.min(open.len()).min(fits.max(1));
         let batch: Vec<Domain> = open.split_off(open.len() - take);
         // Counterexample search from the worst domains' minimizers, now and then.
-        if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) {
+        if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) && tracker.incumbent.is_none() {
             let starts: Vec<&Vec<f64>> = batch.iter().rev().take(2).map(|d| &d.point).collect();
             for x0 in starts {
                 if let Some(x) = super::attack_from(p, x0.clone(), settings.attack_steps / 4 + 1, 0.25)? {
@@ -197,13 +200,15 @@ pub(super) fn search(
         }
         let round_start = std::time::Instant::now();
         let chunk = children.len().div_ceil(rayon::current_num_threads().max(1)).max(1);
-        let found: Vec<Option<Vec<f64>>> = children
+        let bounding = tracker.incumbent.is_some();
+        let found: Vec<(Option<Vec<f64>>, f64)> = children
             .par_chunks_mut(chunk)
             .map(|part| {
                 refresh_intermediate(p, part, settings.refresh_layers);
                 let live: Vec<usize> = (0..part.len()).filter(|&i| !part[i].bounds.is_empty_domain()).collect();
                 let mut sub: Vec<Domain> = live.iter().map(|&i| part[i].clone()).collect();
-                let x = optimize(p, &spec, &mut sub, settings.iterations);
+                let mut least = f64::INFINITY;
+                let x = optimize(p, &spec, &mut sub, settings.iterations, bounding.then_some(&mut least));
                 let open: Vec<usize> = (0..sub.len()).filter(|&i| !p.refutes(&sub[i].values)).collect();
                 let mut to_branch: Vec<Domain> = open.iter().map(|&i| sub[i].clone()).collect();
                 choose_branches(p, &spec, &mut to_branch, settings);
@@ -213,7 +218,7 @@ pub(super) fn search(
                 for (&i, d) in live.iter().zip(sub) {
                     part[i] = d;
                 }
-                x
+                (x, least)
             })
             .collect();
         tracker.stats.domains += children.len();
@@ -223,8 +228,13 @@ pub(super) fn search(
             let t = round_start.elapsed().as_secs_f64() / children.len().max(threads) as f64;
             per_child = Some(per_child.map_or(t, |old| 0.5 * (old + t)));
         }
-        if let Some(x) = found.into_iter().flatten().next() {
-            return Ok(Outcome::Falsified { input: x });
+        for (x, least) in found {
+            if let Some(x) = x {
+                return Ok(Outcome::Falsified { input: x });
+            }
+            if let Some(v) = &mut tracker.incumbent {
+                *v = v.min(least);
+            }
         }
         for d in children {
             if d.bounds.is_empty_domain() {
@@ -244,7 +254,14 @@ pub(super) fn search(
                         settled = settled.min(v);
                         tracker.settle(|| leaf(p, &spec, &d));
                     }
-                    Leaf::Counterexample(x) => return Ok(Outcome::Falsified { input: x }),
+                    Leaf::Counterexample(x, v) => {
+                        let Some(least) = &mut tracker.incumbent else {
+                            return Ok(Outcome::Falsified { input: x });
+                        };
+                        // A bound-tightening search: the LP's value is this domain's minimum.
+                        *least = least.min(v);
+                        settled = settled.min(v);
+                    }
                     Leaf::Unresolved(v) => {
                         stuck = true;
                         settled = settled.min(v);
@@ -352,7 +369,11 @@ fn leaf_only(p: &Problem<'_>, spec: &Spec, root: Domain, tracker: &mut Tracker) 
             tracker.settle(|| leaf(p, spec, &root));
             Outcome::Verified { bound: v }
         }
-        Leaf::Counterexample(x) => Outcome::Falsified { input: x },
+        Leaf::Counterexample(x, v) => match tracker.incumbent {
+            // A bound-tightening search: the LP's value is the minimum.
+            Some(_) => Outcome::Unknown { bound: v, reason: StopReason::Converged },
+            None => Outcome::Falsified { input: x },
+        },
         Leaf::Unresolved(v) => Outcome::Unknown { bound: v, reason: StopReason::Stuck },
     })
 }
@@ -421,7 +442,13 @@ fn refresh_intermediate(p: &Problem<'_>, domains: &mut [Domain], depth: usize) {
 /// risen for a few steps as well was tried and is worse: Adam's path often falls before it rises,
 /// and with 3 or 5 such steps the root of 256x4 prop_7_0.05 ended at -0.58 / -0.39 instead of
 /// -0.15.)
-fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: usize) -> Option<Vec<f64>> {
+fn optimize(
+    p: &Problem<'_>,
+    spec: &Spec,
+    domains: &mut [Domain],
+    iterations: usize,
+    mut incumbent: Option<&mut f64>,
+) -> Option<Vec<f64>> {
     if domains.is_empty() {
         return None;
     }
@@ -467,8 +494,21 @@ fn optimize(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], iterations: us
                 best_beta[c] = Some(beta[c].clone());
             }
         }
-        // Every domain's minimizers are candidate counterexamples (checked on the real network).
-        if step == 0 || step == iterations {
+        // Every domain's minimizers are candidate counterexamples (checked on the real network);
+        // in a bound-tightening search, points whose values only stop the search when its bound
+        // comes near them.
+        if let Some(inc) = incumbent.as_deref_mut()
+            && (step == 0 || step == iterations)
+        {
+            let mut xs = x.clone();
+            for a in 0..act.len() {
+                p.set.project(xs.col_as_slice_mut(a));
+            }
+            let y = net.forward_batch(xs.as_ref());
+            for a in 0..act.len() {
+                *inc = inc.min(p.value(y.col_as_slice(a)));
+            }
+        } else if step == 0 || step == iterations {
             let y = net.forward_batch(x.as_ref());
             for a in 0..act.len() {
                 let yc: Vec<f64> = y.col_as_slice(a).to_vec();
@@ -641,8 +681,8 @@ fn choose_branches(p: &Problem<'_>, spec: &Spec, domains: &mut [Domain], setting
 enum Leaf {
     /// Every point of the domain refutes the conjunction; the value is the bound.
     Refuted(f64),
-    /// A counterexample (checked by a forward pass).
-    Counterexample(Vec<f64>),
+    /// A counterexample (checked by a forward pass), with the LP's bound.
+    Counterexample(Vec<f64>, f64),
     /// Neither (the LP's point did not confirm, e.g. a tie at 0 within the solver's accuracy).
     Unresolved(f64),
 }
@@ -688,7 +728,7 @@ fn solve_leaf(p: &Problem<'_>, d: &Domain) -> Result<Leaf> {
             && p.violated_by(&y)
             && p.confirms(&x)
         {
-            return Ok(Leaf::Counterexample(x));
+            return Ok(Leaf::Counterexample(x, best_value));
         }
     }
     Ok(Leaf::Unresolved(best_value))
