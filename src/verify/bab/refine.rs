@@ -19,13 +19,13 @@
 //!
 //! The searches tighten bounds, they do not decide signs: a point of X where the neuron's value
 //! is on the far side of 0 does not end one (as a counterexample ends an ordinary search) but
-//! becomes its incumbent, the least value seen ([`super::Tracker::incumbent`]; the relaxation's
-//! minimizers, projected onto X, and the exact LPs of domains without unstable neurons). A
-//! neuron that really is unstable still gets the bound the search reaches, which for a MIP solver
-//! would be its best bound: the triangle's largest gap, -l u / (u - l), is about -l when u >> -l,
-//! so taking l from alpha-CROWN's -0.2 to a true minimum of -0.05 cuts the neuron's relaxation
-//! by three quarters. Such a search stops once its bound is within [`GAP`] of the incumbent
-//! ([`converged`]), and the neuron is not searched again.
+//! becomes its incumbent, the least value seen (`Tracker::incumbent`: at the relaxation's
+//! minimizers, projected onto X; a domain without unstable neurons keeps its relaxation's bound,
+//! without the exact LP an ordinary search solves there). A neuron that really is unstable still
+//! gets the bound the search reaches, as a MIP solver's best bound: the triangle's largest gap,
+//! -l u / (u - l), is about -l when u >> -l, so taking l from alpha-CROWN's -0.2 to a true minimum
+//! of -0.05 cuts the neuron's relaxation by three quarters. Such a search stops once its bound is within [`GAP`] of the incumbent
+//! (`converged`), and the neuron is not searched again.
 //!
 //! Sound whichever way a search ends: [`super::Outcome::Verified`] and [`super::Outcome::Unknown`]
 //! carry a proven lower bound over the whole input set (every open and closed domain is covered;
@@ -61,7 +61,7 @@ pub struct RefineStats {
 }
 
 /// The relative gap between a bound-tightening search's bound and its incumbent at which it stops
-/// ([`converged`]): the neuron's relaxation could shrink by at most about this share more.
+/// (`converged`): the neuron's relaxation could shrink by at most about this share more.
 pub const GAP: f64 = 0.05;
 
 /// Whether a bound-tightening search with proven `bound` and least value seen `incumbent` is done:
@@ -102,9 +102,33 @@ pub(super) fn refine(
     let mut domains = settings.refine_domains.max(1);
     // The neurons whose searches converged ([`converged`]): not searched again.
     let mut done: Vec<Vec<bool>> = pre.layers.iter().map(|iv| vec![false; iv.len()]).collect();
-    while Instant::now() < deadline
-        && pass(net, set, settings, pre, domains, deadline, &mut done, &mut stats)? == (true, true)
-    {
+    loop {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let (changed, stopped, reached) = pass(net, set, settings, pre, domains, deadline, &mut done, &mut stats)?;
+        if reached < hidden && changed {
+            // The time ran out before layer `reached`: it and the layers after it have not seen
+            // the tighter bounds before them. alpha-CROWN over those (seconds, against the
+            // searches' minutes) before the search starts, within the query's own deadline.
+            let (t, before) = (Instant::now(), count(pre));
+            let slopes = super::relu::root_slopes(settings, tracker.deadline);
+            for j in reached..hidden {
+                let iv = optimized::tighten_layer(net, set, pre, j, &slopes);
+                pre.layers[j].intersect(&iv);
+            }
+            if settings.progress {
+                eprintln!(
+                    "bab: refinement: layers {reached}.. bounded again by alpha-CROWN in {:.1} s: {before} -> {} \
+                     unstable",
+                    t.elapsed().as_secs_f64(),
+                    count(pre)
+                );
+            }
+        }
+        if !(changed && stopped) {
+            break;
+        }
         domains = domains.saturating_mul(4);
     }
     stats.unstable_after = count(pre);
@@ -126,7 +150,8 @@ struct Searched {
 
 /// One pass over hidden layers 1.. (module documentation, steps 1-3) with `domains` per search,
 /// skipping the neurons marked `done` and marking those whose searches converge: whether it
-/// tightened any bound, and whether a search stopped at its budget.
+/// tightened any bound, whether a search stopped at its budget, and the first layer it did not
+/// reach before the deadline (`hidden` when it reached all).
 #[allow(clippy::too_many_arguments)]
 fn pass(
     net: &Network,
@@ -137,14 +162,15 @@ fn pass(
     deadline: Instant,
     done: &mut [Vec<bool>],
     stats: &mut RefineStats,
-) -> Result<(bool, bool)> {
+) -> Result<(bool, bool, usize)> {
     let hidden = net.layers().len() - 1;
     let sub_settings = Bab { progress: false, refine: 0.0, sdp_share: 0.0, ..settings.clone() };
     let slopes = super::relu::root_slopes(settings, deadline);
     let (mut changed, mut stopped) = (false, false);
+    let started = Instant::now();
     for j in 1..hidden {
         if Instant::now() >= deadline {
-            break;
+            return Ok((changed, stopped, j));
         }
         if changed {
             // The layers before j are tighter than when alpha-CROWN bounded layer j.
@@ -197,6 +223,7 @@ fn pass(
             })
             .collect();
         let iv = &mut pre.layers[j];
+        let before = (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count();
         for r in results {
             let Searched { neuron: i, lower_side, bound, domains: n, stopped: budget_hit, converged } = r?;
             stopped |= budget_hit;
@@ -212,6 +239,13 @@ fn pass(
                 changed = true;
             }
         }
+        if settings.progress {
+            eprintln!(
+                "bab: refinement: layer {j}, {domains} domains per search: {before} -> {} unstable, {:.1} s into the pass",
+                (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
-    Ok((changed, stopped))
+    Ok((changed, stopped, hidden))
 }
