@@ -31,9 +31,14 @@ pub struct OutputConstraint {
 }
 
 impl OutputConstraint {
+    /// c^T y + d at outputs `y` (in floating point).
+    pub fn value(&self, y: &[f64]) -> f64 {
+        crate::linalg::dot(&self.coeffs, y) + self.constant
+    }
+
     /// Whether outputs `y` satisfy the constraint (exactly, in floating point).
     pub fn holds(&self, y: &[f64]) -> bool {
-        let v: f64 = self.coeffs.iter().zip(y).map(|(c, y)| c * y).sum::<f64>() + self.constant;
+        let v = self.value(y);
         if self.strict { v < 0.0 } else { v <= 0.0 }
     }
 }

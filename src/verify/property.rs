@@ -296,7 +296,7 @@ pub(crate) fn descend(
         // The most violated constraint of this disjunct.
         let (worst, _) = d
             .iter()
-            .map(|c| c.coeffs.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>() + c.constant)
+            .map(|c| c.value(&y))
             .enumerate()
             .fold((0, f64::NEG_INFINITY), |best, (i, v)| if v > best.1 { (i, v) } else { best });
         let (_, g) = net.spec_gradient(&x, &d[worst].coeffs)?;

@@ -366,7 +366,7 @@ impl Problem<'_> {
     /// max_j (c_j^T y + d_j): the conjunction holds at outputs `y` when this is <= 0 (up to strict
     /// constraints), and lower bounds on its minimum over X are what a search proves.
     pub(crate) fn value(&self, y: &[f64]) -> f64 {
-        self.constraints.iter().map(|c| crate::linalg::dot(&c.coeffs, y) + c.constant).fold(f64::NEG_INFINITY, f64::max)
+        self.constraints.iter().map(|c| c.value(y)).fold(f64::NEG_INFINITY, f64::max)
     }
 
     /// Whether outputs `y` satisfy every constraint.
@@ -404,7 +404,7 @@ pub(crate) fn attack_from(p: &Problem<'_>, mut x: Vec<f64>, steps: usize, first_
         let (worst, _) = p
             .constraints
             .iter()
-            .map(|c| crate::linalg::dot(&c.coeffs, &y) + c.constant)
+            .map(|c| c.value(&y))
             .enumerate()
             .fold((0, f64::NEG_INFINITY), |b, (i, v)| if v > b.1 { (i, v) } else { b });
         let (_, g) = p.net.spec_gradient(&x, &p.constraints[worst].coeffs)?;

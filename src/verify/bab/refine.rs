@@ -38,8 +38,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{Bab, Outcome, Problem, StopReason, Tracker};
-use crate::bounds::PreActivationBounds;
 use crate::bounds::optimized;
+use crate::bounds::{Interval, PreActivationBounds};
 use crate::error::Result;
 use crate::io::vnnlib::OutputConstraint;
 use crate::network::{Activation, Layer, Network};
@@ -76,6 +76,11 @@ fn unstable(l: f64, u: f64) -> bool {
     l < 0.0 && u > 0.0
 }
 
+/// The unstable neurons of one layer's bounds.
+fn unstable_in(iv: &Interval) -> usize {
+    (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count()
+}
+
 /// Refines `pre` (valid for `set`, e.g. alpha-CROWN's) in place, within `budget` seconds (and the
 /// tracker's deadline): passes over the layers with [`Bab::refine_domains`] domains per search,
 /// then 4 times as many on the neurons still unstable, and so on while time is left and a pass
@@ -91,12 +96,7 @@ pub(super) fn refine(
 ) -> Result<RefineStats> {
     let start = Instant::now();
     let hidden = net.layers().len() - 1;
-    let count = |pre: &PreActivationBounds| -> usize {
-        pre.layers[1..hidden]
-            .iter()
-            .map(|iv| (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count())
-            .sum()
-    };
+    let count = |pre: &PreActivationBounds| -> usize { pre.layers[1..hidden].iter().map(unstable_in).sum() };
     let mut stats = RefineStats { unstable_before: count(pre), ..RefineStats::default() };
     let deadline = tracker.deadline.min(start + std::time::Duration::from_secs_f64(budget.max(0.0)));
     let mut domains = settings.refine_domains.max(1);
@@ -223,7 +223,7 @@ fn pass(
             })
             .collect();
         let iv = &mut pre.layers[j];
-        let before = (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count();
+        let before = unstable_in(iv);
         for r in results {
             let Searched { neuron: i, lower_side, bound, domains: n, stopped: budget_hit, converged } = r?;
             stopped |= budget_hit;
@@ -242,7 +242,7 @@ fn pass(
         if settings.progress {
             eprintln!(
                 "bab: refinement: layer {j}, {domains} domains per search: {before} -> {} unstable, {:.1} s into the pass",
-                (0..iv.len()).filter(|&i| unstable(iv.lower[i], iv.upper[i])).count(),
+                unstable_in(iv),
                 started.elapsed().as_secs_f64()
             );
         }

@@ -128,12 +128,12 @@ pub(super) fn search(
         splits: Vec::new(),
         sdp_tried: false,
     };
-    // In a bound-tightening search (a refinement's) the least value seen at a point of X.
-    let mut incumbent = tracker.incumbent;
-    if let Some(x) = optimize(p, &spec, std::slice::from_mut(&mut root), settings.root_iterations, incumbent.as_mut()) {
+    // A bound-tightening search (a refinement's, with an incumbent): points of X are not answers.
+    let bounding = tracker.incumbent.is_some();
+    let iterations = settings.root_iterations;
+    if let Some(x) = optimize(p, &spec, std::slice::from_mut(&mut root), iterations, tracker.incumbent.as_mut()) {
         return Ok(Outcome::Falsified { input: x });
     }
-    tracker.incumbent = incumbent;
     tracker.stats.domains += 1;
     if p.refutes(&root.values) {
         tracker.settle(|| leaf(p, &spec, &root));
@@ -173,7 +173,7 @@ pub(super) fn search(
         let take = settings.batch.min(open.len()).min(fits.max(1));
         let batch: Vec<Domain> = open.split_off(open.len() - take);
         // Counterexample search from the worst domains' minimizers, now and then.
-        if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) && tracker.incumbent.is_none() {
+        if settings.attack_every > 0 && round.is_multiple_of(settings.attack_every) && !bounding {
             let starts: Vec<&Vec<f64>> = batch.iter().rev().take(2).map(|d| &d.point).collect();
             for x0 in starts {
                 if let Some(x) = super::attack_from(p, x0.clone(), settings.attack_steps / 4 + 1, 0.25)? {
@@ -205,7 +205,6 @@ pub(super) fn search(
         }
         let round_start = std::time::Instant::now();
         let chunk = children.len().div_ceil(rayon::current_num_threads().max(1)).max(1);
-        let bounding = tracker.incumbent.is_some();
         let found: Vec<(Option<Vec<f64>>, f64)> = children
             .par_chunks_mut(chunk)
             .map(|part| {
@@ -257,7 +256,6 @@ pub(super) fn search(
                 // verified). Its LP would be exact, but on mnist_fc's 256x6 prop_13_0.05 the
                 // refinement's LPs made a 90 s share last 146 s (the deadline is checked between
                 // rounds) for the same bounds (117 against 116 unstable neurons without them).
-                let bounding = tracker.incumbent.is_some();
                 if tracker.timed_out() || bounding {
                     settled = settled.min(d.score());
                     stuck |= !bounding;
