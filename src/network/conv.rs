@@ -3,7 +3,8 @@
 //! A [`Conv2d`] applies itself (forward, W x) and its transpose (W^T lam, the backward pass of
 //! every linear relaxation) to a batch of columns without forming the n_out x n_in matrix W:
 //! * dense columns go through im2col and one GEMM with the kernel matrix (faer): forward
-//!   Y = K cols(X), transpose C = K^T L followed by the scatter-add of C into the input (col2im);
+//!   Y = K cols(X), transpose C^T = L^T K followed by the scatter-add of C into the input
+//!   (col2im), with eight columns side by side so that col2im adds runs of eight values;
 //! * sparse columns (most entries zero, as the coefficients of one neuron's bound are: nonzero only
 //!   on its receptive field) scatter each nonzero entry's kernel slice directly.
 //!
@@ -65,6 +66,9 @@ impl Conv2dShape {
     }
 }
 
+/// Columns the transpose carries side by side (innermost) through its GEMM and col2im, so that
+/// col2im adds runs of LANES values (one AVX-512 register, two AVX2 ones) instead of single ones.
+const LANES: usize = 8;
 /// Marks a kernel tap that falls on the zero padding.
 const PAD: u32 = u32::MAX;
 
@@ -104,15 +108,23 @@ pub struct Conv2d {
     k: Mat<f64>,
     /// |K|.
     k_abs: Mat<f64>,
-    /// K^T, (ic kh kw) x oc.
-    k_t: Mat<f64>,
     /// For output position p and tap r = (i, a, b): the input index read, or PAD
     /// (`taps[p * ic kh kw + r]`).
     taps: Vec<u32>,
-    /// The inverse of `taps` (CSR over the inputs): input q is read by the taps
-    /// `inverse[inverse_start[q]..inverse_start[q + 1]]`, each as p * ic kh kw + r.
-    inverse_start: Vec<u32>,
-    inverse: Vec<u32>,
+    /// Per tap r = (i, a, b) of the kernel, the output positions whose tap r falls inside the
+    /// input, and where: col2im one tap at a time (see [`TapSpan`]).
+    spans: Vec<TapSpan>,
+}
+
+/// The output positions (y, x) in `ys` x `xs` read input `first + (y - ys.start) row + (x -
+/// xs.start) col` through one kernel tap; the other positions read the padding.
+#[derive(Clone, Debug)]
+struct TapSpan {
+    ys: std::ops::Range<usize>,
+    xs: std::ops::Range<usize>,
+    first: usize,
+    row: usize,
+    col: usize,
 }
 
 impl Conv2d {
@@ -157,25 +169,30 @@ impl Conv2d {
                 }
             }
         }
-        let mut counts = vec![0u32; c * h * w + 1];
-        for &t in taps.iter().filter(|&&t| t != PAD) {
-            counts[t as usize + 1] += 1;
-        }
-        for q in 0..c * h * w {
-            counts[q + 1] += counts[q];
-        }
-        let inverse_start = counts.clone();
-        let mut inverse = vec![0u32; counts[c * h * w] as usize];
-        for (j, &t) in taps.iter().enumerate() {
-            if t != PAD {
-                inverse[counts[t as usize] as usize] = j as u32;
-                counts[t as usize] += 1;
-            }
-        }
         let k = Mat::from_fn(oc, ckk, |o, r| kernel[o * ckk + r]);
         let k_abs = Mat::from_fn(oc, ckk, |o, r| kernel[o * ckk + r].abs());
-        let k_t = k.transpose().to_owned();
-        Ok(Self { shape, output, kernel, k, k_abs, k_t, taps, inverse_start, inverse })
+        // Output coordinate u reads input u s + a d - p: inside [0, n) for u in [lo, hi).
+        let valid = |n: usize, s: usize, a: usize, d: usize, p: usize, out: usize| {
+            let lo = p.saturating_sub(a * d).div_ceil(s);
+            let hi = ((n + p).saturating_sub(a * d)).div_ceil(s).min(out);
+            lo..hi.max(lo)
+        };
+        let mut spans = Vec::with_capacity(ckk);
+        for i in 0..ic {
+            for a in 0..kh {
+                for b in 0..kw {
+                    let xs = valid(w, sw, b, dw, pw, ow);
+                    let ys = if xs.is_empty() { 0..0 } else { valid(h, sh, a, dh, ph, oh) };
+                    let first = if ys.is_empty() || xs.is_empty() {
+                        0
+                    } else {
+                        (i * h + ys.start * sh + a * dh - ph) * w + xs.start * sw + b * dw - pw
+                    };
+                    spans.push(TapSpan { ys, xs, first, row: sh * w, col: sw });
+                }
+            }
+        }
+        Ok(Self { shape, output, kernel, k, k_abs, taps, spans })
     }
 
     /// The geometry.
@@ -275,29 +292,57 @@ impl Conv2d {
             }
             return out;
         }
-        for (start, len) in chunks(lam.ncols(), np, ckk.max(oc)) {
-            // L (oc x np len): L[o, p + np s'] = lam[o np + p, start + s'].
-            let mut l = Mat::<f64>::zeros(oc, np * len);
-            for s in 0..len {
-                let src = lam.col(start + s);
-                for o in 0..oc {
-                    for p in 0..np {
-                        l[(o, p + np * s)] = src[o * np + p];
+        let (ow, n_in) = (self.output[2], self.input_size());
+        let mut lt = Mat::<f64>::zeros(LANES * np, oc);
+        let mut ct = Mat::<f64>::zeros(LANES * np, ckk);
+        let mut d = vec![[0.0; LANES]; n_in];
+        let copy;
+        let lam = match lam.row_stride() {
+            1 => lam,
+            _ => {
+                copy = lam.to_owned();
+                copy.as_ref()
+            }
+        };
+        for start in (0..lam.ncols()).step_by(LANES) {
+            let len = LANES.min(lam.ncols() - start);
+            // The columns innermost, LANES at a time: L^T (LANES np x oc) with L^T[s + LANES p,
+            // o] = lam[o np + p, start + s] (zero past the last column), then C^T = L^T K:
+            // C^T[s + LANES p, r] is tap r of position p for column start + s.
+            let cols: Vec<&[f64]> =
+                (start..start + len).map(|s| lam.col(s).try_as_col_major().expect("contiguous").as_slice()).collect();
+            for o in 0..oc {
+                let dst = lt.col_mut(o).try_as_col_major_mut().expect("owned").as_slice_mut();
+                let (dst, _) = dst.as_chunks_mut::<LANES>();
+                for (p, d) in dst.iter_mut().enumerate() {
+                    *d = std::array::from_fn(|s| if s < len { cols[s][o * np + p] } else { 0.0 });
+                }
+            }
+            matmul(ct.as_mut(), Accum::Replace, lt.as_ref(), self.k.as_ref(), 1.0, Par::Seq);
+            // col2im one tap at a time: the input a position's tap r reads gains the tap's
+            // LANES values.
+            d.iter_mut().for_each(|v| *v = [0.0; LANES]);
+            for (r, span) in self.spans.iter().enumerate() {
+                let src = ct.col(r).try_as_col_major().expect("owned").as_slice();
+                let (src, _) = src.as_chunks::<LANES>();
+                for (k, y) in span.ys.clone().enumerate() {
+                    let row = &src[y * ow + span.xs.start..y * ow + span.xs.end];
+                    let window = d[span.first + k * span.row..].iter_mut().step_by(span.col);
+                    for (dst, add) in window.zip(row) {
+                        let sum: [f64; LANES] = std::array::from_fn(|l| dst[l] + add[l]);
+                        *dst = sum;
                     }
                 }
             }
-            // C = K^T L, column-major and contiguous: column p + np s' of C starts at
-            // (p + np s') ckk, so tap r of position p for column s' is C[(p ckk + r) + np ckk s'].
-            let mut c = vec![0.0; ckk * np * len];
-            let cm = faer::MatMut::from_column_major_slice_mut(&mut c, ckk, np * len);
-            matmul(cm, Accum::Replace, self.k_t.as_ref(), l.as_ref(), 1.0, Par::Seq);
-            // col2im as a gather: each input sums the taps that read it.
-            for s in 0..len {
-                let dst = out.col_mut(start + s).try_as_col_major_mut().expect("owned").as_slice_mut();
-                let cs = &c[np * ckk * s..np * ckk * (s + 1)];
-                for (q, d) in dst.iter_mut().enumerate() {
-                    let range = self.inverse_start[q] as usize..self.inverse_start[q + 1] as usize;
-                    *d = self.inverse[range].iter().map(|&j| cs[j as usize]).sum();
+            let mut outs: Vec<&mut [f64]> = out
+                .as_mut()
+                .subcols_mut(start, len)
+                .col_iter_mut()
+                .map(|c| c.try_as_col_major_mut().expect("owned").as_slice_mut())
+                .collect();
+            for (q, v) in d.iter().enumerate() {
+                for (o, x) in outs.iter_mut().zip(v) {
+                    o[q] = *x;
                 }
             }
         }
@@ -347,26 +392,52 @@ impl Conv2d {
             }
         }
         let npg = positions.len();
-        let cols = lam.ncols();
-        for (start, len) in chunks(cols, npg, ckk.max(oc)) {
-            let mut l = Mat::<f64>::zeros(oc, npg * len);
-            for s in 0..len {
-                for (&j, &v) in rows.iter().zip(lam.col(start + s).iter()) {
-                    l[(j / np, at[j % np] + npg * s)] = v;
+        let copy;
+        let lam = match lam.row_stride() {
+            1 => lam,
+            _ => {
+                copy = lam.to_owned();
+                copy.as_ref()
+            }
+        };
+        // As in `transpose`, LANES columns at a time innermost: L^T[s + LANES at[p], o] =
+        // lam[(o, p), start + s], C^T = L^T K, and each present position's taps add their LANES
+        // values into the inputs they read.
+        let mut lt = Mat::<f64>::zeros(LANES * npg, oc);
+        let mut ct = Mat::<f64>::zeros(LANES * npg, ckk);
+        let mut d = vec![[0.0; LANES]; touched.len()];
+        for start in (0..lam.ncols()).step_by(LANES) {
+            let len = LANES.min(lam.ncols() - start);
+            let cols: Vec<&[f64]> =
+                (start..start + len).map(|s| lam.col(s).try_as_col_major().expect("contiguous").as_slice()).collect();
+            // (rows not listed stay zero: the same rows in every chunk)
+            for (i, &j) in rows.iter().enumerate() {
+                let (o, pi) = (j / np, at[j % np]);
+                let dst = lt.col_mut(o).try_as_col_major_mut().expect("owned").as_slice_mut();
+                let dst = &mut dst.as_chunks_mut::<LANES>().0[pi];
+                *dst = std::array::from_fn(|s| if s < len { cols[s][i] } else { 0.0 });
+            }
+            matmul(ct.as_mut(), Accum::Replace, lt.as_ref(), self.k.as_ref(), 1.0, Par::Seq);
+            d.iter_mut().for_each(|v| *v = [0.0; LANES]);
+            for r in 0..ckk {
+                let (src, _) = ct.col(r).try_as_col_major().expect("owned").as_slice().as_chunks::<LANES>();
+                for (&p, add) in positions.iter().zip(src) {
+                    let t = self.taps[p * ckk + r];
+                    if t != PAD {
+                        let dst = &mut d[slot[t as usize] as usize];
+                        *dst = std::array::from_fn(|l| dst[l] + add[l]);
+                    }
                 }
             }
-            let mut c = Mat::<f64>::zeros(ckk, npg * len);
-            matmul(c.as_mut(), Accum::Replace, self.k_t.as_ref(), l.as_ref(), 1.0, Par::Seq);
-            for s in 0..len {
-                let dst = out.col_mut(start + s).try_as_col_major_mut().expect("owned").as_slice_mut();
-                for (pi, &p) in positions.iter().enumerate() {
-                    let taps = &self.taps[p * ckk..(p + 1) * ckk];
-                    let src = c.col(pi + npg * s).try_as_col_major().expect("owned").as_slice();
-                    for (&t, &v) in taps.iter().zip(src) {
-                        if t != PAD {
-                            dst[slot[t as usize] as usize] += v;
-                        }
-                    }
+            let mut outs: Vec<&mut [f64]> = out
+                .as_mut()
+                .subcols_mut(start, len)
+                .col_iter_mut()
+                .map(|c| c.try_as_col_major_mut().expect("owned").as_slice_mut())
+                .collect();
+            for (q, v) in d.iter().enumerate() {
+                for (o, x) in outs.iter_mut().zip(v) {
+                    o[q] = *x;
                 }
             }
         }
@@ -512,6 +583,10 @@ mod tests {
             Conv2dShape::new([3, 5, 9], [2, 3, 2, 4], [2, 3], [1, 2]),
             Conv2dShape { input: [2, 9, 8], kernel: [3, 2, 3, 2], stride: [1, 2], padding: [2, 1], dilation: [2, 3] },
             Conv2dShape { input: [4, 6, 6], kernel: [5, 4, 2, 2], stride: [3, 1], padding: [0, 1], dilation: [3, 1] },
+            // Every position's only tap reads the padding.
+            Conv2dShape::new([1, 2, 2], [2, 1, 1, 1], [3, 3], [1, 1]),
+            // Some taps read the padding at every position.
+            Conv2dShape::new([2, 3, 4], [2, 2, 3, 3], [4, 4], [2, 2]),
         ]
     }
 
@@ -556,10 +631,25 @@ mod tests {
             let m_abs = Mat::from_fn(n_out, n_in, |i, j| m[(i, j)].abs());
             close(&conv.forward_abs(x.as_ref()), &crate::linalg::mul(m_abs.as_ref(), x.as_ref()));
             // Dense coefficients (the GEMM path) and sparse ones (the scatter path).
-            let dense = Mat::from_fn(n_out, 40, |_, _| rnd());
-            let sparse = Mat::from_fn(n_out, 40, |i, j| if (i * 7 + j * 3) % 23 == 0 { rnd() } else { 0.0 });
+            // 43 columns: a last chunk of fewer than LANES.
+            let dense = Mat::from_fn(n_out, 43, |_, _| rnd());
+            let sparse = Mat::from_fn(n_out, 43, |i, j| if (i * 7 + j * 3) % 23 == 0 { rnd() } else { 0.0 });
             for lam in [dense, sparse] {
-                close(&conv.transpose(lam.as_ref()), &crate::linalg::mul(m.transpose(), lam.as_ref()));
+                let want = crate::linalg::mul(m.transpose(), lam.as_ref());
+                close(&conv.transpose(lam.as_ref()), &want);
+                // The same coefficients on every third output neuron only, through `transpose_rows`.
+                let rows: Vec<usize> = (0..n_out).filter(|j| j % 3 == 1).collect();
+                let sub = Mat::from_fn(rows.len(), lam.ncols(), |i, s| lam[(rows[i], s)]);
+                let full = Mat::from_fn(n_out, lam.ncols(), |j, s| if j % 3 == 1 { lam[(j, s)] } else { 0.0 });
+                let want = crate::linalg::mul(m.transpose(), full.as_ref());
+                let (inputs, values) = conv.transpose_rows(&rows, sub.as_ref());
+                for q in 0..n_in {
+                    let at = inputs.iter().position(|&t| t == q);
+                    for s in 0..lam.ncols() {
+                        let got = at.map_or(0.0, |r| values[(r, s)]);
+                        assert!((got - want[(q, s)]).abs() < 1e-12, "{shape:?} rows ({q}, {s})");
+                    }
+                }
             }
             let rows = [0, n_out / 2, n_out - 1];
             let got = conv.rows_transposed(&rows);
