@@ -373,20 +373,25 @@ impl InputSet {
         lower(v - r, gamma(a.len() + 2) * abs + gamma(a.len() + 8) * r)
     }
 
+    /// The bounding box's centre, radius and magnitudes, computed once per set.
+    fn box_parts(&self) -> &BoxParts {
+        self.box_parts.get_or_init(|| {
+            let (lo, hi) = self.bounding_box();
+            let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
+            let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
+            // |mid| + rad bounds |x| on the box; the rounding of mid and rad themselves (u
+            // each) and of the 2n terms is within gamma_{2n+4} |a|^T (|mid| + rad).
+            let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
+            BoxParts { mid, rad, mag }
+        })
+    }
+
     /// [`InputSet::min_linear`] of every column of `a` (dimension x columns), sharing the set-up.
     pub fn min_linear_columns(&self, a: MatRef<'_, f64>) -> Vec<f64> {
         debug_assert_eq!(a.nrows(), self.dim());
         if self.norm == Norm::Linf && self.eps > 0.0 {
             // a^T mid - |a|^T rad over the bounding box, as two matrix-vector products.
-            let BoxParts { mid, rad, mag } = self.box_parts.get_or_init(|| {
-                let (lo, hi) = self.bounding_box();
-                let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
-                let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
-                // |mid| + rad bounds |x| on the box; the rounding of mid and rad themselves (u
-                // each) and of the 2n terms is within gamma_{2n+4} |a|^T (|mid| + rad).
-                let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
-                BoxParts { mid, rad, mag }
-            });
+            let BoxParts { mid, rad, mag } = self.box_parts();
             let g = gamma(2 * a.nrows() + 4);
             return (0..a.ncols())
                 .map(|j| {
@@ -401,7 +406,41 @@ impl InputSet {
         (0..a.ncols()).map(|j| self.min_linear(crate::linalg::column(a, j, &mut buf))).collect()
     }
 
-    /// [`InputSet::argmin_linear`] for every column of `a` (inputs x columns), the bounding box
+    /// Lower bounds on min_X a_c^T x for the columns `cols` of `a` (dimension x columns), then on
+    /// min_X -a_c^T x for the same columns: `2 cols.len()` values, as [`InputSet::min_linear`]
+    /// gives them, without negated copies. For l_inf, over the bounding box mid ± rad: the first
+    /// is s = a^T mid - |a|^T rad, the second -s - 2 |a|^T rad.
+    pub fn min_linear_both_signs(&self, a: MatRef<'_, f64>, cols: &[usize]) -> Vec<f64> {
+        debug_assert_eq!(a.nrows(), self.dim());
+        let m = cols.len();
+        let mut out = vec![0.0; 2 * m];
+        let mut buf = Vec::new();
+        if self.norm == Norm::Linf && self.eps > 0.0 {
+            let BoxParts { mid, rad, mag } = self.box_parts();
+            let n = a.nrows();
+            // s is a sum of 2n terms (within gamma_{2n} M, M = |a|^T (|mid| + rad)), |a|^T rad
+            // one of n (gamma_n M), the last step u (3 M): within gamma_{4n+3} M, and the
+            // rounding of mid and rad themselves (u each, as in `min_linear_columns`) within
+            // gamma_{4n+8} M.
+            let (g1, g2) = (gamma(2 * n + 4), gamma(4 * n + 8));
+            for (k, &c) in cols.iter().enumerate() {
+                let col = crate::linalg::column(a, c, &mut buf);
+                let (s, abs) = crate::linalg::box_support(col, mid, rad, mag);
+                let r = crate::linalg::abs_dot(col, rad);
+                out[k] = lower(s, g1 * abs);
+                out[m + k] = lower(-s - 2.0 * r, g2 * abs);
+            }
+            return out;
+        }
+        for (k, &c) in cols.iter().enumerate() {
+            let col = crate::linalg::column(a, c, &mut buf).to_vec();
+            out[k] = self.min_linear(&col);
+            let neg: Vec<f64> = col.iter().map(|v| -v).collect();
+            out[m + k] = self.min_linear(&neg);
+        }
+        out
+    }
+
     /// computed once for l_inf.
     pub fn argmin_linear_columns(&self, a: MatRef<'_, f64>) -> Mat<f64> {
         debug_assert_eq!(a.nrows(), self.dim());
@@ -619,6 +658,36 @@ mod tests {
                 }
                 for (b, s) in first.iter().zip(&single) {
                     assert!((b - s).abs() <= 1e-14, "{norm:?} box {with_box}: {b} vs {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn both_signs_are_the_single_supports_of_the_columns_and_their_negations() {
+        // min_linear_both_signs against min_linear on each listed column and on its negation:
+        // within a few ulps, and below the value at the set's extreme point for that column
+        // (the exact minimum for l_inf, a point of X for l2).
+        let mut rng = StdRng::seed_from_u64(8);
+        let a = Mat::from_fn(5, 6, |_, _| rand::Rng::random::<f64>(&mut rng) * 2.0 - 1.0);
+        let cols = [4, 0, 2];
+        for norm in [Norm::Linf, Norm::L2] {
+            for with_box in [false, true] {
+                for eps in [0.0, 0.2, 3.0] {
+                    let x = set(norm, eps, with_box);
+                    let both = x.min_linear_both_signs(a.as_ref(), &cols);
+                    assert_eq!(both.len(), 6);
+                    for (k, &c) in cols.iter().enumerate() {
+                        let col: Vec<f64> = a.col(c).iter().copied().collect();
+                        let neg: Vec<f64> = col.iter().map(|v| -v).collect();
+                        for (got, a) in [(both[k], &col), (both[3 + k], &neg)] {
+                            let want = x.min_linear(a);
+                            let tol = 1e-14 * (1.0 + want.abs());
+                            assert!((got - want).abs() <= tol, "{norm:?} box {with_box} eps {eps}: {got} vs {want}");
+                            let at = dot(a, &x.argmin_linear(a));
+                            assert!(got <= at + 1e-15 && at - got <= 1e-12, "{norm:?} {with_box} {eps}: {got} vs {at}");
+                        }
+                    }
                 }
             }
         }

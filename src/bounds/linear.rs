@@ -347,9 +347,22 @@ fn neuron_bounds(
             })
             .collect();
     }
+    let layer = &net.layers()[j];
+    if j == 0 && layer.is_dense() {
+        // z_0 = W_0 x + b_0 directly: both ends of each row over the input set, the row read once.
+        let support = set.min_linear_both_signs(layer.weight_t(), group);
+        let b = layer.bias();
+        let m = group.len();
+        let g = rounding::gamma(3);
+        return (0..2 * m)
+            .map(|s| {
+                let bias = if s < m { b[group[s]] } else { -b[group[s - m]] };
+                rounding::lower(support[s] + bias, g * (bias.abs() + support[s].abs()))
+            })
+            .collect();
+    }
     // lam = [I, -I] on z_j, pushed through W_j directly: [W_j^T, -W_j^T] with consts [b, -b]; a
     // convolution's coefficients live on the group's receptive field only.
-    let layer = &net.layers()[j];
     let m = group.len();
     let (rows, lam) = match layer.is_dense() {
         false => {
