@@ -247,11 +247,24 @@ fn backward_rows(
             support = Some(ball.support_columns(lam.as_ref()));
             break;
         }
+        if k == 0 {
+            // Coefficients on part of the input: the support function over those coordinates
+            // only; formed and reduced a block of columns at a time.
+            let restricted = std::cell::OnceCell::new();
+            support = Some(layer.mul_t_rows_then(&rows, lam.as_ref(), |inputs, block| {
+                if inputs.len() < set.dim() {
+                    restricted.get_or_init(|| set.restrict(inputs)).min_linear_columns(block)
+                } else {
+                    set.min_linear_columns(block)
+                }
+            }));
+            break;
+        }
         (rows, lam) = layer.mul_t_rows(&rows, lam.as_ref());
     }
-    // Coefficients on part of the input: the support function over those coordinates only.
     let support = match support {
         Some(s) => s,
+        // j = 0: lam is on the input already.
         None if rows.len() < set.dim() => set.restrict(&rows).min_linear_columns(lam.as_ref()),
         None => set.min_linear_columns(lam.as_ref()),
     };
