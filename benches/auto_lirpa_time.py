@@ -6,7 +6,10 @@ DATA_DIR is ../shared/data (models/*.json, mnist/*-idx*-ubyte). Needs torch and 
 Prints one line per setting: milliseconds per image (median of 5 runs after a warm-up) for
 - adv-mnist-mlp-2x100, l_inf 0.1 with the [0, 1] box and l2 1.0 without it: the first 100 test images
   one at a time, and all 100 in one batch;
-- adv-mnist-cnn-small, l_inf 0.1 with the box: the first 100 test images one at a time.
+- adv-mnist-cnn-small, l_inf 0.1 with the box: the first 100 test images one at a time;
+- the CIFAR-shaped network of benches/crown.rs (target/bench-models/cifar-shaped.json, written by
+  `cargo bench --bench crown`), l_inf 2/255 with the box, on the bench's 100 inputs, one at a time
+  and in one batch.
 Every image's 9 margins (label minus each other class), float64, method "CROWN", default options,
 torch on THREADS threads (default 1). Misclassified images are bounded too (the time is the same).
 """
@@ -49,16 +52,17 @@ def bound(bounded, x, y, norm, eps, box):
     return lb
 
 
-def run(name, model, shape, norm, eps, box, batch):
-    net, _ = load(f"{data}/models/{model}.json")
-    xs = torch.tensor(images).reshape(-1, *shape)
+def run(name, model, shape, norm, eps, box, batch, xs=None, ys=None):
+    net, _ = load(model if model.endswith(".json") else f"{data}/models/{model}.json")
+    xs = torch.tensor(images).reshape(-1, *shape) if xs is None else xs
+    ys = labels if ys is None else ys
     bounded = BoundedModule(net, xs[:batch], device="cpu")
-    bound(bounded, xs[:batch], labels[:batch], norm, eps, box)  # warm-up
+    bound(bounded, xs[:batch], ys[:batch], norm, eps, box)  # warm-up
     times = []
     for _ in range(5):
         start = time.perf_counter()
         for s in range(0, 100, batch):
-            bound(bounded, xs[s:s + batch], labels[s:s + batch], norm, eps, box)
+            bound(bounded, xs[s:s + batch], ys[s:s + batch], norm, eps, box)
         times.append((time.perf_counter() - start) / 100 * 1000)
     print(f"{name}: {sorted(times)[2]:.3f} ms per image (batch {batch}; runs {', '.join(f'{t:.3f}' for t in times)})", flush=True)
 
@@ -67,3 +71,14 @@ for batch in (1, 100):
     run("adv-mnist-mlp-2x100 linf-0.1-box", "adv-mnist-mlp-2x100", [784], "linf", 0.1, True, batch)
     run("adv-mnist-mlp-2x100 l2-1.0", "adv-mnist-mlp-2x100", [784], "l2", 1.0, False, batch)
 run("adv-mnist-cnn-small linf-0.1-box", "adv-mnist-cnn-small", [1, 28, 28], "linf", 0.1, True, 1)
+
+# The CIFAR-shaped network of benches/crown.rs (written there to target/bench-models), on the
+# bench's inputs x_j = ((7919 j + 104729 i) mod 1000) / 1000, i = 1..100, labelled by the network.
+cifar = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "bench-models", "cifar-shaped.json")
+if os.path.exists(cifar):
+    xs = torch.tensor([[((j * 7919 + i * 104729) % 1000) / 1000 for j in range(3072)] for i in range(1, 101)]).reshape(-1, 3, 32, 32)
+    ys = load(cifar)[0](xs).argmax(dim=1).numpy()
+    for batch in (1, 100):
+        run("cifar-shaped-conv linf-2/255-box", cifar, [3, 32, 32], "linf", 2.0 / 255.0, True, batch, xs, ys)
+else:
+    print(f"skipped the CIFAR-shaped network: {cifar} not found (run `cargo bench --bench crown` first)")

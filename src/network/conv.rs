@@ -281,16 +281,25 @@ impl Conv2d {
     /// W^T lam for every column of `lam` (outputs x columns): scatters the nonzero entries when
     /// few are, else im2col's transpose through one GEMM.
     pub fn transpose(&self, lam: MatRef<'_, f64>) -> Mat<f64> {
-        let (np, ckk, oc) = (self.positions(), self.taps_per_position(), self.output[0]);
         let mut out = Mat::<f64>::zeros(self.input_size(), lam.ncols());
+        self.transpose_to(lam, out.as_mut());
+        out
+    }
+
+    /// [`Conv2d::transpose`] written into `out` (inputs x columns of `lam`, contiguous columns;
+    /// its contents are overwritten).
+    pub fn transpose_to(&self, lam: MatRef<'_, f64>, mut out: faer::MatMut<'_, f64>) {
+        let (np, ckk, oc) = (self.positions(), self.taps_per_position(), self.output[0]);
+        assert_eq!((out.nrows(), out.ncols()), (self.input_size(), lam.ncols()), "transpose_to: output shape");
         if mostly_zero(lam) {
+            out.fill(0.0);
             for s in 0..lam.ncols() {
-                let dst = out.col_mut(s).try_as_col_major_mut().expect("owned").as_slice_mut();
+                let dst = out.as_mut().col_mut(s).try_as_col_major_mut().expect("contiguous columns").as_slice_mut();
                 for (j, &v) in lam.col(s).iter().enumerate() {
                     self.scatter(dst, j, v, |t| t);
                 }
             }
-            return out;
+            return;
         }
         let (ow, n_in) = (self.output[2], self.input_size());
         let mut lt = Mat::<f64>::zeros(LANES * np, oc);
@@ -346,7 +355,6 @@ impl Conv2d {
                 }
             }
         }
-        out
     }
 
     /// W^T lam for coefficients `lam` stored on the output neurons `rows` only (the others zero),
