@@ -419,9 +419,9 @@ impl InputSet {
             let BoxParts { mid, rad, mag } = self.box_parts();
             let n = a.nrows();
             // s is a sum of 2n terms (within gamma_{2n} M, M = |a|^T (|mid| + rad)), |a|^T rad
-            // one of n (gamma_n M), the last step u (3 M): within gamma_{4n+3} M, and the
-            // rounding of mid and rad themselves (u each, as in `min_linear_columns`) within
-            // gamma_{4n+8} M.
+            // one of n (within gamma_n M, doubled exactly), and -s - 2 r rounds once (u times
+            // at most 3 M): within gamma_{4n+3} M; with the rounding of mid and rad themselves
+            // (u each, as in `min_linear_columns`) within gamma_{4n+8} M.
             let (g1, g2) = (gamma(2 * n + 4), gamma(4 * n + 8));
             for (k, &c) in cols.iter().enumerate() {
                 let col = crate::linalg::column(a, c, &mut buf);
@@ -441,6 +441,7 @@ impl InputSet {
         out
     }
 
+    /// [`InputSet::argmin_linear`] for every column of `a` (inputs x columns), the bounding box
     /// computed once for l_inf.
     pub fn argmin_linear_columns(&self, a: MatRef<'_, f64>) -> Mat<f64> {
         debug_assert_eq!(a.nrows(), self.dim());

@@ -305,14 +305,8 @@ impl Conv2d {
         let mut lt = Mat::<f64>::zeros(LANES * np, oc);
         let mut ct = Mat::<f64>::zeros(LANES * np, ckk);
         let mut d = vec![[0.0; LANES]; n_in];
-        let copy;
-        let lam = match lam.row_stride() {
-            1 => lam,
-            _ => {
-                copy = lam.to_owned();
-                copy.as_ref()
-            }
-        };
+        let mut copy = None;
+        let lam = contiguous(lam, &mut copy);
         for start in (0..lam.ncols()).step_by(LANES) {
             let len = LANES.min(lam.ncols() - start);
             // The columns innermost, LANES at a time: L^T (LANES np x oc) with L^T[s + LANES p,
@@ -343,17 +337,7 @@ impl Conv2d {
                     }
                 }
             }
-            let mut outs: Vec<&mut [f64]> = out
-                .as_mut()
-                .subcols_mut(start, len)
-                .col_iter_mut()
-                .map(|c| c.try_as_col_major_mut().expect("owned").as_slice_mut())
-                .collect();
-            for (q, v) in d.iter().enumerate() {
-                for (o, x) in outs.iter_mut().zip(v) {
-                    o[q] = *x;
-                }
-            }
+            unpack_lanes(&d, out.as_mut().subcols_mut(start, len));
         }
     }
 
@@ -400,14 +384,8 @@ impl Conv2d {
             }
         }
         let npg = positions.len();
-        let copy;
-        let lam = match lam.row_stride() {
-            1 => lam,
-            _ => {
-                copy = lam.to_owned();
-                copy.as_ref()
-            }
-        };
+        let mut copy = None;
+        let lam = contiguous(lam, &mut copy);
         // As in `transpose`, LANES columns at a time innermost: L^T[s + LANES at[p], o] =
         // lam[(o, p), start + s], C^T = L^T K, and each present position's taps add their LANES
         // values into the inputs they read.
@@ -437,17 +415,7 @@ impl Conv2d {
                     }
                 }
             }
-            let mut outs: Vec<&mut [f64]> = out
-                .as_mut()
-                .subcols_mut(start, len)
-                .col_iter_mut()
-                .map(|c| c.try_as_col_major_mut().expect("owned").as_slice_mut())
-                .collect();
-            for (q, v) in d.iter().enumerate() {
-                for (o, x) in outs.iter_mut().zip(v) {
-                    o[q] = *x;
-                }
-            }
+            unpack_lanes(&d, out.as_mut().subcols_mut(start, len));
         }
         (touched, out)
     }
@@ -503,6 +471,28 @@ impl Conv2d {
 fn mostly_zero(lam: MatRef<'_, f64>) -> bool {
     let nnz: usize = (0..lam.ncols()).map(|s| lam.col(s).iter().filter(|v| **v != 0.0).count()).sum();
     nnz * 8 < lam.nrows() * lam.ncols()
+}
+
+/// `lam` itself when its columns are contiguous, else a contiguous copy kept in `copy`.
+fn contiguous<'a>(lam: MatRef<'a, f64>, copy: &'a mut Option<Mat<f64>>) -> MatRef<'a, f64> {
+    if lam.row_stride() == 1 {
+        return lam;
+    }
+    copy.insert(lam.to_owned()).as_ref()
+}
+
+/// Column s of `out` (the first `out.ncols()` <= LANES) = lane s of every entry of `d`.
+fn unpack_lanes(d: &[[f64; LANES]], mut out: faer::MatMut<'_, f64>) {
+    let mut outs: Vec<&mut [f64]> = out
+        .as_mut()
+        .col_iter_mut()
+        .map(|c| c.try_as_col_major_mut().expect("contiguous columns").as_slice_mut())
+        .collect();
+    for (q, v) in d.iter().enumerate() {
+        for (o, x) in outs.iter_mut().zip(v) {
+            o[q] = *x;
+        }
+    }
 }
 
 /// `f` (an operator on columns) applied to the single column `x`.
@@ -645,6 +635,9 @@ mod tests {
             for lam in [dense, sparse] {
                 let want = crate::linalg::mul(m.transpose(), lam.as_ref());
                 close(&conv.transpose(lam.as_ref()), &want);
+                // A view whose columns are not contiguous (a transposed row-major copy).
+                let row_major = lam.transpose().to_owned();
+                close(&conv.transpose(row_major.transpose()), &want);
                 // The same coefficients on every third output neuron only, through `transpose_rows`.
                 let rows: Vec<usize> = (0..n_out).filter(|j| j % 3 == 1).collect();
                 let sub = Mat::from_fn(rows.len(), lam.ncols(), |i, s| lam[(rows[i], s)]);

@@ -278,9 +278,10 @@ impl Layer {
     }
 
     /// `f` applied to [`Layer::mul_t_rows`]' result (`(inputs, values)`), `f` giving one value per
-    /// column: a dense layer or a convolution forms the product a few columns at a time in one buffer and hands
-    /// each block to `f` (the values concatenated), so that a reduction such as the input set's
-    /// support function reads the product from cache and the whole of it is never stored.
+    /// column: a dense layer, or a convolution with coefficients on all its outputs, forms the
+    /// product a few columns at a time in one buffer and hands each block to `f` (the values
+    /// concatenated), so that a reduction such as the input set's support function reads the
+    /// product from cache and the whole of it is never stored.
     pub fn mul_t_rows_then(
         &self,
         rows: &[usize],
