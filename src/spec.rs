@@ -121,6 +121,9 @@ pub struct InputSet {
     /// The l_inf support function's set-up, computed on first use ([`InputSet::min_linear_columns`]).
     #[serde(skip)]
     box_parts: std::sync::OnceLock<BoxParts>,
+    /// [`InputSet::bounding_box`], computed on first use.
+    #[serde(skip)]
+    bounds: std::sync::OnceLock<(Vec<f64>, Vec<f64>)>,
 }
 
 /// The bounding box as centre, radius and a bound on |x| (|mid| + rad), per coordinate.
@@ -160,7 +163,14 @@ impl InputSet {
                 }
             }
         }
-        Ok(Self { center, eps, norm, domain, box_parts: std::sync::OnceLock::new() })
+        Ok(Self {
+            center,
+            eps,
+            norm,
+            domain,
+            box_parts: std::sync::OnceLock::new(),
+            bounds: std::sync::OnceLock::new(),
+        })
     }
 
     /// The set's projection on the coordinates `coords`: the same ball and box over those
@@ -178,6 +188,7 @@ impl InputSet {
                 hi: coords.iter().map(|&i| d.hi[i]).collect(),
             }),
             box_parts: std::sync::OnceLock::new(),
+            bounds: std::sync::OnceLock::new(),
         }
     }
 
@@ -206,7 +217,14 @@ impl InputSet {
     /// rounded outwards by one ulp so that the box contains the real (not only the floating-point)
     /// set, as the bounds require.
     pub fn bounding_box(&self) -> (Vec<f64>, Vec<f64>) {
-        self.box_with_radius(self.eps, true)
+        let (lo, hi) = self.bounding_box_ref();
+        (lo.to_vec(), hi.to_vec())
+    }
+
+    /// [`InputSet::bounding_box`] without a copy (computed once per set).
+    pub(crate) fn bounding_box_ref(&self) -> (&[f64], &[f64]) {
+        let (lo, hi) = self.bounds.get_or_init(|| self.box_with_radius(self.eps, true));
+        (lo, hi)
     }
 
     /// The radius used when constructing points that must lie in X (projection, sampling): eps
@@ -351,8 +369,8 @@ impl InputSet {
         match (self.norm, &self.domain) {
             _ if self.eps == 0.0 => sound_dot(a, &self.center),
             (Norm::Linf, _) => {
-                let (lo, hi) = self.bounding_box();
-                let x = a.iter().zip(lo.iter().zip(&hi)).map(|(&ai, (&l, &h))| if ai >= 0.0 { l } else { h });
+                let (lo, hi) = self.bounding_box_ref();
+                let x = a.iter().zip(lo.iter().zip(hi)).map(|(&ai, (&l, &h))| if ai >= 0.0 { l } else { h });
                 let (v, abs) = x.zip(a).fold((0.0, 0.0), |(v, abs), (x, ai)| (v + ai * x, abs + (ai * x).abs()));
                 lower(v, gamma(a.len() + 2) * abs)
             }
@@ -376,9 +394,9 @@ impl InputSet {
     /// The bounding box's centre, radius and magnitudes, computed once per set.
     fn box_parts(&self) -> &BoxParts {
         self.box_parts.get_or_init(|| {
-            let (lo, hi) = self.bounding_box();
-            let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
-            let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l)).collect();
+            let (lo, hi) = self.bounding_box_ref();
+            let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
+            let rad: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (h - l)).collect();
             // |mid| + rad bounds |x| on the box; the rounding of mid and rad themselves (u
             // each) and of the 2n terms is within gamma_{2n+4} |a|^T (|mid| + rad).
             let mag: Vec<f64> = mid.iter().zip(&rad).map(|(m, r)| m.abs() + r).collect();
@@ -446,7 +464,7 @@ impl InputSet {
     pub fn argmin_linear_columns(&self, a: MatRef<'_, f64>) -> Mat<f64> {
         debug_assert_eq!(a.nrows(), self.dim());
         let mut x = Mat::<f64>::zeros(a.nrows(), a.ncols());
-        let linf_box = (self.norm == Norm::Linf && self.eps > 0.0).then(|| self.bounding_box());
+        let linf_box = (self.norm == Norm::Linf && self.eps > 0.0).then(|| self.bounding_box_ref());
         let mut buf = Vec::new();
         for j in 0..a.ncols() {
             let col = crate::linalg::column(a, j, &mut buf);
@@ -471,8 +489,8 @@ impl InputSet {
         match (self.norm, &self.domain) {
             _ if self.eps == 0.0 => c.clone(),
             (Norm::Linf, _) => {
-                let (lo, hi) = self.bounding_box();
-                corner(&lo, &hi)
+                let (lo, hi) = self.bounding_box_ref();
+                corner(lo, hi)
             }
             (Norm::L2, None) => {
                 let n = norm2(a);

@@ -81,8 +81,8 @@ pub fn activated_magnitude(iv: &Interval, act: Activation) -> Vec<f64> {
 
 /// Bounds on |x| over the set's bounding box (the network input's magnitudes).
 pub fn input_magnitude(set: &InputSet) -> Vec<f64> {
-    let (lo, hi) = set.bounding_box();
-    lo.iter().zip(&hi).map(|(l, h)| l.abs().max(h.abs())).collect()
+    let (lo, hi) = set.bounding_box_ref();
+    lo.iter().zip(hi).map(|(l, h)| l.abs().max(h.abs())).collect()
 }
 
 /// Bounds on the magnitudes of the last layer's input on the set: the network input for a

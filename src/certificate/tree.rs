@@ -126,7 +126,7 @@ enum Chain {
     /// A branch that does not fit the input.
     Invalid,
     /// The leaf's intervals and input set.
-    Region(Intervals, InputSet),
+    Region(Intervals, Box<InputSet>),
 }
 
 /// The intervals over the leaf's box by the path of input branches (see [`leaf_bound`]).
@@ -165,7 +165,7 @@ fn input_chain(net: &Plain, set: &InputSet, mut iv: Intervals, from_root_box: bo
         region = Some(node);
     }
     match region {
-        Some(r) => Chain::Region(iv, r),
+        Some(r) => Chain::Region(iv, Box::new(r)),
         None => Chain::Invalid,
     }
 }
