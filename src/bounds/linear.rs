@@ -248,26 +248,18 @@ fn backward_rows(
             break;
         }
         if k == 0 {
-            // Coefficients on part of the input: the support function over those coordinates
-            // only; formed and reduced a block of columns at a time.
+            // W_0^T lam formed and reduced a block of columns at a time.
             let restricted = std::cell::OnceCell::new();
-            support = Some(layer.mul_t_rows_then(&rows, lam.as_ref(), |inputs, block| {
-                if inputs.len() < set.dim() {
-                    restricted.get_or_init(|| set.restrict(inputs)).min_linear_columns(block)
-                } else {
-                    set.min_linear_columns(block)
-                }
-            }));
+            support =
+                Some(layer.mul_t_rows_then(&rows, lam.as_ref(), |inputs, block| {
+                    input_support(set, inputs, &restricted, block)
+                }));
             break;
         }
         (rows, lam) = layer.mul_t_rows(&rows, lam.as_ref());
     }
-    let support = match support {
-        Some(s) => s,
-        // j = 0: lam is on the input already.
-        None if rows.len() < set.dim() => set.restrict(&rows).min_linear_columns(lam.as_ref()),
-        None => set.min_linear_columns(lam.as_ref()),
-    };
+    // j = 0: lam is on the input already.
+    let support = support.unwrap_or_else(|| input_support(set, &rows, &std::cell::OnceCell::new(), lam.as_ref()));
     let g = rounding::gamma(j + 3);
     (0..consts.len())
         .map(|s| {
@@ -275,6 +267,22 @@ fn backward_rows(
             rounding::lower(v, err[s] + g * (abs_consts[s] + support[s].abs()))
         })
         .collect()
+}
+
+/// min over X of a^T x for each column of `a`, whose rows are the input coordinates `inputs`: on
+/// part of the input the support function over those coordinates only (the restricted set kept
+/// in `restricted` for the next block of the same inputs).
+fn input_support(
+    set: &InputSet,
+    inputs: &[usize],
+    restricted: &std::cell::OnceCell<InputSet>,
+    a: MatRef<'_, f64>,
+) -> Vec<f64> {
+    if inputs.len() < set.dim() {
+        restricted.get_or_init(|| set.restrict(inputs)).min_linear_columns(a)
+    } else {
+        set.min_linear_columns(a)
+    }
 }
 
 fn column(m: &Mat<f64>, s: usize) -> &[f64] {
@@ -346,24 +354,14 @@ fn neuron_bounds(
     j: usize,
     group: &[usize],
 ) -> Vec<f64> {
-    if j == 0
-        && let Some(ball) = ball
-    {
-        // The plain l2 ball: (W c)_i + b_i -/+ eps ||W_i|| from the rows' norms.
-        let support = ball.unit_supports(group);
-        let b = net.layers()[0].bias();
-        let m = group.len();
-        return (0..2 * m)
-            .map(|s| {
-                let bias = if s < m { b[group[s]] } else { -b[group[s - m]] };
-                rounding::lower(support[s] + bias, rounding::gamma(3) * (bias.abs() + support[s].abs()))
-            })
-            .collect();
-    }
     let layer = &net.layers()[j];
-    if j == 0 && layer.is_dense() {
-        // z_0 = W_0 x + b_0 directly: both ends of each row over the input set, the row read once.
-        let support = set.min_linear_both_signs(layer.weight_t(), group);
+    if j == 0 && (ball.is_some() || layer.is_dense()) {
+        // z_0 = W_0 x + b_0 directly, both ends of each row from the row itself: for the plain
+        // l2 ball (W c)_i -/+ eps ||W_i|| from the rows' norms, else the set's support function.
+        let support = match ball {
+            Some(ball) => ball.unit_supports(group),
+            None => set.min_linear_both_signs(layer.weight_t(), group),
+        };
         let b = layer.bias();
         let m = group.len();
         let g = rounding::gamma(3);

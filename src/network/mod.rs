@@ -288,38 +288,42 @@ impl Layer {
         lam: MatRef<'_, f64>,
         mut f: impl FnMut(&[usize], MatRef<'_, f64>) -> Vec<f64>,
     ) -> Vec<f64> {
-        let weight_t = match &self.op {
-            Op::Dense { weight_t, .. } => weight_t,
-            Op::Conv { conv, .. } if rows.len() == conv.output_size() => {
-                // The convolution's transpose a block at a time into one buffer.
-                let inputs: Vec<usize> = (0..conv.input_size()).collect();
-                let mut buf = Mat::<f64>::zeros(conv.input_size(), REDUCE_COLUMNS.min(lam.ncols()));
-                let mut out = Vec::with_capacity(lam.ncols());
-                for start in (0..lam.ncols()).step_by(REDUCE_COLUMNS) {
-                    let len = REDUCE_COLUMNS.min(lam.ncols() - start);
-                    conv.transpose_to(lam.subcols(start, len), buf.as_mut().subcols_mut(0, len));
-                    out.extend(f(&inputs, buf.as_ref().subcols(0, len)));
-                }
-                return out;
+        let factors;
+        let (n_in, product): (usize, Box<BlockProduct<'_>>) = match &self.op {
+            Op::Dense { weight_t, .. } => {
+                let rows = (rows.len() < weight_t.ncols()).then_some(rows);
+                factors = dense_t_factors(weight_t, rows, lam);
+                let (w, l) = match &factors {
+                    None => (weight_t.as_ref(), lam),
+                    Some((w, sub)) => (w.as_ref(), sub.as_ref()),
+                };
+                let gemm = move |start: usize, len: usize, block: faer::MatMut<'_, f64>| {
+                    faer::linalg::matmul::matmul(
+                        block,
+                        faer::Accum::Replace,
+                        w,
+                        l.subcols(start, len),
+                        1.0,
+                        faer::Par::Seq,
+                    )
+                };
+                (weight_t.nrows(), Box::new(gemm))
             }
+            Op::Conv { conv, .. } if rows.len() == conv.output_size() => (
+                conv.input_size(),
+                Box::new(move |start, len, block| conv.transpose_to(lam.subcols(start, len), block)),
+            ),
             _ => {
                 let (inputs, values) = self.mul_t_rows(rows, lam);
                 return f(&inputs, values.as_ref());
             }
         };
-        let inputs: Vec<usize> = (0..weight_t.nrows()).collect();
-        let rows = (rows.len() < weight_t.ncols()).then_some(rows);
-        let factors = dense_t_factors(weight_t, rows, lam);
-        let (w, l) = match &factors {
-            None => (weight_t.as_ref(), lam),
-            Some((w, sub)) => (w.as_ref(), sub.as_ref()),
-        };
+        let inputs: Vec<usize> = (0..n_in).collect();
         let mut out = Vec::with_capacity(lam.ncols());
-        let mut buf = Mat::<f64>::zeros(w.nrows(), REDUCE_COLUMNS.min(l.ncols()));
-        for start in (0..l.ncols()).step_by(REDUCE_COLUMNS) {
-            let len = REDUCE_COLUMNS.min(l.ncols() - start);
-            let block = buf.as_mut().subcols_mut(0, len);
-            faer::linalg::matmul::matmul(block, faer::Accum::Replace, w, l.subcols(start, len), 1.0, faer::Par::Seq);
+        let mut buf = Mat::<f64>::zeros(n_in, REDUCE_COLUMNS.min(lam.ncols()));
+        for start in (0..lam.ncols()).step_by(REDUCE_COLUMNS) {
+            let len = REDUCE_COLUMNS.min(lam.ncols() - start);
+            product(start, len, buf.as_mut().subcols_mut(0, len));
             out.extend(f(&inputs, buf.as_ref().subcols(0, len)));
         }
         out
@@ -473,6 +477,9 @@ fn dense_t_factors(weight_t: &Mat<f64>, rows: Option<&[usize]>, lam: MatRef<'_, 
     let sub = Mat::<f64>::from_fn(nonzero.len(), lam.ncols(), |c, s| lam[(nonzero[c], s)]);
     Some((wt_sub, sub))
 }
+
+/// Writes the product's columns `start..start + len` into the given block.
+type BlockProduct<'a> = dyn Fn(usize, usize, faer::MatMut<'_, f64>) + 'a;
 
 /// Columns of W^T lam that [`Layer::mul_t_rows_then`] forms at a time: 32 columns of 784 inputs
 /// are 200 KiB, of a 3x32x32 image 768 KiB, in cache while they are reduced.
