@@ -309,7 +309,7 @@ fn unsupported_constructs_are_typed_errors_naming_the_node() {
         (vec![node("Div", &["w", "x"], "y", vec![])], "y", 0, "Div"),
         (vec![node("Relu", &["z"], "y", vec![])], "y", 0, "Relu"),
         (vec![node("Conv", &["x", "w"], "y", vec![])], "y", 0, "Conv"),
-        (vec![node("Flatten", &["x"], "y", vec![int_attr("axis", 2)])], "y", 0, "Flatten"),
+        (vec![node("Flatten", &["x"], "y", vec![int_attr("axis", 3)])], "y", 0, "Flatten"),
     ];
     for (nodes, out, index, op) in cases {
         let bytes = model(nodes, vec![w.clone()], value("x", &[1, 2]), out);

@@ -96,7 +96,14 @@ pub(crate) fn affine_box_layer(layer: &Layer, lo: &[f64], hi: &[f64]) -> Interva
     if layer.is_dense() {
         return affine_box(layer.weight(), layer.bias(), lo, hi);
     }
-    let mut iv = box_bounds(|x| layer.mul_vec(x), |x| layer.abs_mul_vec(x), layer.input_size(), layer.bias(), lo, hi);
+    let mut iv = box_bounds(
+        |x| layer.mul_vec(x),
+        |x| layer.abs_mul_vec(x),
+        layer.input_size() + layer.chained_terms(),
+        layer.bias(),
+        lo,
+        hi,
+    );
     for (i, j) in layer.pass_through() {
         iv.lower[i] = iv.lower[i].max(lo[j]);
         iv.upper[i] = iv.upper[i].min(hi[j]);

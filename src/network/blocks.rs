@@ -18,6 +18,7 @@
 use faer::{Mat, MatRef};
 
 use super::conv::Conv2d;
+use super::sparse::Sparse;
 use crate::error::{Error, Result};
 use crate::linalg;
 
@@ -30,6 +31,11 @@ pub enum Piece {
     Conv(Box<Conv2d>),
     /// x -> d ⊙ x (the identity when d is all ones).
     Diag(Vec<f64>),
+    /// A sparse matrix: index maps (Transpose, Slice, Pad, Concat, Gather) and sums.
+    Sparse(Box<Sparse>),
+    /// A product of pieces, the first applied first (a transpose before a convolution): never
+    /// multiplied out in the bound core. Each piece takes the previous one's outputs.
+    Chain(Vec<Piece>),
 }
 
 impl Piece {
@@ -39,6 +45,8 @@ impl Piece {
             Piece::Dense(w) => w.ncols(),
             Piece::Conv(c) => c.input_size(),
             Piece::Diag(d) => d.len(),
+            Piece::Sparse(s) => s.ncols(),
+            Piece::Chain(p) => p.first().map_or(0, Piece::input_size),
         }
     }
     /// Number of outputs.
@@ -47,6 +55,8 @@ impl Piece {
             Piece::Dense(w) => w.nrows(),
             Piece::Conv(c) => c.output_size(),
             Piece::Diag(d) => d.len(),
+            Piece::Sparse(s) => s.nrows(),
+            Piece::Chain(p) => p.last().map_or(0, Piece::output_size),
         }
     }
     fn values(&self) -> Box<dyn Iterator<Item = f64> + '_> {
@@ -54,6 +64,129 @@ impl Piece {
             Piece::Dense(w) => Box::new((0..w.ncols()).flat_map(move |j| (0..w.nrows()).map(move |i| w[(i, j)]))),
             Piece::Conv(c) => Box::new(c.kernel().iter().copied()),
             Piece::Diag(d) => Box::new(d.iter().copied()),
+            Piece::Sparse(s) => Box::new(s.values().iter().copied()),
+            Piece::Chain(p) => Box::new(p.iter().flat_map(Piece::values)),
+        }
+    }
+
+    fn hash_geometry(&self, h: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        (self.input_size(), self.output_size()).hash(h);
+        match self {
+            Piece::Dense(_) => 0u8.hash(h),
+            Piece::Conv(c) => {
+                1u8.hash(h);
+                c.shape().hash(h);
+            }
+            Piece::Diag(_) => 2u8.hash(h),
+            Piece::Sparse(sp) => {
+                3u8.hash(h);
+                sp.entries().for_each(|(i, j, _)| (i, j).hash(h));
+            }
+            Piece::Chain(p) => {
+                4u8.hash(h);
+                p.iter().for_each(|q| q.hash_geometry(h));
+            }
+        }
+    }
+
+    /// An error when the pieces of a chain do not fit one another.
+    fn check_chain(&self) -> std::result::Result<(), String> {
+        if let Piece::Chain(p) = self {
+            if p.is_empty() {
+                return Err("an empty chain".into());
+            }
+            for (k, w) in p.windows(2).enumerate() {
+                if w[0].output_size() != w[1].input_size() {
+                    return Err(format!(
+                        "chain piece {k} has {} outputs, piece {} takes {} inputs",
+                        w[0].output_size(),
+                        k + 1,
+                        w[1].input_size()
+                    ));
+                }
+            }
+            p.iter().try_for_each(Piece::check_chain)?;
+        }
+        Ok(())
+    }
+
+    /// The number of rounded operations an entry of the piece's product (either way) can
+    /// accumulate in the bound core: its larger size, summed over a chain's pieces (a product
+    /// of factors rounds in each; Higham's gamma_a + gamma_b + gamma_a gamma_b <= gamma_{a+b}).
+    pub fn rounding_terms(&self) -> usize {
+        match self {
+            Piece::Chain(p) => p.iter().map(Piece::rounding_terms).sum(),
+            other => other.input_size().max(other.output_size()),
+        }
+    }
+
+    /// W X, or |W| X with `abs` (for a chain the product of the magnitudes, >= |W| X).
+    pub fn forward(&self, x: MatRef<'_, f64>, abs: bool) -> Mat<f64> {
+        match self {
+            Piece::Dense(w) if abs => {
+                let a = Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)].abs());
+                linalg::mul(a.as_ref(), x)
+            }
+            Piece::Dense(w) => linalg::mul(w.as_ref(), x),
+            Piece::Conv(c) if abs => c.forward_abs(x),
+            Piece::Conv(c) => c.forward(x),
+            Piece::Diag(d) => {
+                Mat::from_fn(d.len(), x.ncols(), |r, s| if abs { d[r].abs() } else { d[r] } * x[(r, s)])
+            }
+            Piece::Sparse(sp) => sp.forward(x, abs),
+            Piece::Chain(p) => {
+                let mut cur = p[0].forward(x, abs);
+                for q in &p[1..] {
+                    cur = q.forward(cur.as_ref(), abs);
+                }
+                cur
+            }
+        }
+    }
+
+    /// W^T lam (`wt`: W^T when stored).
+    fn transpose(&self, lam: MatRef<'_, f64>, wt: Option<&Mat<f64>>) -> Mat<f64> {
+        match self {
+            Piece::Dense(w) => match wt {
+                Some(wt) => linalg::mul(wt.as_ref(), lam),
+                None => linalg::mul(w.transpose(), lam),
+            },
+            Piece::Conv(c) => c.transpose(lam),
+            Piece::Diag(d) => Mat::from_fn(d.len(), lam.ncols(), |r, s| d[r] * lam[(r, s)]),
+            Piece::Sparse(sp) => sp.transpose(lam),
+            Piece::Chain(p) => {
+                let mut cur = p[p.len() - 1].transpose(lam, None);
+                for q in p[..p.len() - 1].iter().rev() {
+                    cur = q.transpose(cur.as_ref(), None);
+                }
+                cur
+            }
+        }
+    }
+
+    /// W^T lam for `lam` on the outputs `local` only (sorted), on the inputs they reach.
+    fn transpose_rows(&self, local: &[usize], lam: MatRef<'_, f64>, wt: Option<&Mat<f64>>) -> (Vec<usize>, Mat<f64>) {
+        match self {
+            Piece::Dense(w) => {
+                let ni = w.ncols();
+                let wt_sub =
+                    Mat::from_fn(ni, local.len(), |j, k| wt.map_or(w[(local[k], j)], |t| t[(j, local[k])]));
+                ((0..ni).collect(), linalg::mul(wt_sub.as_ref(), lam))
+            }
+            Piece::Conv(c) => c.transpose_rows(local, lam),
+            Piece::Diag(d) => {
+                let values = Mat::from_fn(local.len(), lam.ncols(), |k, s| d[local[k]] * lam[(k, s)]);
+                (local.to_vec(), values)
+            }
+            Piece::Sparse(sp) => sp.transpose_rows(local, lam),
+            Piece::Chain(p) => {
+                let (mut rows, mut cur) = p[p.len() - 1].transpose_rows(local, lam, None);
+                for q in p[..p.len() - 1].iter().rev() {
+                    (rows, cur) = q.transpose_rows(&rows, cur.as_ref(), None);
+                }
+                (rows, cur)
+            }
         }
     }
 }
@@ -101,6 +234,9 @@ impl Blocks {
                     ),
                 });
             }
+            if let Err(detail) = b.piece.check_chain() {
+                return Err(Error::Shape { layer, detail: format!("block {k}: {detail}") });
+            }
             if let Some((index, value)) = b.piece.values().enumerate().find(|(_, v)| !v.is_finite()) {
                 return Err(Error::NonFinite { layer, what: "block weight", index, value });
             }
@@ -139,6 +275,13 @@ impl Blocks {
     pub fn output_size(&self) -> usize {
         self.output_size
     }
+    /// The rounded operations an entry of the operator's product (either way) can accumulate
+    /// beyond one dot product over its inputs or outputs: the chained pieces' sizes (see
+    /// [`Piece::rounding_terms`]), 0 without chains.
+    pub fn chained_terms(&self) -> usize {
+        self.blocks.iter().filter(|b| matches!(b.piece, Piece::Chain(_))).map(|b| b.piece.rounding_terms()).sum()
+    }
+
     /// The pieces.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
@@ -164,18 +307,7 @@ impl Blocks {
     fn apply(&self, x: MatRef<'_, f64>, abs: bool) -> Mat<f64> {
         let mut out = Mat::<f64>::zeros(self.output_size, x.ncols());
         for b in &self.blocks {
-            let (ni, no) = (b.piece.input_size(), b.piece.output_size());
-            let xs = x.subrows(b.input, ni);
-            let part = match &b.piece {
-                Piece::Dense(w) if abs => {
-                    let a = Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)].abs());
-                    linalg::mul(a.as_ref(), xs)
-                }
-                Piece::Dense(w) => linalg::mul(w.as_ref(), xs),
-                Piece::Conv(c) if abs => c.forward_abs(xs),
-                Piece::Conv(c) => c.forward(xs),
-                Piece::Diag(d) => Mat::from_fn(no, x.ncols(), |r, s| if abs { d[r].abs() } else { d[r] } * xs[(r, s)]),
-            };
+            let part = b.piece.forward(x.subrows(b.input, b.piece.input_size()), abs);
             add_rows(&mut out, b.output, part.as_ref());
         }
         out
@@ -185,14 +317,7 @@ impl Blocks {
     pub fn transpose(&self, lam: MatRef<'_, f64>) -> Mat<f64> {
         let mut out = Mat::<f64>::zeros(self.input_size, lam.ncols());
         for (b, wt) in self.blocks.iter().zip(&self.transposed) {
-            let (ni, no) = (b.piece.input_size(), b.piece.output_size());
-            let ls = lam.subrows(b.output, no);
-            let part = match (&b.piece, wt) {
-                (Piece::Dense(_), Some(wt)) => linalg::mul(wt.as_ref(), ls),
-                (Piece::Dense(w), None) => linalg::mul(w.transpose(), ls),
-                (Piece::Conv(c), _) => c.transpose(ls),
-                (Piece::Diag(d), _) => Mat::from_fn(ni, lam.ncols(), |r, s| d[r] * ls[(r, s)]),
-            };
+            let part = b.piece.transpose(lam.subrows(b.output, b.piece.output_size()), wt.as_ref());
             add_rows(&mut out, b.input, part.as_ref());
         }
         out
@@ -205,7 +330,7 @@ impl Blocks {
         let cols = lam.ncols();
         let mut parts: Vec<(Vec<usize>, Mat<f64>)> = Vec::new();
         for (b, wt) in self.blocks.iter().zip(&self.transposed) {
-            let (ni, no) = (b.piece.input_size(), b.piece.output_size());
+            let no = b.piece.output_size();
             let (at, local): (Vec<usize>, Vec<usize>) = rows
                 .iter()
                 .enumerate()
@@ -216,19 +341,7 @@ impl Blocks {
                 continue;
             }
             let sub = Mat::from_fn(local.len(), cols, |k, s| lam[(at[k], s)]);
-            let (inputs, values) = match (&b.piece, wt) {
-                (Piece::Dense(w), wt) => {
-                    let wt_sub = Mat::from_fn(ni, local.len(), |j, k| {
-                        wt.as_ref().map_or(w[(local[k], j)], |t| t[(j, local[k])])
-                    });
-                    ((0..ni).collect(), linalg::mul(wt_sub.as_ref(), sub.as_ref()))
-                }
-                (Piece::Conv(c), _) => c.transpose_rows(&local, sub.as_ref()),
-                (Piece::Diag(d), _) => {
-                    let values = Mat::from_fn(local.len(), cols, |k, s| d[local[k]] * sub[(k, s)]);
-                    (local, values)
-                }
-            };
+            let (inputs, values) = b.piece.transpose_rows(&local, sub.as_ref(), wt.as_ref());
             parts.push((inputs.into_iter().map(|j| j + b.input).collect(), values));
         }
         let mut all: Vec<usize> = parts.iter().flat_map(|(inputs, _)| inputs.iter().copied()).collect();
@@ -304,6 +417,21 @@ impl Blocks {
                         out[(b.input + r, s)] += d[r];
                     }
                 }
+                (piece, _) => {
+                    // Through the piece's own transpose, one unit column per distinct row.
+                    let mut distinct: Vec<usize> = local.iter().map(|&(_, r)| r).collect();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    let n = distinct.len();
+                    let unit = Mat::from_fn(n, n, |i, j| if i == j { 1.0 } else { 0.0 });
+                    let (inputs, cols) = piece.transpose_rows(&distinct, unit.as_ref(), None);
+                    for &(s, r) in &local {
+                        let k = distinct.binary_search(&r).expect("listed");
+                        for (q, &j) in inputs.iter().enumerate() {
+                            out[(b.input + j, s)] += cols[(q, k)];
+                        }
+                    }
+                }
             }
         }
         out
@@ -325,15 +453,8 @@ impl Blocks {
         use std::hash::Hash;
         (self.input_size, self.output_size).hash(h);
         for b in &self.blocks {
-            (b.output, b.input, b.piece.input_size(), b.piece.output_size()).hash(h);
-            match &b.piece {
-                Piece::Dense(_) => 0u8.hash(h),
-                Piece::Conv(c) => {
-                    1u8.hash(h);
-                    c.shape().hash(h);
-                }
-                Piece::Diag(_) => 2u8.hash(h),
-            }
+            (b.output, b.input).hash(h);
+            b.piece.hash_geometry(h);
         }
     }
 }

@@ -10,6 +10,7 @@
 mod activation;
 pub mod blocks;
 pub mod conv;
+pub mod sparse;
 
 pub use activation::{Activation, CurvatureConstants, sigmoid, softplus};
 
@@ -21,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::linalg;
 pub use blocks::{Block, Blocks, Piece};
 pub use conv::{Conv2d, Conv2dShape};
+pub use sparse::Sparse;
 
 /// How a layer applies W: a stored dense matrix, or a convolution whose dense matrix is built
 /// only if a method asks for it ([`Layer::weight`]).
@@ -177,6 +179,16 @@ impl Layer {
             Op::Dense { weight, .. } => weight.ncols(),
             Op::Conv { conv, .. } => conv.input_size(),
             Op::Blocks { blocks, .. } => blocks.input_size(),
+        }
+    }
+    /// The rounded operations an entry of W x or W^T lam can accumulate beyond one dot product
+    /// over the layer's inputs or outputs (added to the n of the rounding allowances' gamma_n,
+    /// [`crate::bounds::rounding`]): the inner sizes of a block operator's chained pieces (a
+    /// transpose before a convolution), 0 for every other layer.
+    pub fn chained_terms(&self) -> usize {
+        match &self.op {
+            Op::Blocks { blocks, .. } => blocks.chained_terms(),
+            _ => 0,
         }
     }
     /// Number of outputs (neurons).
@@ -623,7 +635,7 @@ impl Network {
         let mut e = vec![0.0; x.len()];
         for layer in &self.layers {
             let h_abs: Vec<f64> = h.iter().map(|v| v.abs()).collect();
-            let round = abs_affine(layer, &layer.bias, &h_abs, gamma(layer.input_size() + 1));
+            let round = abs_affine(layer, &layer.bias, &h_abs, gamma(layer.input_size() + layer.chained_terms() + 1));
             let carried = abs_affine(layer, &vec![0.0; layer.output_size()], &e, 1.0);
             let mut z = layer.mul_vec(&h);
             let lipschitz = if layer.activation == Activation::Sigmoid { 0.25 } else { 1.0 };
