@@ -109,7 +109,12 @@ pub fn last_input_magnitude(net: &Network, set: &InputSet, pre: Option<&PreActiv
 /// (`x_mag` bounds the layer's input). n is the larger of the layer's two sizes: an entry of
 /// W^T v sums n_out products, v^T b as many, and the checks' own forward products n_in.
 pub fn product_weights(layer: &Layer, x_mag: &[f64]) -> Vec<f64> {
-    abs_affine(layer, layer.bias(), x_mag, gamma(layer.input_size().max(layer.output_size()) + layer.chained_terms() + 2))
+    abs_affine(
+        layer,
+        layer.bias(),
+        x_mag,
+        gamma(layer.input_size().max(layer.output_size()) + layer.chained_terms() + 2),
+    )
 }
 
 /// gamma_{n+2} (|W| x_mag + |b|) + 4 u z_mag for each neuron of `layer` (see the module's

@@ -131,9 +131,7 @@ impl Piece {
             Piece::Dense(w) => linalg::mul(w.as_ref(), x),
             Piece::Conv(c) if abs => c.forward_abs(x),
             Piece::Conv(c) => c.forward(x),
-            Piece::Diag(d) => {
-                Mat::from_fn(d.len(), x.ncols(), |r, s| if abs { d[r].abs() } else { d[r] } * x[(r, s)])
-            }
+            Piece::Diag(d) => Mat::from_fn(d.len(), x.ncols(), |r, s| if abs { d[r].abs() } else { d[r] } * x[(r, s)]),
             Piece::Sparse(sp) => sp.forward(x, abs),
             Piece::Chain(p) => {
                 let mut cur = p[0].forward(x, abs);
@@ -146,7 +144,7 @@ impl Piece {
     }
 
     /// W^T lam (`wt`: W^T when stored).
-    fn transpose(&self, lam: MatRef<'_, f64>, wt: Option<&Mat<f64>>) -> Mat<f64> {
+    pub(crate) fn transpose(&self, lam: MatRef<'_, f64>, wt: Option<&Mat<f64>>) -> Mat<f64> {
         match self {
             Piece::Dense(w) => match wt {
                 Some(wt) => linalg::mul(wt.as_ref(), lam),
@@ -170,8 +168,7 @@ impl Piece {
         match self {
             Piece::Dense(w) => {
                 let ni = w.ncols();
-                let wt_sub =
-                    Mat::from_fn(ni, local.len(), |j, k| wt.map_or(w[(local[k], j)], |t| t[(j, local[k])]));
+                let wt_sub = Mat::from_fn(ni, local.len(), |j, k| wt.map_or(w[(local[k], j)], |t| t[(j, local[k])]));
                 ((0..ni).collect(), linalg::mul(wt_sub.as_ref(), lam))
             }
             Piece::Conv(c) => c.transpose_rows(local, lam),

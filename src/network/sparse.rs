@@ -84,7 +84,8 @@ impl Sparse {
 
     /// The entries, row by row.
     pub fn entries(&self) -> impl Iterator<Item = (usize, usize, f64)> + '_ {
-        (0..self.nrows).flat_map(move |i| (self.row_ptr[i]..self.row_ptr[i + 1]).map(move |k| (i, self.col[k], self.val[k])))
+        (0..self.nrows)
+            .flat_map(move |i| (self.row_ptr[i]..self.row_ptr[i + 1]).map(move |k| (i, self.col[k], self.val[k])))
     }
 
     /// Number of rows (outputs).

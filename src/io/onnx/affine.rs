@@ -76,7 +76,9 @@ impl Pending {
             Pending::Identity => m.clone(),
             Pending::Diag(d) => Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] * d[j]),
             Pending::Sparse(s) => s.dense_mul(m.as_ref()),
-            other => crate::linalg::mul(m.as_ref(), other.dense(n).as_ref()),
+            Pending::Dense(w) => crate::linalg::mul(m.as_ref(), w.as_ref()),
+            // An operator: m P = (P^T m^T)^T, through its transpose (m has few rows).
+            other => other.piece(n).transpose(m.transpose(), None).transpose().to_owned(),
         })
     }
 
@@ -316,10 +318,8 @@ impl Lowering {
         }
         let n = value.size();
         let layer = self.layers.len();
-        let plain = needed.is_empty()
-            && self.segments.len() == 1
-            && value.terms.len() == 1
-            && value.terms[0].1.is_plain();
+        let plain =
+            needed.is_empty() && self.segments.len() == 1 && value.terms.len() == 1 && value.terms[0].1.is_plain();
         let new_layer = if plain {
             let (seg, map) = value.terms.into_iter().next().expect("one term");
             match map {

@@ -151,9 +151,7 @@ pub(super) fn embed(part: &[usize], whole: &[usize], axis: usize, offset: usize)
         if i < offset || i >= offset + part[axis] {
             src.push(None);
         } else {
-            src.push(Some(
-                idx.iter().enumerate().map(|(k, &v)| if k == axis { v - offset } else { v } * st[k]).sum(),
-            ));
+            src.push(Some(idx.iter().enumerate().map(|(k, &v)| if k == axis { v - offset } else { v } * st[k]).sum()));
         }
     });
     selection(part.iter().product(), &src)
@@ -183,7 +181,11 @@ pub(super) fn reduce(shape: &[usize], axes: &[usize], keep: bool, mean: bool) ->
         entries.push((row, flat, w));
     });
     let s = Sparse::from_entries(kept.iter().product(), shape.iter().product(), entries).map_err(|e| e.to_string())?;
-    let out = if keep { kept } else { shape.iter().enumerate().filter(|(k, _)| !axes.contains(k)).map(|(_, &d)| d).collect() };
+    let out = if keep {
+        kept
+    } else {
+        shape.iter().enumerate().filter(|(k, _)| !axes.contains(k)).map(|(_, &d)| d).collect()
+    };
     Ok((s, out))
 }
 

@@ -60,8 +60,24 @@ type Res<T> = std::result::Result<T, String>;
 
 /// Operators evaluated on constants when every input is one (shape arithmetic).
 const FOLDABLE: &[&str] = &[
-    "Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Slice", "Gather", "Add",
-    "Sub", "Mul", "Div", "Neg", "Split", "ReduceSum", "ReduceMean",
+    "Identity",
+    "Cast",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Concat",
+    "Slice",
+    "Gather",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Neg",
+    "Split",
+    "ReduceSum",
+    "ReduceMean",
 ];
 
 fn convert(graph: &GraphProto) -> Result<Network> {
@@ -259,7 +275,12 @@ fn broadcast_value(v: Value, shape: &[usize], low: &Lowering) -> Res<Value> {
 
 /// One node: its inputs (computed values `vars` at their positions, constants `args`) to its
 /// outputs.
-fn lower_node(low: &mut Lowering, node: &NodeProto, mut vars: Vec<(usize, Value)>, args: &[Option<&Tensor>]) -> Res<Vec<Value>> {
+fn lower_node(
+    low: &mut Lowering,
+    node: &NodeProto,
+    mut vars: Vec<(usize, Value)>,
+    args: &[Option<&Tensor>],
+) -> Res<Vec<Value>> {
     let op = node.op_type.as_str();
     let constant = |k: usize| args.get(k).copied().flatten();
     let pos = vars[0].0;
@@ -336,7 +357,9 @@ fn lower_node(low: &mut Lowering, node: &NodeProto, mut vars: Vec<(usize, Value)
                         hole = Some(k);
                         new.push(1);
                     }
-                    0 if !allow_zero => new.push(*v.shape.get(k).ok_or(format!("target shape {t:?}: no dimension {k} to copy"))?),
+                    0 if !allow_zero => {
+                        new.push(*v.shape.get(k).ok_or(format!("target shape {t:?}: no dimension {k} to copy"))?)
+                    }
                     d if d >= 0 => new.push(d as usize),
                     _ => return Err(format!("target shape {t:?} is not a shape")),
                 }
@@ -368,7 +391,8 @@ fn lower_node(low: &mut Lowering, node: &NodeProto, mut vars: Vec<(usize, Value)
             let list = int_list(node, args, 1, "axes").ok_or("no axes")?;
             let axes = axes_of(&list, rank + list.len())?;
             let mut dims = v.shape.iter().copied();
-            v.shape = (0..rank + axes.len()).map(|k| if axes.contains(&k) { 1 } else { dims.next().unwrap_or(1) }).collect();
+            v.shape =
+                (0..rank + axes.len()).map(|k| if axes.contains(&k) { 1 } else { dims.next().unwrap_or(1) }).collect();
         }
         "Transpose" => {
             let perm: Vec<usize> = match attr(node, "perm") {
@@ -412,8 +436,7 @@ fn lower_node(low: &mut Lowering, node: &NodeProto, mut vars: Vec<(usize, Value)
             let mut out = Vec::with_capacity(parts);
             let mut start = 0;
             for &size in &sizes {
-                let (s, shape) =
-                    index::slice(&v.shape, &[start as i64], &[(start + size) as i64], &[a], &[1])?;
+                let (s, shape) = index::slice(&v.shape, &[start as i64], &[(start + size) as i64], &[a], &[1])?;
                 out.push(mapped(v.clone(), &s, shape, low));
                 start += size;
             }
@@ -533,7 +556,8 @@ fn lower_node(low: &mut Lowering, node: &NodeProto, mut vars: Vec<(usize, Value)
 
 /// Concat of computed tensors and constants along an axis: each embedded in the whole, summed.
 fn concat(low: &Lowering, node: &NodeProto, vars: Vec<(usize, Value)>, args: &[Option<&Tensor>]) -> Res<Value> {
-    let mut parts: Vec<Option<Value>> = args.iter().map(|a| a.map(|t| Value::constant(t.dims.clone(), t.values.clone()))).collect();
+    let mut parts: Vec<Option<Value>> =
+        args.iter().map(|a| a.map(|t| Value::constant(t.dims.clone(), t.values.clone()))).collect();
     for (k, v) in vars {
         parts[k] = Some(v);
     }
@@ -725,8 +749,9 @@ fn average_pool(low: &Lowering, node: &NodeProto, mut v: Value) -> Res<Value> {
         vec![(kh * kw) as f64; shape[1] * shape[2]]
     } else {
         let image = vec![1.0; h * w];
-        let probe = Conv2d::new(Conv2dShape::new([1, h, w], [1, 1, kh, kw], stride, padding), vec![1.0; kh * kw], layer)
-            .map_err(|e| e.to_string())?;
+        let probe =
+            Conv2d::new(Conv2dShape::new([1, h, w], [1, 1, kh, kw], stride, padding), vec![1.0; kh * kw], layer)
+                .map_err(|e| e.to_string())?;
         on_slice(&image, |m| probe.forward(m))
     };
     let n_out = c * shape[1] * shape[2];
