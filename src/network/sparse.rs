@@ -27,7 +27,7 @@ pub struct Sparse {
 impl Sparse {
     /// A matrix from `(row, column, value)` entries (repeated positions are summed, zeros kept
     /// out); an error when an entry lies outside the matrix or is not finite.
-    pub fn from_entries(nrows: usize, ncols: usize, mut entries: Vec<(usize, usize, f64)>) -> Result<Self> {
+    pub fn from_entries(nrows: usize, ncols: usize, entries: Vec<(usize, usize, f64)>) -> Result<Self> {
         if let Some(&(i, j, _)) = entries.iter().find(|&&(i, j, _)| i >= nrows || j >= ncols) {
             return Err(Error::Shape {
                 layer: 0,
@@ -37,6 +37,12 @@ impl Sparse {
         if let Some((index, &(_, _, value))) = entries.iter().enumerate().find(|(_, e)| !e.2.is_finite()) {
             return Err(Error::NonFinite { layer: 0, what: "sparse entry", index, value });
         }
+        Ok(Self::merged(nrows, ncols, entries))
+    }
+
+    /// A matrix from entries inside its shape, repeated positions summed (values unchecked: a
+    /// non-finite one from a user's weights is reported where the layer is validated).
+    fn merged(nrows: usize, ncols: usize, mut entries: Vec<(usize, usize, f64)>) -> Self {
         entries.sort_unstable_by_key(|&(i, j, _)| (i, j));
         let mut merged: Vec<(usize, usize, f64)> = Vec::with_capacity(entries.len());
         for (i, j, v) in entries {
@@ -46,7 +52,7 @@ impl Sparse {
             }
         }
         merged.retain(|e| e.2 != 0.0);
-        Ok(Self::from_sorted(nrows, ncols, &merged))
+        Self::from_sorted(nrows, ncols, &merged)
     }
 
     /// Row i of the result is the unit vector of input `src[i]` (a zero row for None): a
@@ -54,6 +60,11 @@ impl Sparse {
     pub fn selection(ncols: usize, src: &[Option<usize>]) -> Result<Self> {
         let entries = src.iter().enumerate().filter_map(|(i, s)| s.map(|j| (i, j, 1.0))).collect();
         Self::from_entries(src.len(), ncols, entries)
+    }
+
+    /// diag(d) (values unchecked, as [`Sparse::then`]'s).
+    pub fn diagonal(d: &[f64]) -> Self {
+        Self::merged(d.len(), d.len(), d.iter().enumerate().map(|(i, &v)| (i, i, v)).collect())
     }
 
     fn from_sorted(nrows: usize, ncols: usize, entries: &[(usize, usize, f64)]) -> Self {
@@ -196,7 +207,7 @@ impl Sparse {
                 }
             }
         }
-        Sparse::from_entries(after.nrows, self.ncols, entries).expect("entries of a product inside its shape")
+        Sparse::merged(after.nrows, self.ncols, entries)
     }
 
     /// S W for a dense W (ncols rows).
@@ -213,19 +224,19 @@ impl Sparse {
     /// diag(s) S.
     pub fn scale_rows(&self, s: &[f64]) -> Sparse {
         let entries = self.entries().map(|(i, j, v)| (i, j, v * s[i])).collect();
-        Sparse::from_entries(self.nrows, self.ncols, entries).expect("same shape")
+        Sparse::merged(self.nrows, self.ncols, entries)
     }
 
     /// S diag(d).
     pub fn scale_cols(&self, d: &[f64]) -> Sparse {
         let entries = self.entries().map(|(i, j, v)| (i, j, v * d[j])).collect();
-        Sparse::from_entries(self.nrows, self.ncols, entries).expect("same shape")
+        Sparse::merged(self.nrows, self.ncols, entries)
     }
 
     /// S + T (the same shape).
     pub fn plus(&self, other: &Sparse) -> Sparse {
         let entries = self.entries().chain(other.entries()).collect();
-        Sparse::from_entries(self.nrows, self.ncols, entries).expect("same shape")
+        Sparse::merged(self.nrows, self.ncols, entries)
     }
 
     /// Columns `rows` of S^T (row i of S as a column, for each listed i).

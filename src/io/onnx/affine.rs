@@ -166,17 +166,13 @@ impl Pending {
         }
         let sparse = |p: &Pending| match p {
             Pending::Sparse(s) => Some((**s).clone()),
-            other => diag(other).map(|d| {
-                Sparse::from_entries(n, n, d.iter().enumerate().map(|(i, &v)| (i, i, v)).collect())
-                    .expect("a diagonal inside its shape")
-            }),
+            other => diag(other).map(|d| Sparse::diagonal(&d)),
         };
-        if matches!(self, Pending::Sparse(_)) || matches!(other, Pending::Sparse(_)) {
-            if let (Some(a), Some(b)) = (sparse(&self), sparse(&other))
-                && a.nrows() == b.nrows()
-            {
-                return Pending::Sparse(Box::new(a.plus(&b)));
-            }
+        if (matches!(self, Pending::Sparse(_)) || matches!(other, Pending::Sparse(_)))
+            && let (Some(a), Some(b)) = (sparse(&self), sparse(&other))
+            && a.nrows() == b.nrows()
+        {
+            return Pending::Sparse(Box::new(a.plus(&b)));
         }
         if let (Pending::Conv(a), Pending::Conv(b)) = (&self, &other)
             && a.shape() == b.shape()

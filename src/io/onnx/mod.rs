@@ -366,7 +366,7 @@ fn lower_node(
             }
             let known: usize = new.iter().product();
             if let Some(k) = hole {
-                if known == 0 || n % known != 0 {
+                if known == 0 || !n.is_multiple_of(known) {
                     return Err(format!("target shape {t:?} does not fit {n} values"));
                 }
                 new[k] = n / known;
