@@ -42,6 +42,7 @@
 
 pub mod attack;
 pub mod bounds;
+pub mod budget;
 pub mod certificate;
 pub mod certify;
 pub mod data;

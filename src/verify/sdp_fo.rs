@@ -446,7 +446,7 @@ impl SdpFo {
             memory: 10,
             first_step: self.step,
             tolerance: 1e-9,
-            deadline: Some(clock + std::time::Duration::from_secs_f64(self.time_limit.max(0.0))),
+            deadline: Some(clock + crate::budget::duration(self.time_limit)),
         };
         let stop_at_positive = self.stop_when_positive;
         let result = crate::optim::minimize(&settings, &theta0, 1 + n_ineq, &mut evaluate, |it, v| {

@@ -255,7 +255,7 @@ pub(crate) struct Tracker {
 impl Tracker {
     fn new(timeout: f64, progress: bool) -> Self {
         let start = Instant::now();
-        let limit = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::from_secs(u64::MAX / 4));
+        let limit = crate::budget::duration(timeout);
         Self {
             start,
             deadline: start.checked_add(limit).unwrap_or(start + Duration::from_secs(1 << 40)),
@@ -735,7 +735,7 @@ pub fn check_property_bab(
         loop {
             let full = tracker.deadline;
             if refine_next {
-                let quick = Duration::from_secs_f64(settings.quick * settings.timeout);
+                let quick = crate::budget::duration(settings.quick * settings.timeout);
                 tracker.deadline = full.min(Instant::now().checked_add(quick).unwrap_or(full));
             }
             let mut left = Vec::new();
@@ -793,7 +793,7 @@ fn margin_attack(
     }
     // At most ATTACK_SHARE of the time limit (on a large network 2 x 5 starts of 100 steps take
     // longer than CROWN: ResNet-4B ~15-30 s).
-    let budget = Duration::from_secs_f64(ATTACK_SHARE * settings.timeout);
+    let budget = crate::budget::duration(ATTACK_SHARE * settings.timeout);
     let deadline = Some(tracker.deadline.min(Instant::now().checked_add(budget).unwrap_or(tracker.deadline)));
     let pairs: Vec<(usize, usize)> = disjuncts.iter().filter_map(|d| margin_pair(d)).collect();
     let mut labels: Vec<usize> = pairs.iter().map(|p| p.0).collect();

@@ -98,7 +98,7 @@ pub(super) fn refine(
     let hidden = net.layers().len() - 1;
     let count = |pre: &PreActivationBounds| -> usize { pre.layers[1..hidden].iter().map(unstable_in).sum() };
     let mut stats = RefineStats { unstable_before: count(pre), ..RefineStats::default() };
-    let deadline = tracker.deadline.min(start + std::time::Duration::from_secs_f64(budget.max(0.0)));
+    let deadline = tracker.deadline.min(start + crate::budget::duration(budget));
     let mut domains = settings.refine_domains.max(1);
     // The neurons whose searches converged ([`converged`]): not searched again.
     let mut done: Vec<Vec<bool>> = pre.layers.iter().map(|iv| vec![false; iv.len()]).collect();

@@ -91,7 +91,7 @@ impl<'a> Solve<'a> {
             return Err(Error::Unsupported("BM-r needs ReLU hidden layers and an affine last layer".into()));
         }
         let start = Instant::now();
-        let deadline = start + Duration::from_secs_f64(0.75 * bm.time_limit.max(0.0));
+        let deadline = start + crate::budget::duration(0.75 * bm.time_limit);
         let attack =
             pgd(p.net, p.set, p.label, &[p.target], &PgdSettings { steps: 50, restarts: 2, ..Default::default() })?;
         let x0 = &attack[0].input;
