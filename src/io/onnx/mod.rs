@@ -2,8 +2,8 @@
 //!
 //! The graph is read in its (topological) node order with its tensors' full ONNX shapes (a
 //! symbolic batch dimension is 1). Every tensor computed from the graph input is kept as an
-//! affine function of the vector carried from the last emitted layer ([`affine`]); the linear
-//! operators compose into it exactly, and each activation emits a [`Layer`] (and the graph output
+//! affine function of the vector carried from the last emitted layer (its `affine` module); the linear
+//! operators compose into it exactly, and each activation emits a [`crate::network::Layer`] (and the graph output
 //! a last one), so input normalization folds into the first layer and a chain of reshapes,
 //! transposes and slices between two activations costs nothing in the bound core. A graph with
 //! skip connections (`Add` or `Sub` of two computed tensors, `Concat` of branches) becomes a chain

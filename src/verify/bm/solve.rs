@@ -12,7 +12,7 @@
 //! positive semidefinite slack matrix below the largest rank in both modes, at the largest rank
 //! in tight mode only.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use faer::Mat;
 use rand::rngs::StdRng;
